@@ -1,0 +1,24 @@
+//! cafe-sim: a Kubernetes-compatible local control plane.
+//!
+//! Each simulated cluster is an HTTPS server on loopback that speaks the Kubernetes REST API, backed
+//! by an in-memory store, with a scheduler and a kubelet acting on its pods as real ones do.
+
+pub mod apply;
+pub mod config;
+pub mod conversion;
+pub mod crd;
+pub mod delete;
+pub mod jsonpath;
+pub mod kinds;
+pub mod meta;
+pub mod patch;
+pub mod pods;
+pub mod quantity;
+pub mod registry;
+pub mod selector;
+pub mod status;
+pub mod store;
+pub mod table;
+pub mod tls;
+pub mod validation;
+pub mod write;
