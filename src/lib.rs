@@ -1,0 +1,4 @@
+//! cafe: a multi-cluster federation controller for CafeDeployment workloads.
+
+pub mod cli;
+pub mod runtime;

@@ -215,7 +215,10 @@ impl SimConfig {
                 ));
             }
             if !seen.insert(cluster.name.clone()) {
-                return Err(invalid(field, format!("duplicate cluster {:?}", cluster.name)));
+                return Err(invalid(
+                    field,
+                    format!("duplicate cluster {:?}", cluster.name),
+                ));
             }
             for (j, group) in cluster.nodes.iter().enumerate() {
                 let at = format!("clusters[{i}].nodes[{j}]");
@@ -227,7 +230,10 @@ impl SimConfig {
                     _ => {
                         return Err(invalid(
                             format!("{at}.cpu"),
-                            format!("{:?} is not a positive CPU quantity (e.g. \"8\" or \"500m\")", group.cpu),
+                            format!(
+                                "{:?} is not a positive CPU quantity (e.g. \"8\" or \"500m\")",
+                                group.cpu
+                            ),
                         ));
                     }
                 }
@@ -236,7 +242,10 @@ impl SimConfig {
                     _ => {
                         return Err(invalid(
                             format!("{at}.memory"),
-                            format!("{:?} is not a positive memory quantity (e.g. \"16Gi\")", group.memory),
+                            format!(
+                                "{:?} is not a positive memory quantity (e.g. \"16Gi\")",
+                                group.memory
+                            ),
                         ));
                     }
                 }
@@ -244,7 +253,9 @@ impl SimConfig {
                     return Err(invalid(format!("{at}.pods"), "must be at least 1"));
                 }
                 for (k, taint) in group.taints.iter().enumerate() {
-                    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&taint.effect.as_str()) {
+                    if !["NoSchedule", "PreferNoSchedule", "NoExecute"]
+                        .contains(&taint.effect.as_str())
+                    {
                         return Err(invalid(
                             format!("{at}.taints[{k}].effect"),
                             format!(
@@ -304,12 +315,18 @@ clusters:
     #[test]
     fn bad_values_name_the_field() {
         let err = SimConfig::parse("clusters: [{name: a, nodes: [{cpu: lots}]}]", "t").unwrap_err();
-        assert!(err.to_string().contains("clusters[0].nodes[0].cpu"), "{err}");
+        assert!(
+            err.to_string().contains("clusters[0].nodes[0].cpu"),
+            "{err}"
+        );
         let err = SimConfig::parse("clusters: [{name: A}]", "t").unwrap_err();
         assert!(err.to_string().contains("clusters[0].name"), "{err}");
         let err = SimConfig::parse("kubernetesVersion: x\nclusters: [{name: a}]", "t").unwrap_err();
         assert!(err.to_string().contains("kubernetesVersion"), "{err}");
         let err = SimConfig::parse("clusters: [{name: a, role: boss}]", "t").unwrap_err();
-        assert!(err.to_string().contains("boss") || err.to_string().contains("role"), "{err}");
+        assert!(
+            err.to_string().contains("boss") || err.to_string().contains("role"),
+            "{err}"
+        );
     }
 }

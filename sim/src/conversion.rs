@@ -44,10 +44,7 @@ pub fn to_storage(rt: &ResourceType, obj: Value) -> Value {
             let mut core = rename(&obj, true, "v1");
             // core/v1 readers (kubectl describe) need a count and timestamps.
             if core.get("count").is_none() {
-                let count = obj
-                    .pointer("/series/count")
-                    .cloned()
-                    .unwrap_or(json!(1));
+                let count = obj.pointer("/series/count").cloned().unwrap_or(json!(1));
                 core["count"] = count;
             }
             if core.get("lastTimestamp").is_none_or(Value::is_null) {

@@ -33,7 +33,12 @@ fn required(field: &str) -> Cause {
 pub fn resource_types(crd: &Value) -> Result<Vec<ResourceType>, ApiError> {
     let name = meta_str(crd, "name");
     let spec = crd.get("spec").cloned().unwrap_or(json!({}));
-    let s = |p: &str| spec.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |p: &str| {
+        spec.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let group = s("/group");
     let plural = s("/names/plural");
     let kind = s("/names/kind");
@@ -83,7 +88,11 @@ pub fn resource_types(crd: &Value) -> Result<Vec<ResourceType>, ApiError> {
     }
     let mut types = vec![];
     for (i, v) in versions.iter().enumerate() {
-        let vname = v.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let vname = v
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if vname.is_empty() {
             causes.push(required(&format!("spec.versions[{i}].name")));
             continue;
@@ -101,7 +110,9 @@ pub fn resource_types(crd: &Value) -> Result<Vec<ResourceType>, ApiError> {
                 }
             },
             None => {
-                causes.push(required(&format!("spec.versions[{i}].schema.openAPIV3Schema")));
+                causes.push(required(&format!(
+                    "spec.versions[{i}].schema.openAPIV3Schema"
+                )));
                 None
             }
         };
@@ -154,7 +165,12 @@ pub fn resource_types(crd: &Value) -> Result<Vec<ResourceType>, ApiError> {
         let strs = |p: &str| -> Vec<String> {
             spec.pointer(p)
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         types.push(ResourceType {
@@ -216,7 +232,12 @@ fn collect_list_types(
                 let keys = schema
                     .get("x-kubernetes-list-map-keys")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(String::from)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 out.push((path.clone(), ListType::Map(keys)));
             }

@@ -145,9 +145,7 @@ pub fn delete(
                 m.insert("generation".into(), json!(generation + 1));
             }
         }
-        let current = m
-            .get("deletionGracePeriodSeconds")
-            .and_then(Value::as_i64);
+        let current = m.get("deletionGracePeriodSeconds").and_then(Value::as_i64);
         // A grace period can only be shortened once deletion started.
         if current.is_none_or(|c| grace < c) {
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
@@ -251,9 +249,9 @@ fn storage_type(inner: &Inner, storage: &str) -> Option<Arc<ResourceType>> {
 /// Background garbage collection: dependents whose owners are all gone are deleted.
 pub fn collect_dependents(inner: &mut Inner, gone: &Value) {
     for (storage, dep) in dependents(inner, gone) {
-        let owners_left = owner_uids(&dep).into_iter().any(|u| {
-            u != meta_str(gone, "uid") && uid_exists(inner, &u)
-        });
+        let owners_left = owner_uids(&dep)
+            .into_iter()
+            .any(|u| u != meta_str(gone, "uid") && uid_exists(inner, &u));
         if owners_left || meta::is_deleting(&dep) {
             continue;
         }
@@ -272,9 +270,12 @@ pub fn collect_dependents(inner: &mut Inner, gone: &Value) {
 
 fn uid_exists(inner: &Inner, uid: &str) -> bool {
     let storages: Vec<String> = inner.storages().cloned().collect();
-    storages
-        .iter()
-        .any(|s| inner.list(s, None).iter().any(|o| meta_str(o, "uid") == uid))
+    storages.iter().any(|s| {
+        inner
+            .list(s, None)
+            .iter()
+            .any(|o| meta_str(o, "uid") == uid)
+    })
 }
 
 fn delete_dependents(inner: &mut Inner, owner: &Value) {
@@ -337,10 +338,19 @@ fn namespace_has_content(inner: &Inner, ns: &str) -> bool {
 
 fn delete_namespace_contents(inner: &mut Inner, ns: &str) {
     let types: Vec<Arc<ResourceType>> = inner.registry.all().to_vec();
-    for t in types.iter().filter(|t| t.namespaced && t.conversion == crate::registry::Conversion::None) {
+    for t in types
+        .iter()
+        .filter(|t| t.namespaced && t.conversion == crate::registry::Conversion::None)
+    {
         for obj in inner.list(&t.storage, Some(ns)) {
             if !meta::is_deleting(&obj) {
-                let _ = delete(inner, t, ns, meta_str(&obj, "name"), &DeleteOptions::default());
+                let _ = delete(
+                    inner,
+                    t,
+                    ns,
+                    meta_str(&obj, "name"),
+                    &DeleteOptions::default(),
+                );
             }
         }
     }
@@ -351,7 +361,10 @@ pub fn finish_namespaces(inner: &mut Inner) {
     let rt = inner.registry.core("namespaces");
     for ns in inner.list(&rt.storage, None) {
         let name = meta_str(&ns, "name").to_string();
-        if meta::is_deleting(&ns) && !namespace_has_content(inner, &name) && meta::finalizers(&ns).is_empty() {
+        if meta::is_deleting(&ns)
+            && !namespace_has_content(inner, &name)
+            && meta::finalizers(&ns).is_empty()
+        {
             inner.remove(&rt.storage, "", &name);
         }
     }

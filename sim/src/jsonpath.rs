@@ -40,7 +40,10 @@ fn parse(path: &str) -> Option<Vec<Step>> {
                 } else if let Some(f) = inner.strip_prefix("?(").and_then(|f| f.strip_suffix(')')) {
                     let (lhs, rhs) = f.split_once("==")?;
                     let field = lhs.trim().strip_prefix("@.")?.to_string();
-                    let value = rhs.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+                    let value = rhs
+                        .trim()
+                        .trim_matches(|c| c == '"' || c == '\'')
+                        .to_string();
                     steps.push(Step::Filter(field, value));
                 } else if let Ok(n) = inner.parse::<usize>() {
                     steps.push(Step::Index(n));

@@ -75,7 +75,10 @@ fn check_name_conflicts(inner: &Inner, t: &ResourceType, name: &str) -> Result<(
             name,
             vec![Cause {
                 reason: "FieldValueInvalid".into(),
-                message: format!("Invalid value: \"{}\": is already served by a built-in resource", t.plural),
+                message: format!(
+                    "Invalid value: \"{}\": is already served by a built-in resource",
+                    t.plural
+                ),
                 field: "spec.names.plural".into(),
             }],
         ));
@@ -150,10 +153,16 @@ pub fn after_write(inner: &mut Inner, rt: &ResourceType, stored: &Obj) -> Result
 pub fn after_remove(inner: &mut Inner, rt: &ResourceType, gone: &Value) {
     if is(rt, "apiextensions.k8s.io", "customresourcedefinitions") {
         let group = meta::get_str(gone, "/spec/group").unwrap_or("").to_string();
-        let plural = meta::get_str(gone, "/spec/names/plural").unwrap_or("").to_string();
+        let plural = meta::get_str(gone, "/spec/names/plural")
+            .unwrap_or("")
+            .to_string();
         let storage = format!("{group}/{plural}");
         for obj in inner.list(&storage, None) {
-            inner.remove(&storage, meta_str(&obj, "namespace"), meta_str(&obj, "name"));
+            inner.remove(
+                &storage,
+                meta_str(&obj, "namespace"),
+                meta_str(&obj, "name"),
+            );
         }
         inner.registry.remove_custom(&group, &plural);
     }

@@ -3,22 +3,36 @@
 //! Each simulated cluster is an HTTPS server on loopback that speaks the Kubernetes REST API, backed
 //! by an in-memory store, with a scheduler and a kubelet acting on its pods as real ones do.
 
+pub mod api;
 pub mod apply;
+pub mod cli;
+pub mod client;
+pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod conversion;
 pub mod crd;
 pub mod delete;
+pub mod discovery;
+pub mod faults;
+pub mod gc;
 pub mod jsonpath;
 pub mod kinds;
 pub mod meta;
+pub mod metrics;
+pub mod openapi;
 pub mod patch;
 pub mod pods;
 pub mod quantity;
 pub mod registry;
+pub mod route;
 pub mod selector;
+pub mod server;
+pub mod sim;
 pub mod status;
 pub mod store;
 pub mod table;
 pub mod tls;
 pub mod validation;
+pub mod watch;
 pub mod write;

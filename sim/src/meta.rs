@@ -5,9 +5,7 @@ use serde_json::{Map, Value};
 
 /// RFC 3339 with seconds, as Kubernetes' metav1.Time serialises.
 pub fn now() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// metav1.MicroTime, used by events.k8s.io and Leases.

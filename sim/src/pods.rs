@@ -31,17 +31,27 @@ pub fn prepare_create(pod: &mut Value) -> Result<(), ApiError> {
     let mut causes = vec![];
     let list = containers(&spec, "containers");
     if list.is_empty() {
-        causes.push(cause("FieldValueRequired", "spec.containers", "Required value"));
+        causes.push(cause(
+            "FieldValueRequired",
+            "spec.containers",
+            "Required value",
+        ));
     }
     for (i, c) in list.iter().enumerate() {
-        if c.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if c.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             causes.push(cause(
                 "FieldValueRequired",
                 &format!("spec.containers[{i}].name"),
                 "Required value",
             ));
         }
-        if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if c.get("image")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             causes.push(cause(
                 "FieldValueRequired",
                 &format!("spec.containers[{i}].image"),
@@ -65,9 +75,14 @@ pub fn prepare_create(pod: &mut Value) -> Result<(), ApiError> {
     spec_obj.entry("priority").or_insert(json!(0));
     if let Some(Value::Array(cs)) = spec_obj.get_mut("containers") {
         for c in cs.iter_mut() {
-            let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+            let image = c
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let c = ensure_object(c);
-            let latest = image.ends_with(":latest") || !image.rsplit('/').next().unwrap_or("").contains(':');
+            let latest =
+                image.ends_with(":latest") || !image.rsplit('/').next().unwrap_or("").contains(':');
             c.entry("imagePullPolicy").or_insert(json!(if latest {
                 "Always"
             } else {
@@ -240,9 +255,17 @@ pub fn bind(
         .get(&rt.storage, namespace, name)
         .ok_or_else(|| ApiError::not_found("", "pods", name))?;
     if crate::meta::is_deleting(&pod) {
-        return Err(ApiError::conflict("", "pods", name, "the pod is being deleted"));
+        return Err(ApiError::conflict(
+            "",
+            "pods",
+            name,
+            "the pod is being deleted",
+        ));
     }
-    let current = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+    let current = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if !current.is_empty() {
         return Err(ApiError::conflict(
             "",
@@ -252,7 +275,12 @@ pub fn bind(
         ));
     }
     if node.is_empty() {
-        return Err(ApiError::invalid("", "Binding", name, vec![cause("FieldValueRequired", "target.name", "Required value")]));
+        return Err(ApiError::invalid(
+            "",
+            "Binding",
+            name,
+            vec![cause("FieldValueRequired", "target.name", "Required value")],
+        ));
     }
     let mut bound = (*pod).clone();
     bound["spec"]["nodeName"] = json!(node);
@@ -261,7 +289,13 @@ pub fn bind(
 }
 
 /// Sets a pod condition, keeping lastTransitionTime when the status did not change.
-pub fn set_condition(pod: &mut Value, type_: &str, status: &str, reason: Option<&str>, message: Option<&str>) {
+pub fn set_condition(
+    pod: &mut Value,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+) {
     let now = crate::meta::now();
     let status_obj = ensure_object(&mut pod["status"]);
     let conds = status_obj.entry("conditions").or_insert(json!([]));
@@ -269,7 +303,8 @@ pub fn set_condition(pod: &mut Value, type_: &str, status: &str, reason: Option<
         *conds = json!([]);
     }
     let Value::Array(list) = conds else { return };
-    let mut cond = json!({"type": type_, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+    let mut cond =
+        json!({"type": type_, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
     if let Some(r) = reason {
         cond["reason"] = json!(r);
     }

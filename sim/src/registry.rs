@@ -130,7 +130,15 @@ impl Registry {
     pub fn with_builtins() -> Self {
         let b = ResourceType::builtin;
         let mut types = vec![
-            b("", "v1", "Namespace", "namespaces", false, &["ns"], &["status", "finalize"]),
+            b(
+                "",
+                "v1",
+                "Namespace",
+                "namespaces",
+                false,
+                &["ns"],
+                &["status", "finalize"],
+            ),
             b("", "v1", "Node", "nodes", false, &["no"], &["status"]),
             b(
                 "",
@@ -145,12 +153,60 @@ impl Registry {
             b("", "v1", "ConfigMap", "configmaps", true, &["cm"], &[]),
             b("", "v1", "Event", "events", true, &["ev"], &[]),
             b("", "v1", "Service", "services", true, &["svc"], &["status"]),
-            b("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"], &[]),
-            b("coordination.k8s.io", "v1", "Lease", "leases", true, &[], &[]),
-            b("apps", "v1", "ControllerRevision", "controllerrevisions", true, &[], &[]),
-            b("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], &["status", "scale"]),
-            b("apps", "v1", "StatefulSet", "statefulsets", true, &["sts"], &["status", "scale"]),
-            b("apps", "v1", "Deployment", "deployments", true, &["deploy"], &["status", "scale"]),
+            b(
+                "",
+                "v1",
+                "ServiceAccount",
+                "serviceaccounts",
+                true,
+                &["sa"],
+                &[],
+            ),
+            b(
+                "coordination.k8s.io",
+                "v1",
+                "Lease",
+                "leases",
+                true,
+                &[],
+                &[],
+            ),
+            b(
+                "apps",
+                "v1",
+                "ControllerRevision",
+                "controllerrevisions",
+                true,
+                &[],
+                &[],
+            ),
+            b(
+                "apps",
+                "v1",
+                "ReplicaSet",
+                "replicasets",
+                true,
+                &["rs"],
+                &["status", "scale"],
+            ),
+            b(
+                "apps",
+                "v1",
+                "StatefulSet",
+                "statefulsets",
+                true,
+                &["sts"],
+                &["status", "scale"],
+            ),
+            b(
+                "apps",
+                "v1",
+                "Deployment",
+                "deployments",
+                true,
+                &["deploy"],
+                &["status", "scale"],
+            ),
             b(
                 "apiextensions.k8s.io",
                 "v1",
@@ -201,8 +257,17 @@ impl Registry {
 
     /// Builtin lookup used by the sim's own controllers.
     pub fn core(&self, plural: &str) -> Arc<ResourceType> {
-        self.find("", "v1", plural)
-            .unwrap_or_else(|| Arc::new(ResourceType::builtin("", "v1", "Unknown", plural, true, &[], &[])))
+        self.find("", "v1", plural).unwrap_or_else(|| {
+            Arc::new(ResourceType::builtin(
+                "",
+                "v1",
+                "Unknown",
+                plural,
+                true,
+                &[],
+                &[],
+            ))
+        })
     }
 
     pub fn groups(&self) -> Vec<(String, Vec<String>)> {

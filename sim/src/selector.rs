@@ -170,16 +170,32 @@ mod tests {
             ("!missing", true),
             ("", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&pod), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&pod),
+                want,
+                "{sel}"
+            );
         }
     }
 
     #[test]
     fn field_selectors() {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("spec.nodeName=n1").unwrap().matches(&pod));
-        assert!(FieldSelector::parse("metadata.name=p,status.phase!=Failed").unwrap().matches(&pod));
+        assert!(
+            FieldSelector::parse("spec.nodeName=n1")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            FieldSelector::parse("metadata.name=p,status.phase!=Failed")
+                .unwrap()
+                .matches(&pod)
+        );
         let unscheduled = json!({"metadata": {"name": "q"}, "spec": {}});
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&unscheduled));
+        assert!(
+            FieldSelector::parse("spec.nodeName=")
+                .unwrap()
+                .matches(&unscheduled)
+        );
     }
 }

@@ -247,7 +247,12 @@ mod tests {
     #[test]
     fn revisions_are_global_and_monotonic() {
         let store = Store::new(Registry::with_builtins());
-        let a = store.write(|s| s.put("/pods", json!({"metadata": {"name": "a", "namespace": "x"}})));
+        let a = store.write(|s| {
+            s.put(
+                "/pods",
+                json!({"metadata": {"name": "a", "namespace": "x"}}),
+            )
+        });
         let b = store.write(|s| s.put("/nodes", json!({"metadata": {"name": "n"}})));
         let ra: u64 = meta_str(&a, "resourceVersion").parse().unwrap();
         let rb: u64 = meta_str(&b, "resourceVersion").parse().unwrap();
@@ -261,7 +266,12 @@ mod tests {
     fn history_compacts_to_expired() {
         let store = Store::with_history(Registry::with_builtins(), 2);
         for i in 0..5 {
-            store.write(|s| s.put("/pods", json!({"metadata": {"name": format!("p{i}"), "namespace": "x"}})));
+            store.write(|s| {
+                s.put(
+                    "/pods",
+                    json!({"metadata": {"name": format!("p{i}"), "namespace": "x"}}),
+                )
+            });
         }
         store.read(|s| {
             assert!(s.changes_since(2, 100).is_none());

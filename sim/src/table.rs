@@ -39,7 +39,8 @@ fn col(name: &str, type_: &str, format: &str, priority: i64, description: &str) 
 }
 
 const NAME_DESC: &str = "Name must be unique within a namespace. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
-const AGE_DESC: &str = "CreationTimestamp is a timestamp representing the server time when this object was created.";
+const AGE_DESC: &str =
+    "CreationTimestamp is a timestamp representing the server time when this object was created.";
 
 /// The column set for a resource, without the leading Name column.
 fn columns(rt: &ResourceType) -> Vec<PrinterColumn> {
@@ -51,36 +52,144 @@ fn columns(rt: &ResourceType) -> Vec<PrinterColumn> {
     }
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "pods") => vec![
-            col("Ready", "string", "", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            col("Status", "string", "", 0, "The aggregate status of the containers in this pod."),
-            col("Restarts", "string", "", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            col(
+                "Ready",
+                "string",
+                "",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            col(
+                "Status",
+                "string",
+                "",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            col(
+                "Restarts",
+                "string",
+                "",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
             col("Age", "string", "", 0, AGE_DESC),
-            col("IP", "string", "", 1, "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
-            col("Node", "string", "", 1, "NodeName is a request to schedule this pod onto a specific node."),
-            col("Nominated Node", "string", "", 1, "nominatedNodeName is set when this pod preempts other pods on the node."),
-            col("Readiness Gates", "string", "", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
+            col(
+                "IP",
+                "string",
+                "",
+                1,
+                "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+            ),
+            col(
+                "Node",
+                "string",
+                "",
+                1,
+                "NodeName is a request to schedule this pod onto a specific node.",
+            ),
+            col(
+                "Nominated Node",
+                "string",
+                "",
+                1,
+                "nominatedNodeName is set when this pod preempts other pods on the node.",
+            ),
+            col(
+                "Readiness Gates",
+                "string",
+                "",
+                1,
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+            ),
         ],
         ("", "nodes") => vec![
             col("Status", "string", "", 0, "The status of the node"),
             col("Roles", "string", "", 0, "The roles of the node"),
             col("Age", "string", "", 0, AGE_DESC),
-            col("Version", "string", "", 0, "Kubelet Version reported by the node."),
-            col("Internal-IP", "string", "", 1, "List of internal IPs for the node."),
-            col("External-IP", "string", "", 1, "List of external IPs for the node."),
-            col("OS-Image", "string", "", 1, "OS image reported by the node."),
-            col("Kernel-Version", "string", "", 1, "Kernel version reported by the node."),
-            col("Container-Runtime", "string", "", 1, "Container runtime and version reported by the node."),
+            col(
+                "Version",
+                "string",
+                "",
+                0,
+                "Kubelet Version reported by the node.",
+            ),
+            col(
+                "Internal-IP",
+                "string",
+                "",
+                1,
+                "List of internal IPs for the node.",
+            ),
+            col(
+                "External-IP",
+                "string",
+                "",
+                1,
+                "List of external IPs for the node.",
+            ),
+            col(
+                "OS-Image",
+                "string",
+                "",
+                1,
+                "OS image reported by the node.",
+            ),
+            col(
+                "Kernel-Version",
+                "string",
+                "",
+                1,
+                "Kernel version reported by the node.",
+            ),
+            col(
+                "Container-Runtime",
+                "string",
+                "",
+                1,
+                "Container runtime and version reported by the node.",
+            ),
         ],
         ("", "namespaces") => vec![
             col("Status", "string", "", 0, "The status of the namespace"),
             col("Age", "string", "", 0, AGE_DESC),
         ],
         ("", "events") => vec![
-            col("Last Seen", "string", "", 0, "Time since the event was last seen"),
-            col("Type", "string", "", 0, "Type of this event (Normal, Warning)"),
-            col("Reason", "string", "", 0, "Short, machine understandable string that gives the reason for this event"),
-            col("Object", "string", "", 0, "The object that this event is about"),
-            col("Message", "string", "", 0, "A human-readable description of the status of this operation"),
+            col(
+                "Last Seen",
+                "string",
+                "",
+                0,
+                "Time since the event was last seen",
+            ),
+            col(
+                "Type",
+                "string",
+                "",
+                0,
+                "Type of this event (Normal, Warning)",
+            ),
+            col(
+                "Reason",
+                "string",
+                "",
+                0,
+                "Short, machine understandable string that gives the reason for this event",
+            ),
+            col(
+                "Object",
+                "string",
+                "",
+                0,
+                "The object that this event is about",
+            ),
+            col(
+                "Message",
+                "string",
+                "",
+                0,
+                "A human-readable description of the status of this operation",
+            ),
         ],
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             vec![col("Created At", "date", "", 0, AGE_DESC)]
@@ -171,7 +280,10 @@ pub fn pod_status(pod: &Value) -> String {
     for cs in statuses.iter().rev() {
         if let Some(r) = cs.pointer("/state/waiting/reason").and_then(Value::as_str) {
             reason = r.to_string();
-        } else if let Some(r) = cs.pointer("/state/terminated/reason").and_then(Value::as_str) {
+        } else if let Some(r) = cs
+            .pointer("/state/terminated/reason")
+            .and_then(Value::as_str)
+        {
             reason = r.to_string();
         } else if cs.pointer("/state/running").is_some()
             && cs.get("ready").and_then(Value::as_bool) == Some(true)
@@ -182,7 +294,10 @@ pub fn pod_status(pod: &Value) -> String {
     if reason == "Completed" && has_running {
         reason = "Running".into();
     }
-    if pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
         reason = "Terminating".into();
     }
     if reason.is_empty() {
@@ -211,7 +326,10 @@ fn pod_cells(pod: &Value) -> Vec<Value> {
         .sum();
     let last_restart = statuses
         .iter()
-        .filter_map(|c| c.pointer("/lastState/terminated/finishedAt").and_then(Value::as_str))
+        .filter_map(|c| {
+            c.pointer("/lastState/terminated/finishedAt")
+                .and_then(Value::as_str)
+        })
         .max()
         .map(age_of);
     let restarts = match (restarts, last_restart) {
@@ -234,9 +352,9 @@ fn pod_cells(pod: &Value) -> Vec<Value> {
         let passed = gates
             .iter()
             .filter(|g| {
-                conds.iter().any(|c| {
-                    c.get("type") == g.get("conditionType") && c["status"] == "True"
-                })
+                conds
+                    .iter()
+                    .any(|c| c.get("type") == g.get("conditionType") && c["status"] == "True")
             })
             .count();
         format!("{passed}/{}", gates.len())
@@ -310,10 +428,14 @@ fn node_cells(node: &Value) -> Vec<Value> {
 }
 
 fn event_cells(ev: &Value) -> Vec<Value> {
-    let last = [s(ev, "/lastTimestamp"), s(ev, "/eventTime"), s(ev, "/metadata/creationTimestamp")]
-        .into_iter()
-        .find(|t| !t.is_empty())
-        .unwrap_or("");
+    let last = [
+        s(ev, "/lastTimestamp"),
+        s(ev, "/eventTime"),
+        s(ev, "/metadata/creationTimestamp"),
+    ]
+    .into_iter()
+    .find(|t| !t.is_empty())
+    .unwrap_or("");
     vec![
         json!(age_of(last)),
         json!(s(ev, "/type")),
@@ -415,7 +537,12 @@ fn row(rt: &ResourceType, obj: &Value, include: IncludeObject) -> Value {
 }
 
 /// A Table of `objects`; `list_meta` is the list's metadata (resourceVersion, continue).
-pub fn table(rt: &ResourceType, objects: &[&Value], list_meta: Value, include: IncludeObject) -> Value {
+pub fn table(
+    rt: &ResourceType,
+    objects: &[&Value],
+    list_meta: Value,
+    include: IncludeObject,
+) -> Value {
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",

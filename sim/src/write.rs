@@ -116,7 +116,9 @@ fn schema_check(
             .map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.')))
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(ApiError::bad_request(format!("strict decoding error: {list}")));
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {list}"
+        )));
     }
     let causes = schema.validate(&obj, old);
     if !causes.is_empty() {
@@ -215,7 +217,11 @@ fn create_with(
     }
     kinds::validate_name(rt, &name)?;
     if inner
-        .get(&rt.storage, if rt.namespaced { namespace } else { "" }, &name)
+        .get(
+            &rt.storage,
+            if rt.namespaced { namespace } else { "" },
+            &name,
+        )
         .is_some()
     {
         return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
@@ -403,8 +409,8 @@ pub fn patch_object(
 fn apply_error(rt: &ResourceType, name: &str, e: apply::ApplyError) -> ApiError {
     match e {
         apply::ApplyError::Conflict { message, conflicts } => {
-            let mut err = ApiError::new(409, "Conflict", message)
-                .with_target(&rt.group, &rt.plural, name);
+            let mut err =
+                ApiError::new(409, "Conflict", message).with_target(&rt.group, &rt.plural, name);
             err.causes = conflicts
                 .into_iter()
                 .map(|c| crate::status::Cause {
@@ -444,7 +450,9 @@ pub fn commit_update(
     applied: bool,
 ) -> Result<Obj, ApiError> {
     if !new.is_object() {
-        return Err(ApiError::bad_request("the patched object is not a JSON object"));
+        return Err(ApiError::bad_request(
+            "the patched object is not a JSON object",
+        ));
     }
     let storage_rt = kinds::storage_type(inner, rt);
     set_type_meta(&storage_rt, &mut new);

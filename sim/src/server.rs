@@ -1,0 +1,278 @@
+//! The HTTPS front of a simulated cluster: TLS, bearer-token authentication, fault injection,
+//! metrics, and dispatch to discovery, OpenAPI and resource handlers.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, Reply, Request};
+use crate::cluster::Cluster;
+use crate::metrics::RequestLabels;
+use crate::route::{self, Route};
+use crate::status::ApiError;
+use crate::{discovery, openapi};
+
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Raised to make hyper drop the connection (simulated outage).
+#[derive(Debug, thiserror::Error)]
+#[error("simulated outage: connection dropped")]
+pub struct Dropped;
+
+pub async fn serve(
+    cluster: Arc<Cluster>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cluster.identity.server_config.clone());
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((tcp, _peer)) = accepted else { continue };
+        if cluster.faults.in_outage() {
+            // Refuse: close before the TLS handshake, as a dead server's port would.
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let cluster = cluster.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let cluster = cluster.clone();
+                async move { handle(cluster, req).await }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+fn json_response(code: u16, v: &Value) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    let mut r = json_response(e.code, &e.to_status());
+    if let Some(s) = e.retry_after_seconds {
+        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+    }
+    r
+}
+
+fn query_of(uri: &http::Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn header(req: &http::Request<Incoming>, name: http::header::HeaderName) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn handle(
+    cluster: Arc<Cluster>,
+    req: http::Request<Incoming>,
+) -> Result<Response<Body>, Dropped> {
+    if cluster.faults.in_outage() {
+        return Err(Dropped);
+    }
+    let path = req.uri().path().to_string();
+    let route = cluster
+        .store
+        .read(|s| route::parse(&path, |g, v, p| s.registry.find(g, v, p).is_some()));
+    let public = matches!(route, Route::Version | Route::Health);
+    if !public {
+        let auth = header(&req, http::header::AUTHORIZATION);
+        let token = auth.strip_prefix("Bearer ").unwrap_or("");
+        if token != cluster.identity.token {
+            return Ok(error_response(&ApiError::new(
+                401,
+                "Unauthorized",
+                "Unauthorized",
+            )));
+        }
+    }
+    let query = query_of(req.uri());
+    let request = Request {
+        method: req.method().clone(),
+        accept: header(&req, http::header::ACCEPT),
+        content_type: header(&req, http::header::CONTENT_TYPE),
+        user_agent: header(&req, http::header::USER_AGENT),
+        query,
+        body: Bytes::new(),
+    };
+    let (mut request, body) = (request, req.into_body());
+    request.body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Ok(error_response(&ApiError::bad_request(
+                "could not read the request body",
+            )));
+        }
+    };
+    if !public {
+        if let Some(code) = cluster.faults.injected_error() {
+            let mut e = ApiError::new(
+                code,
+                match code {
+                    409 => "Conflict",
+                    429 => "TooManyRequests",
+                    _ => "InternalError",
+                },
+                format!("injected fault ({code}) by cafe sim ctl inject-errors"),
+            );
+            if code == 429 {
+                e.retry_after_seconds = Some(1);
+            }
+            return Ok(error_response(&e));
+        }
+    }
+    Ok(dispatch(&cluster, route, &request).await)
+}
+
+async fn dispatch(cluster: &Arc<Cluster>, route: Route, req: &Request) -> Response<Body> {
+    let reg = || cluster.store.registry();
+    match route {
+        Route::Version => json_response(
+            200,
+            &json!({
+                "major": "1",
+                "minor": cluster.minor(),
+                "gitVersion": format!("v{}.0", cluster.version),
+                "gitCommit": "cafe-sim",
+                "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z",
+                "goVersion": "go1.24",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }),
+        ),
+        Route::Health => {
+            let mut r = Response::new(full("ok"));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain"),
+            );
+            r
+        }
+        Route::Metrics => {
+            let mut r = Response::new(full(cluster.metrics.encode()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        Route::OpenApiV3Root => json_response(200, &openapi::root(&reg())),
+        Route::OpenApiV3 { group, version } => {
+            let r = reg();
+            if r.in_group_version(&group, &version).is_empty() {
+                error_response(&ApiError::not_found_path(&format!(
+                    "openapi/v3 {group}/{version}"
+                )))
+            } else {
+                json_response(200, &openapi::document(&r, &group, &version))
+            }
+        }
+        Route::CoreVersions => {
+            json_response(200, &discovery::core_versions(&cluster.address.to_string()))
+        }
+        Route::Groups => json_response(200, &discovery::group_list(&reg())),
+        Route::Group(g) => match discovery::group(&reg(), &g) {
+            Some(v) => json_response(200, &v),
+            None => error_response(&ApiError::not_found_path(&format!("apis/{g}"))),
+        },
+        Route::ResourceList { group, version } => {
+            match discovery::resource_list(&reg(), &group, &version) {
+                Some(v) => json_response(200, &v),
+                None => error_response(&ApiError::not_found_path(&format!("{group}/{version}"))),
+            }
+        }
+        Route::Resource(path) => {
+            let verb = api::verb_of(req, &path);
+            let result = api::handle(cluster, req, &path);
+            let code = match &result {
+                Ok(Reply::Json(c, _)) => *c,
+                Ok(Reply::Watch(_)) => 200,
+                Err(e) => e.code,
+            };
+            cluster.metrics.record(RequestLabels {
+                cluster: cluster.name.clone(),
+                verb: verb.to_string(),
+                resource: path.plural.clone(),
+                subresource: path.subresource.clone().unwrap_or_default(),
+                code: code.to_string(),
+            });
+            match result {
+                Ok(Reply::Json(code, v)) => json_response(code, &v),
+                Ok(Reply::Watch(w)) => watch_response(cluster.clone(), w),
+                Err(e) => error_response(&e),
+            }
+        }
+        Route::NotFound => error_response(&ApiError::not_found_path(&format!("{:?}", req.method))),
+    }
+}
+
+fn watch_response(cluster: Arc<Cluster>, w: crate::watch::WatchRequest) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(crate::watch::run(cluster, w, tx));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    })
+    .boxed();
+    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    r
+}

@@ -1,0 +1,3 @@
+//! Cross-cutting parts of every long-running command: logging, shutdown.
+
+pub mod logging;
