@@ -56,9 +56,9 @@ fn full_version(version: &str) -> String {
 }
 
 /// The smallest CIDR prefix (at most /24, the IPAM controller's default node mask) that holds
-/// `pods` pod IPs besides the network and broadcast addresses.
+/// `pods` pod IPs besides the network, gateway and broadcast addresses.
 fn pod_cidr_prefix(pods: u32) -> u32 {
-    let needed = u64::from(pods) + 2;
+    let needed = u64::from(pods) + 3;
     let mut prefix = 24u32;
     while prefix > 8 && (1u64 << (32 - prefix)) < needed {
         prefix -= 1;
@@ -353,7 +353,10 @@ mod tests {
     fn status_is_ready_with_resources_and_info() {
         let nodes = node_objects("dca", &[group(1, 110)], "1.33");
         let s = &nodes[0]["status"];
-        assert_eq!(s["capacity"], json!({"cpu": "8", "memory": "16Gi", "pods": "110"}));
+        assert_eq!(
+            s["capacity"],
+            json!({"cpu": "8", "memory": "16Gi", "pods": "110"})
+        );
         assert_eq!(s["allocatable"], s["capacity"]);
         assert!(is_ready(&nodes[0]));
         let ready = s["conditions"]
@@ -396,8 +399,8 @@ mod tests {
         assert!(cidrs[300].ends_with("/19"), "{}", cidrs[300]);
         assert_eq!(cidrs.iter().collect::<HashSet<_>>().len(), 302);
         assert_eq!(pod_cidr_prefix(110), 24);
-        assert_eq!(pod_cidr_prefix(254), 24);
-        assert_eq!(pod_cidr_prefix(255), 23);
+        assert_eq!(pod_cidr_prefix(253), 24);
+        assert_eq!(pod_cidr_prefix(254), 23);
     }
 
     #[test]
@@ -410,7 +413,10 @@ mod tests {
         assert_eq!(ready["status"]["allocatable"]["cpu"], "200");
         assert_eq!(ready["status"]["allocatable"]["pods"], "110");
         assert!(internal_ip(&ready).unwrap().starts_with("172.30."));
-        assert_eq!(ready["status"]["nodeInfo"]["kubeletVersion"], DEFAULT_KUBELET_VERSION);
+        assert_eq!(
+            ready["status"]["nodeInfo"]["kubeletVersion"],
+            DEFAULT_KUBELET_VERSION
+        );
         assert!(ensure_node_ready(&ready).is_none());
         // Someone's explicit NotReady is left alone.
         let mut not_ready = ready.clone();
