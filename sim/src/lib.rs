@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod cel_rules;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -661,3 +661,59 @@ async fn pods_may_only_change_allowed_fields() {
         .clone();
     assert_eq!(cpu, "200m");
 }
+
+#[tokio::test]
+async fn custom_resources_are_validated_with_causes() {
+    let sim = start().await;
+    let c = client(&sim, "dca").await;
+    let widgets = install_widgets(&c).await;
+    let mut bad = widget("bad", -1);
+    bad.data["spec"]["mode"] = json!("Bogus");
+    let err = api_err(
+        widgets
+            .create(&PostParams::default(), &bad)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert_eq!(err.reason, "Invalid");
+    let causes = err.details.expect("details").causes;
+    let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+    assert!(fields.contains(&"spec.replicas"), "{causes:?}");
+    assert!(fields.contains(&"spec.mode"), "{causes:?}");
+    // A CEL rule.
+    let mut empty = widget("empty", 1);
+    empty.data["spec"]["values"] = json!([]);
+    let err = api_err(
+        widgets
+            .create(&PostParams::default(), &empty)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message.contains("values must not be empty"),
+        "{}",
+        err.message
+    );
+    // Strict field validation rejects unknown fields; nothing was created.
+    let mut unknown = widget("unknown", 1);
+    unknown.data["spec"]["colour"] = json!("red");
+    let strict = PatchParams::apply("test").validation_strict();
+    let err = api_err(
+        widgets
+            .patch("unknown", &strict, &Patch::Apply(&unknown))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 400);
+    assert!(err.message.contains("colour"), "{}", err.message);
+    assert!(
+        widgets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
