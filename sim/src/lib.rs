@@ -19,6 +19,7 @@ pub mod faults;
 pub mod gc;
 pub mod jsonpath;
 pub mod kinds;
+pub mod kubelet;
 pub mod meta;
 pub mod metrics;
 pub mod nodes;

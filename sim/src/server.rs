@@ -165,6 +165,9 @@ async fn handle(
             if code == 429 {
                 e.retry_after_seconds = Some(1);
             }
+            if let Route::Resource(path) = &route {
+                record(&cluster, &request, path, code);
+            }
             return Ok(error_response(&e));
         }
     }
@@ -232,20 +235,13 @@ async fn dispatch(cluster: &Arc<Cluster>, route: Route, req: &Request) -> Respon
             }
         }
         Route::Resource(path) => {
-            let verb = api::verb_of(req, &path);
             let result = api::handle(cluster, req, &path);
             let code = match &result {
                 Ok(Reply::Json(c, _)) => *c,
                 Ok(Reply::Watch(_)) => 200,
                 Err(e) => e.code,
             };
-            cluster.metrics.record(RequestLabels {
-                cluster: cluster.name.clone(),
-                verb: verb.to_string(),
-                resource: path.plural.clone(),
-                subresource: path.subresource.clone().unwrap_or_default(),
-                code: code.to_string(),
-            });
+            record(cluster, req, &path, code);
             match result {
                 Ok(Reply::Json(code, v)) => json_response(code, &v),
                 Ok(Reply::Watch(w)) => watch_response(cluster.clone(), w),
@@ -254,6 +250,16 @@ async fn dispatch(cluster: &Arc<Cluster>, route: Route, req: &Request) -> Respon
         }
         Route::NotFound => error_response(&ApiError::not_found_path(&format!("{:?}", req.method))),
     }
+}
+
+fn record(cluster: &Cluster, req: &Request, path: &route::ResourcePath, code: u16) {
+    cluster.metrics.record(RequestLabels {
+        cluster: cluster.name.clone(),
+        verb: api::verb_of(req, path).to_string(),
+        resource: path.plural.clone(),
+        subresource: path.subresource.clone().unwrap_or_default(),
+        code: code.to_string(),
+    });
 }
 
 fn watch_response(cluster: Arc<Cluster>, w: crate::watch::WatchRequest) -> Response<Body> {
