@@ -108,8 +108,8 @@ pub async fn start(
         listener,
         shutdown.clone(),
     ));
-    // tokio::spawn(crate::scheduler::run(store.clone(), shutdown.clone()));
-    // tokio::spawn(crate::kubelet::run(store.clone(), timing, shutdown.clone()));
+    tokio::spawn(crate::scheduler::run(store.clone(), shutdown.clone()));
+    tokio::spawn(crate::kubelet::run(store.clone(), timing, shutdown.clone()));
     tokio::spawn(crate::gc::run(store, shutdown.clone()));
     Ok(RunningCluster { cluster, shutdown })
 }
@@ -132,7 +132,7 @@ fn seed(store: &Store, config: &ClusterConfig, version: &str) -> Result<(), Clus
         }
         let nodes = s.registry.core("nodes");
         let kubelet_version = format!("v{version}.0");
-        for node in Vec::<serde_json::Value>::new() {
+        for node in crate::nodes::node_objects(&config.name, &config.nodes, &kubelet_version) {
             write::create(s, &nodes, "", node, &opts).map_err(|e| err("nodes", e))?;
         }
         Ok(())

@@ -1984,6 +1984,7 @@ mod tests {
                 app_pod(&format!("p-{i}"), "nginx:1", "10m"),
             );
         }
+        eprintln!("created in {:?}", began.elapsed());
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let running = store.read(|inner| {
@@ -1996,6 +1997,7 @@ mod tests {
             if running == n {
                 break;
             }
+            eprintln!("{:?} running {running}", began.elapsed());
             assert!(Instant::now() < deadline, "only {running}/{n} running");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
