@@ -178,7 +178,14 @@ impl SimConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: SimConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
-            message: e.to_string(),
+            // The parser appends a source snippet; the first line already names line, column and field.
+            message: e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ")
+                .to_string(),
         })?;
         config.validate()?;
         Ok(config)
