@@ -299,11 +299,12 @@ fn kubectl_suite() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = false;
     while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            if line.starts_with("w1") && line.contains("42") {
-                seen = true;
-                break;
-            }
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+            && line.starts_with("w1")
+            && line.contains("42")
+        {
+            seen = true;
+            break;
         }
     }
     let _ = watch.kill();

@@ -133,10 +133,10 @@ pub fn handle(
                 path.plural
             ))
         })?;
-    if let Some(sub) = &path.subresource {
-        if !rt.has_subresource(sub) {
-            return Err(ApiError::not_found_path(&format!("{}/{sub}", rt.plural)));
-        }
+    if let Some(sub) = &path.subresource
+        && !rt.has_subresource(sub)
+    {
+        return Err(ApiError::not_found_path(&format!("{}/{sub}", rt.plural)));
     }
     // Cluster-scoped kinds ignore a namespace in the path; namespaced ones need it for writes.
     let ns = if rt.namespaced {
@@ -341,12 +341,12 @@ fn list(
     let (objects, rv, compacted) = cluster
         .store
         .read(|s| (s.list(&rt.storage, ns), s.rv(), s.compacted()));
-    if let Some(c) = &cont {
-        if c.rv < compacted {
-            return Err(ApiError::expired(
-                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-            ));
-        }
+    if let Some(c) = &cont
+        && c.rv < compacted
+    {
+        return Err(ApiError::expired(
+            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+        ));
     }
     let list_rv = cont.as_ref().map_or(rv, |c| c.rv);
     let mut matching = objects.into_iter().filter(|o| {
@@ -374,14 +374,14 @@ fn list(
     }
     let remaining = matching.count();
     let mut list_meta = json!({"resourceVersion": list_rv.to_string()});
-    if items.len() == limit {
-        if let Some(start) = last_key {
-            let token = serde_json::to_vec(&Continue { rv: list_rv, start })
-                .map(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
-                .unwrap_or_default();
-            list_meta["continue"] = json!(token);
-            list_meta["remainingItemCount"] = json!(remaining + 1);
-        }
+    if items.len() == limit
+        && let Some(start) = last_key
+    {
+        let token = serde_json::to_vec(&Continue { rv: list_rv, start })
+            .map(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+            .unwrap_or_default();
+        list_meta["continue"] = json!(token);
+        list_meta["remainingItemCount"] = json!(remaining + 1);
     }
     if req.wants_table() {
         let include = IncludeObject::parse(req.param("includeObject"));

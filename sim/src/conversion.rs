@@ -47,23 +47,22 @@ pub fn to_storage(rt: &ResourceType, obj: Value) -> Value {
                 let count = obj.pointer("/series/count").cloned().unwrap_or(json!(1));
                 core["count"] = count;
             }
-            if core.get("lastTimestamp").is_none_or(Value::is_null) {
-                if let Some(t) = obj
+            if core.get("lastTimestamp").is_none_or(Value::is_null)
+                && let Some(t) = obj
                     .pointer("/series/lastObservedTime")
                     .or_else(|| obj.get("eventTime"))
                     .and_then(Value::as_str)
-                {
-                    let seconds = format!("{}Z", t.get(..19).unwrap_or(t));
-                    core["lastTimestamp"] = json!(seconds);
-                    if core.get("firstTimestamp").is_none_or(Value::is_null) {
-                        core["firstTimestamp"] = json!(seconds);
-                    }
+            {
+                let seconds = format!("{}Z", t.get(..19).unwrap_or(t));
+                core["lastTimestamp"] = json!(seconds);
+                if core.get("firstTimestamp").is_none_or(Value::is_null) {
+                    core["firstTimestamp"] = json!(seconds);
                 }
             }
-            if core.get("source").is_none() {
-                if let Some(c) = obj.get("reportingController") {
-                    core["source"] = json!({"component": c});
-                }
+            if core.get("source").is_none()
+                && let Some(c) = obj.get("reportingController")
+            {
+                core["source"] = json!({"component": c});
             }
             core
         }

@@ -72,31 +72,31 @@ pub fn delete(
     let old = inner
         .get(&rt.storage, ns, name)
         .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
-    if let Some(uid) = &opts.precondition_uid {
-        if uid != meta_str(&old, "uid") {
-            return Err(ApiError::conflict(
-                &rt.group,
-                &rt.plural,
-                name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta_str(&old, "uid")
-                ),
-            ));
-        }
+    if let Some(uid) = &opts.precondition_uid
+        && uid != meta_str(&old, "uid")
+    {
+        return Err(ApiError::conflict(
+            &rt.group,
+            &rt.plural,
+            name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta_str(&old, "uid")
+            ),
+        ));
     }
-    if let Some(rv) = &opts.precondition_rv {
-        if rv != meta_str(&old, "resourceVersion") {
-            return Err(ApiError::conflict(
-                &rt.group,
-                &rt.plural,
-                name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    meta_str(&old, "resourceVersion")
-                ),
-            ));
-        }
+    if let Some(rv) = &opts.precondition_rv
+        && rv != meta_str(&old, "resourceVersion")
+    {
+        return Err(ApiError::conflict(
+            &rt.group,
+            &rt.plural,
+            name,
+            &format!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                meta_str(&old, "resourceVersion")
+            ),
+        ));
     }
     if opts.dry_run {
         return Ok(Deleted::Pending(served(rt, old)));

@@ -98,19 +98,19 @@ pub fn validate_update(
     if is(rt, "apiextensions.k8s.io", "customresourcedefinitions") && subresource.is_none() {
         let before = crd::resource_types(old).ok();
         let after = crd::resource_types(new)?;
-        if let (Some(b), Some(a)) = (before.and_then(|b| b.first().cloned()), after.first()) {
-            if b.namespaced != a.namespaced {
-                return Err(ApiError::invalid(
-                    "apiextensions.k8s.io",
-                    "CustomResourceDefinition",
-                    meta_str(old, "name"),
-                    vec![Cause {
-                        reason: "FieldValueInvalid".into(),
-                        message: "Invalid value: field is immutable".into(),
-                        field: "spec.scope".into(),
-                    }],
-                ));
-            }
+        if let (Some(b), Some(a)) = (before.and_then(|b| b.first().cloned()), after.first())
+            && b.namespaced != a.namespaced
+        {
+            return Err(ApiError::invalid(
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                meta_str(old, "name"),
+                vec![Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: "Invalid value: field is immutable".into(),
+                    field: "spec.scope".into(),
+                }],
+            ));
         }
     }
     Ok(())

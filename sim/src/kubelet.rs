@@ -193,7 +193,7 @@ fn go_duration(d: Duration) -> String {
     }
     let minutes = ms / 60_000;
     let rest = ms % 60_000;
-    let secs = if rest % 1000 == 0 {
+    let secs = if rest.is_multiple_of(1000) {
         format!("{}s", rest / 1000)
     } else {
         format!("{}", rest as f64 / 1000.0) + "s"
@@ -774,20 +774,20 @@ impl PodRt {
                 }
                 Some(Deletion::Stopping { .. }) | Some(Deletion::Done) => {}
             }
-            if let Some(Deletion::Stopping { until }) = self.deletion {
-                if until <= now {
-                    let finished = meta::now();
-                    for c in &mut self.containers {
-                        if !matches!(c.phase, Phase::Terminated { .. }) {
-                            c.phase = Phase::Terminated {
-                                exit_code: 0,
-                                reason: "Completed",
-                                finished_at: finished.clone(),
-                            };
-                        }
+            if let Some(Deletion::Stopping { until }) = self.deletion
+                && until <= now
+            {
+                let finished = meta::now();
+                for c in &mut self.containers {
+                    if !matches!(c.phase, Phase::Terminated { .. }) {
+                        c.phase = Phase::Terminated {
+                            exit_code: 0,
+                            reason: "Completed",
+                            finished_at: finished.clone(),
+                        };
                     }
-                    self.deletion = Some(Deletion::Done);
                 }
+                self.deletion = Some(Deletion::Done);
             }
             // Ask again if someone lengthened nothing but the API still waits on us.
             delete = self.deletion == Some(Deletion::Done)
@@ -984,14 +984,14 @@ impl IpPool {
     }
 
     fn allocate(&mut self, node: Option<&mut NodeRt>) -> Option<u32> {
-        if let Some(node) = node {
-            if let Some((base, size)) = node.cidr {
-                let mut cursor = node.cursor;
-                let got = self.take_from(base, size, &mut cursor);
-                node.cursor = cursor;
-                if got.is_some() {
-                    return got;
-                }
+        if let Some(node) = node
+            && let Some((base, size)) = node.cidr
+        {
+            let mut cursor = node.cursor;
+            let got = self.take_from(base, size, &mut cursor);
+            node.cursor = cursor;
+            if got.is_some() {
+                return got;
             }
         }
         let (base, size) = FALLBACK_POOL;
@@ -1515,7 +1515,7 @@ mod tests {
         let mut rt = PodRt::new(&pod, "n1", "h", None, t0, &FAST);
         let out = rt.sync(&pod, t0 + millis(25), &FAST);
         let cs = &out.status["containerStatuses"];
-        assert_eq!(cs[0]["state"]["running"].is_object(), true);
+        assert!(cs[0]["state"]["running"].is_object());
         assert_eq!(cs[0]["ready"], false);
         assert_eq!(cs[1]["ready"], false);
         assert_eq!(out.status["phase"], "Running");
@@ -1952,7 +1952,10 @@ mod tests {
     /// 10,000 pods created as fast as the store takes them all get bound and Running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_pods_run_promptly() {
-        let n = 10_000;
+        let n: usize = std::env::var("SIM_SCALE_PODS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
         let store = new_store();
         let groups = [NodeGroup {
             count: 20,

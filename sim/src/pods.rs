@@ -138,12 +138,12 @@ pub fn validate_update(old: &Value, new: &Value) -> Result<(), ApiError> {
     for field in ["containers", "initContainers"] {
         let old_list = containers(&old_spec, field);
         let new_list = containers(&new_spec, field);
-        if old_list.len() == new_list.len() {
-            if let Some(Value::Array(list)) = allowed.get_mut(field) {
-                for (c, n) in list.iter_mut().zip(new_list.iter()) {
-                    if let Some(image) = n.get("image") {
-                        c["image"] = image.clone();
-                    }
+        if old_list.len() == new_list.len()
+            && let Some(Value::Array(list)) = allowed.get_mut(field)
+        {
+            for (c, n) in list.iter_mut().zip(new_list.iter()) {
+                if let Some(image) = n.get("image") {
+                    c["image"] = image.clone();
                 }
             }
         }
@@ -196,11 +196,11 @@ pub fn resize(old: &Value, new: &Value) -> Result<Value, ApiError> {
     if let Some(Value::Array(list)) = merged.pointer_mut("/spec/containers") {
         for (c, n) in list.iter_mut().zip(&new_list) {
             for field in ["resources", "resizePolicy"] {
-                if let Some(v) = n.get(field) {
-                    if c.get(field) != Some(v) {
-                        changed = true;
-                        c[field] = v.clone();
-                    }
+                if let Some(v) = n.get(field)
+                    && c.get(field) != Some(v)
+                {
+                    changed = true;
+                    c[field] = v.clone();
                 }
             }
         }

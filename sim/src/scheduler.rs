@@ -725,15 +725,14 @@ impl Scheduler {
             self.remove_pending(&key);
             return;
         }
-        if let Some(p) = self.pending.get_mut(&key) {
-            if meta_str(&p.pod, "uid") == meta_str(pod, "uid")
-                && p.pod.get("spec") == pod.get("spec")
-            {
-                // Only status or metadata changed (e.g. our own PodScheduled=False): the pod keeps
-                // its place, so a status write never loops back into another attempt.
-                p.pod = pod.clone();
-                return;
-            }
+        if let Some(p) = self.pending.get_mut(&key)
+            && meta_str(&p.pod, "uid") == meta_str(pod, "uid")
+            && p.pod.get("spec") == pod.get("spec")
+        {
+            // Only status or metadata changed (e.g. our own PodScheduled=False): the pod keeps
+            // its place, so a status write never loops back into another attempt.
+            p.pod = pod.clone();
+            return;
         }
         self.remove_pending(&key);
         self.seq += 1;
@@ -897,10 +896,12 @@ fn mark_unschedulable(inner: &mut Inner, storage: &str, key: &Key, uid: &str, de
     {
         return;
     }
-    if let Some(c) = pod_scheduled(&pod) {
-        if c["status"] == "False" && c["reason"] == reason && c["message"] == message {
-            return;
-        }
+    if let Some(c) = pod_scheduled(&pod)
+        && c["status"] == "False"
+        && c["reason"] == reason
+        && c["message"] == message
+    {
+        return;
     }
     let mut new = (*pod).clone();
     pods::set_condition(

@@ -84,10 +84,10 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
 
 fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = json_response(e.code, &e.to_status());
-    if let Some(s) = e.retry_after_seconds {
-        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-            r.headers_mut().insert(http::header::RETRY_AFTER, v);
-        }
+    if let Some(s) = e.retry_after_seconds
+        && let Ok(v) = HeaderValue::from_str(&s.to_string())
+    {
+        r.headers_mut().insert(http::header::RETRY_AFTER, v);
     }
     r
 }
@@ -151,25 +151,23 @@ async fn handle(
             )));
         }
     };
-    if !public {
-        if let Some(code) = cluster.faults.injected_error() {
-            let mut e = ApiError::new(
-                code,
-                match code {
-                    409 => "Conflict",
-                    429 => "TooManyRequests",
-                    _ => "InternalError",
-                },
-                format!("injected fault ({code}) by cafe sim ctl inject-errors"),
-            );
-            if code == 429 {
-                e.retry_after_seconds = Some(1);
-            }
-            if let Route::Resource(path) = &route {
-                record(&cluster, &request, path, code);
-            }
-            return Ok(error_response(&e));
+    if !public && let Some(code) = cluster.faults.injected_error() {
+        let mut e = ApiError::new(
+            code,
+            match code {
+                409 => "Conflict",
+                429 => "TooManyRequests",
+                _ => "InternalError",
+            },
+            format!("injected fault ({code}) by cafe sim ctl inject-errors"),
+        );
+        if code == 429 {
+            e.retry_after_seconds = Some(1);
         }
+        if let Route::Resource(path) = &route {
+            record(&cluster, &request, path, code);
+        }
+        return Ok(error_response(&e));
     }
     Ok(dispatch(&cluster, route, &request).await)
 }

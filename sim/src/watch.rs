@@ -78,10 +78,10 @@ impl WatchRequest {
     }
 
     fn matches(&self, obj: &Value) -> bool {
-        if let Some(ns) = &self.namespace {
-            if meta_str(obj, "namespace") != ns {
-                return false;
-            }
+        if let Some(ns) = &self.namespace
+            && meta_str(obj, "namespace") != ns
+        {
+            return false;
         }
         self.labels.matches(obj) && self.fields.matches(obj)
     }
@@ -165,10 +165,9 @@ pub async fn run(cluster: Arc<Cluster>, w: WatchRequest, tx: mpsc::Sender<Bytes>
             }
             if let Some((kind, obj)) =
                 translate(&w, change.kind, &change.object, change.previous.as_ref())
+                && tx.send(w.event(kind, &obj)).await.is_err()
             {
-                if tx.send(w.event(kind, &obj)).await.is_err() {
-                    return;
-                }
+                return;
             }
         }
         if full {

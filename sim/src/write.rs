@@ -71,23 +71,23 @@ fn check_type_meta(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
             "the request body must be a JSON or YAML object",
         ));
     }
-    if let Some(kind) = obj.get("kind").and_then(Value::as_str) {
-        if kind != rt.kind {
-            return Err(ApiError::bad_request(format!(
-                "the kind in the body ({kind}) does not match the resource ({}); send a {} to {}",
-                rt.kind,
-                rt.kind,
-                rt.qualified()
-            )));
-        }
+    if let Some(kind) = obj.get("kind").and_then(Value::as_str)
+        && kind != rt.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the body ({kind}) does not match the resource ({}); send a {} to {}",
+            rt.kind,
+            rt.kind,
+            rt.qualified()
+        )));
     }
-    if let Some(av) = obj.get("apiVersion").and_then(Value::as_str) {
-        if av != rt.api_version() {
-            return Err(ApiError::bad_request(format!(
-                "the apiVersion in the body ({av}) does not match the request ({})",
-                rt.api_version()
-            )));
-        }
+    if let Some(av) = obj.get("apiVersion").and_then(Value::as_str)
+        && av != rt.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the apiVersion in the body ({av}) does not match the request ({})",
+            rt.api_version()
+        )));
     }
     Ok(())
 }
