@@ -1,4 +1,5 @@
 //! cafe: a multi-cluster federation controller for CafeDeployment workloads.
 
+pub mod api;
 pub mod cli;
 pub mod runtime;

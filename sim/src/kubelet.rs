@@ -118,6 +118,9 @@ struct PodRt {
     deletion: Option<Deletion>,
     /// The timer currently queued for this pod.
     deadline: Option<Instant>,
+    /// The resourceVersion of the kubelet's own last status write: its echo in the change
+    /// history needs no sync.
+    written_rv: Option<u64>,
 }
 
 /// An event to record about a pod.
@@ -611,7 +614,22 @@ pub fn pod_ready_condition(pod: &Value, containers_ready: &Cond) -> Cond {
     }
 }
 
+/// Sets a condition unless it already says exactly this (which also spares the clock read).
 fn set_cond(status_holder: &mut Value, type_: &str, c: &Cond) {
+    let same = status_holder
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|x| x["type"] == type_))
+        .is_some_and(|x| {
+            x["status"] == c.status
+                && x.get("reason").and_then(Value::as_str) == c.reason.as_deref()
+                && x.get("message").and_then(Value::as_str) == c.message.as_deref()
+                && x.get("lastProbeTime") == Some(&Value::Null)
+                && x.get("lastTransitionTime").is_some()
+        });
+    if same {
+        return;
+    }
     pods::set_condition(
         status_holder,
         type_,
@@ -661,6 +679,7 @@ impl PodRt {
             containers,
             deletion: None,
             deadline: None,
+            written_rv: None,
         }
     }
 
@@ -1070,7 +1089,7 @@ impl Kubelet {
             self.forget(&key);
         }
         for pod in &pods {
-            self.apply_pod(ChangeKind::Added, pod);
+            self.apply_pod(ChangeKind::Added, pod, 0);
         }
     }
 
@@ -1086,7 +1105,7 @@ impl Kubelet {
             self.cursor = last.rv;
             for change in &batch {
                 if change.storage == self.pods_storage {
-                    self.apply_pod(change.kind, &change.object);
+                    self.apply_pod(change.kind, &change.object, change.rv);
                 } else if change.storage == self.nodes_storage {
                     self.apply_node(change.kind, &change.object);
                 }
@@ -1128,7 +1147,7 @@ impl Kubelet {
         }
     }
 
-    fn apply_pod(&mut self, kind: ChangeKind, pod: &Value) {
+    fn apply_pod(&mut self, kind: ChangeKind, pod: &Value, rv: u64) {
         let key = key_of(pod);
         if kind == ChangeKind::Deleted {
             if self
@@ -1138,6 +1157,14 @@ impl Kubelet {
             {
                 self.forget(&key);
             }
+            return;
+        }
+        if self
+            .pods
+            .get(&key)
+            .is_some_and(|rt| rt.written_rv == Some(rv))
+        {
+            // Our own status write coming back: nothing new to react to.
             return;
         }
         let bound = meta::get_str(pod, "/spec/nodeName").is_some_and(|n| !n.is_empty());
@@ -1266,7 +1293,10 @@ impl Kubelet {
             new["status"] = out.status;
             let rt_pods = inner.registry.core("pods");
             match write::commit_update(inner, &rt_pods, &pod, new, &status_opts(), false) {
-                Ok(updated) => current = updated,
+                Ok(updated) => {
+                    rt.written_rv = meta_str(&updated, "resourceVersion").parse().ok();
+                    current = updated;
+                }
                 Err(e) => {
                     tracing::debug!(namespace = %key.0, pod = %key.1, error = %e, "pod status update failed");
                 }

@@ -1,0 +1,16 @@
+//! The cafe API (`apps.cafe.io/v1alpha1`): CafeDeployment and MemberCluster on the hub,
+//! InPlaceSet in each member, and the well-known names they share.
+
+pub mod cafedeployment;
+pub mod inplaceset;
+pub mod int_or_percent;
+pub mod labels;
+pub mod membercluster;
+
+pub use cafedeployment::*;
+pub use inplaceset::*;
+pub use int_or_percent::*;
+pub use membercluster::*;
+
+pub const GROUP: &str = "apps.cafe.io";
+pub const VERSION: &str = "v1alpha1";

@@ -1,0 +1,95 @@
+//! Shared set-up for cafe's end-to-end tests: simulated hub and members on ephemeral ports,
+//! kube-rs clients, CRDs installed, and polling with deadlines.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use cafe_sim::config::SimConfig;
+use cafe_sim::sim::Sim;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+
+/// hub + dca + dcb with fast kubelets.
+pub const TWO_MEMBERS: &str = r#"
+kubelet: {startMillis: 50, restartMillis: 50}
+clusters:
+  - name: hub
+    role: hub
+  - name: dca
+    role: member
+    units: {DataCenter: DCA}
+    nodes: [{count: 3, cpu: "8", memory: 16Gi, pods: 110}]
+  - name: dcb
+    role: member
+    units: {DataCenter: DCB}
+    nodes: [{count: 3, cpu: "8", memory: 16Gi, pods: 110}]
+"#;
+
+pub async fn start_sim(config: &str) -> Sim {
+    let config = SimConfig::parse(config, "test").expect("test config");
+    let sim = Sim::start(config).await.expect("sim starts");
+    sim.wait_ready(Duration::from_secs(10))
+        .await
+        .expect("sim ready");
+    sim
+}
+
+pub async fn client(sim: &Sim, cluster: &str) -> kube::Client {
+    let yaml = sim.kubeconfig(Some(cluster));
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig parses");
+    let options = kube::config::KubeConfigOptions {
+        context: Some(cluster.to_string()),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .expect("kube config");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// Installs cafe's CRDs and waits until each is Established.
+pub async fn install_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in cafe::cli::crds::all() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+        wait_for(
+            &format!("{name} Established"),
+            Duration::from_secs(5),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let c = crds.get(&name).await.ok()?;
+                    c.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// Polls `check` every 20 ms until it returns Some, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
