@@ -1,3 +1,5 @@
-//! Cross-cutting parts of every long-running command: logging, shutdown.
+//! Cross-cutting parts of every long-running command: logging, kubeconfigs, shutdown.
 
+pub mod kubeconfig;
 pub mod logging;
+pub mod shutdown;

@@ -1,0 +1,4 @@
+//! Pure planning: no kube::Client in reach. Unit split, revision hash, (later) rollout batches,
+//! floors and loans. Every function here is deterministic and tested on plain values.
+
+pub mod revision;
