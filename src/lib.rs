@@ -2,5 +2,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod hub;
+pub mod member;
 pub mod plan;
 pub mod runtime;

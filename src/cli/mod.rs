@@ -1,6 +1,11 @@
 //! Subcommands of `cafe`.
 
+pub mod cluster;
 pub mod crds;
+pub mod dev;
+pub mod hub;
+pub mod member;
+pub mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -14,8 +19,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run simulated hub and member clusters with the controllers (the demo).
+    Dev(dev::DevArgs),
     /// Run simulated Kubernetes clusters (the local control plane for tests and demos).
     Sim(cafe_sim::cli::SimCommand),
+    /// Run the hub controllers.
+    Hub(hub::HubArgs),
+    /// Run the member agent (InPlaceSet controller) in a member cluster.
+    Member(member::MemberArgs),
+    /// Register, list and remove member clusters.
+    Cluster(cluster::ClusterArgs),
+    /// Show a CafeDeployment (or all of them) from the hub.
+    Status(status::StatusArgs),
     /// Print (or write with --out) the CRD YAML generated from the API types.
     Crds(crds::CrdsArgs),
 }
@@ -26,11 +41,26 @@ pub enum CliError {
     Sim(#[from] cafe_sim::cli::CliError),
     #[error(transparent)]
     Crds(#[from] crds::CrdsError),
+    #[error(transparent)]
+    Hub(#[from] hub::HubCliError),
+    #[error(transparent)]
+    Member(#[from] member::MemberCliError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Status(#[from] status::StatusError),
+    #[error(transparent)]
+    Dev(#[from] dev::DevError),
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Dev(args) => Ok(dev::run(args).await?),
         Command::Sim(cmd) => Ok(cafe_sim::cli::run(cmd).await?),
+        Command::Hub(args) => Ok(hub::run(args).await?),
+        Command::Member(args) => Ok(member::run(args).await?),
+        Command::Cluster(args) => Ok(cluster::run(args).await?),
+        Command::Status(args) => Ok(status::run(args).await?),
         Command::Crds(args) => Ok(crds::run(args)?),
     }
 }
