@@ -11,11 +11,29 @@ use std::time::{Duration, Instant};
 
 use cafe_sim::config::SimConfig;
 use cafe_sim::sim::Sim;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, PostParams};
 use parking_lot::Mutex;
 use serde_json::json;
+
+#[derive(serde::Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    type_: String,
+    object: EventObject,
+}
+
+#[derive(serde::Deserialize)]
+struct EventObject {
+    metadata: EventMeta,
+}
+
+#[derive(serde::Deserialize)]
+struct EventMeta {
+    #[serde(default)]
+    name: String,
+}
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -80,21 +98,27 @@ async fn main() {
         .unwrap_or_default();
     let mut watch_tasks = vec![];
     for _ in 0..watchers_n {
-        let stream = pods
-            .watch(&WatchParams::default().timeout(290), &rv)
-            .await
-            .expect("watch");
+        // Raw NDJSON with a minimal decode: a watcher that deserialised whole Pods would make
+        // this benchmark measure k8s-openapi instead of the simulator.
+        let req = http::Request::get(format!(
+            "/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}&timeoutSeconds=600"
+        ))
+        .body(vec![])
+        .expect("request");
+        let lines = client.request_stream(req).await.expect("watch");
         let acked = acked.clone();
         let latencies = latencies.clone();
         watch_tasks.push(tokio::spawn(async move {
-            let mut stream = stream.boxed();
+            use futures::AsyncBufReadExt;
+            let mut lines = Box::pin(lines).lines();
             let mut seen = 0usize;
             let mut pending: Vec<(String, Instant)> = vec![];
-            while let Ok(Some(ev)) = stream.try_next().await {
-                if let WatchEvent::Added(p) = ev {
-                    let now = Instant::now();
-                    let name = p.metadata.name.unwrap_or_default();
-                    pending.push((name, now));
+            while let Ok(Some(line)) = lines.try_next().await {
+                let Ok(ev) = serde_json::from_str::<Event>(&line) else {
+                    continue;
+                };
+                if ev.type_ == "ADDED" {
+                    pending.push((ev.object.metadata.name, Instant::now()));
                     seen += 1;
                     if seen == pods_n {
                         break;

@@ -808,7 +808,7 @@ impl PodRt {
                 }
                 self.deletion = Some(Deletion::Done);
             }
-            // Ask again if someone lengthened nothing but the API still waits on us.
+            // Confirm the deletion until the API has recorded it (a zero grace period).
             delete = self.deletion == Some(Deletion::Done)
                 && meta::get_i64(pod, "/metadata/deletionGracePeriodSeconds") != Some(0);
         }

@@ -41,6 +41,9 @@ pub struct Change {
     pub kind: ChangeKind,
     pub object: Obj,
     pub previous: Option<Obj>,
+    /// The watch event line for this change as most watchers send it (full object, same event
+    /// type), encoded once and shared: with many watchers, encoding dominates the cost.
+    pub encoded: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// How many changes watches can resume from (etcd keeps ~5 minutes; we keep a count).
@@ -130,6 +133,7 @@ impl Inner {
             kind,
             object: obj.clone(),
             previous,
+            encoded: Default::default(),
         });
         obj
     }
@@ -153,6 +157,7 @@ impl Inner {
             kind: ChangeKind::Deleted,
             object: gone.clone(),
             previous: Some(previous),
+            encoded: Default::default(),
         });
         Some(gone)
     }
@@ -172,7 +177,7 @@ impl Inner {
             return None;
         }
         let start = self.history.partition_point(|c| c.rv <= rv);
-        Some(self.history.iter().skip(start).take(max).cloned().collect())
+        Some(self.history.range(start..).take(max).cloned().collect())
     }
 
     /// Forgets all history, as `etcdctl compact` would: older revisions become 410 Expired.

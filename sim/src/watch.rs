@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{Request, selectors};
 use crate::cluster::Cluster;
-use crate::registry::ResourceType;
+use crate::registry::{Conversion, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::store::{ChangeKind, Obj, meta_str};
@@ -93,10 +93,12 @@ impl WatchRequest {
                 &[obj],
                 json!({"resourceVersion": meta_str(obj, "resourceVersion")}),
                 include,
-            ),
-            None => obj.clone(),
+            )
+            .to_string(),
+            None => obj.to_string(),
         };
-        line(&json!({"type": kind, "object": object}))
+        // Written by hand so the object is serialised once, not cloned into a wrapper first.
+        Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{object}}}\n"))
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
@@ -163,10 +165,20 @@ pub async fn run(cluster: Arc<Cluster>, w: WatchRequest, tx: mpsc::Sender<Bytes>
             if change.storage != w.rt.storage {
                 continue;
             }
-            if let Some((kind, obj)) =
+            let Some((kind, obj)) =
                 translate(&w, change.kind, &change.object, change.previous.as_ref())
-                && tx.send(w.event(kind, &obj)).await.is_err()
-            {
+            else {
+                continue;
+            };
+            let shareable = w.table.is_none()
+                && kind == change.kind.as_str()
+                && w.rt.conversion == Conversion::None;
+            let line = if shareable {
+                change.encoded.get_or_init(|| w.event(kind, &obj)).clone()
+            } else {
+                w.event(kind, &obj)
+            };
+            if tx.send(line).await.is_err() {
                 return;
             }
         }
@@ -199,24 +211,24 @@ fn translate(
     kind: ChangeKind,
     object: &Obj,
     previous: Option<&Obj>,
-) -> Option<(&'static str, Value)> {
+) -> Option<(&'static str, Obj)> {
     let now = write::served(&w.rt, object.clone());
     let now_matches = w.matches(&now);
     match kind {
-        ChangeKind::Added => now_matches.then(|| ("ADDED", (*now).clone())),
+        ChangeKind::Added => now_matches.then(|| ("ADDED", now.clone())),
         ChangeKind::Deleted => {
             let before = previous.map(|p| write::served(&w.rt, p.clone()));
             let matched = before.as_ref().map_or(now_matches, |b| w.matches(b));
-            matched.then(|| ("DELETED", (*now).clone()))
+            matched.then(|| ("DELETED", now.clone()))
         }
         ChangeKind::Modified => {
             let before = previous
                 .map(|p| w.matches(&write::served(&w.rt, p.clone())))
                 .unwrap_or(false);
             match (before, now_matches) {
-                (true, true) => Some(("MODIFIED", (*now).clone())),
-                (false, true) => Some(("ADDED", (*now).clone())),
-                (true, false) => Some(("DELETED", (*now).clone())),
+                (true, true) => Some(("MODIFIED", now.clone())),
+                (false, true) => Some(("ADDED", now.clone())),
+                (true, false) => Some(("DELETED", now.clone())),
                 (false, false) => None,
             }
         }
