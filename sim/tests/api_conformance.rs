@@ -717,3 +717,47 @@ async fn custom_resources_are_validated_with_causes() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn pods_binding_assigns_a_node_once() {
+    let sim = start().await;
+    let c = client(&sim, "dca").await;
+    let pods: Api<Pod> = Api::default_namespaced(c.clone());
+    // A pod for another scheduler: ours leaves it alone, so the binding below is the only one.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "manual"},
+        "spec": {"schedulerName": "my-scheduler", "containers": [{"name": "app", "image": "nginx:1"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "manual"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "dca-node-2"}});
+    let req = |body: &serde_json::Value| {
+        http::Request::post("/api/v1/namespaces/default/pods/manual/binding")
+            .header("Content-Type", "application/json")
+            .body(body.to_string().into_bytes())
+            .unwrap()
+    };
+    c.request::<serde_json::Value>(req(&binding))
+        .await
+        .expect("first binding");
+    let bound = pods.get("manual").await.unwrap();
+    assert_eq!(bound.spec.unwrap().node_name.as_deref(), Some("dca-node-2"));
+    let err = api_err(
+        c.request::<serde_json::Value>(req(&binding))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 409, "a pod is bound once");
+    wait_for(
+        "the kubelet runs the bound pod",
+        Duration::from_secs(5),
+        || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get("manual").await.ok()?;
+                (p.status?.phase.as_deref() == Some("Running")).then_some(())
+            }
+        },
+    )
+    .await;
+}
