@@ -20,7 +20,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so the kubelet's deadlines follow a paused test clock too.
+use tokio::time::Instant;
 
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
@@ -1395,7 +1398,7 @@ pub async fn run(store: Arc<Store>, timing: KubeletTiming, shutdown: Cancellatio
         let next = kubelet.timers.first().map(|(at, _)| *at);
         let sleep = async {
             match next {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending::<()>().await,
             }
         };
@@ -1979,13 +1982,15 @@ mod tests {
         kubelet.await.unwrap();
     }
 
-    /// 10,000 pods created as fast as the store takes them all get bound and Running.
+    /// Pods created as fast as the store takes them all get bound, Running and Ready, with unique
+    /// IPs. 2,000 by default to keep the debug-build suite quick; `SIM_SCALE_PODS=10000` runs the
+    /// full-size check (about 20 s in a release build on 2 cores, most of it in the API write path).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_pods_run_promptly() {
         let n: usize = std::env::var("SIM_SCALE_PODS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000);
+            .unwrap_or(2_000);
         let store = new_store();
         let groups = [NodeGroup {
             count: 20,
@@ -2017,20 +2022,19 @@ mod tests {
                 app_pod(&format!("p-{i}"), "nginx:1", "10m"),
             );
         }
-        eprintln!("created in {:?}", began.elapsed());
+        let created = began.elapsed();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let running = store.read(|inner| {
                 inner
                     .list("/pods", Some("default"))
                     .iter()
-                    .filter(|p| p["status"]["phase"] == "Running")
+                    .filter(|p| p["status"]["phase"] == "Running" && is_ready(p))
                     .count()
             });
             if running == n {
                 break;
             }
-            eprintln!("{:?} running {running}", began.elapsed());
             assert!(Instant::now() < deadline, "only {running}/{n} running");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -2043,7 +2047,7 @@ mod tests {
                 .collect()
         });
         assert_eq!(ips.len(), n, "pod IPs must be unique");
-        eprintln!("{n} pods running in {elapsed:?}");
+        eprintln!("{n} pods created in {created:?}, all running and ready after {elapsed:?}");
         shutdown.cancel();
         sched.await.unwrap();
         kubelet.await.unwrap();
