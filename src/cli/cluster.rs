@@ -1,14 +1,517 @@
-//! `cafe cluster` (being written).
+//! `cafe cluster register|list|remove`: member clusters as the hub knows them.
+//!
+//! Registration stores the member's kubeconfig (one context, flattened, credentials inline) in a
+//! Secret in `cafe-system` on the hub and creates or updates the MemberCluster that points at it.
+//! Everything that can be wrong with the member (its kubeconfig, its context, whether it answers)
+//! is checked before the first write, so a failed registration leaves the hub untouched.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::Kubeconfig;
+use serde_json::json;
+
+use crate::api::labels::{SYSTEM_NAMESPACE, unit_label};
+use crate::api::{MemberCluster, SecretKeyRef};
+use crate::runtime::kubeconfig::{KubeconfigArgs, KubeconfigError};
+
+mod flatten;
+mod list;
+mod units;
+
+pub use flatten::flatten;
+use flatten::read_member_kubeconfig;
+pub use list::{format_cpu, format_memory, render_list};
+use units::{check_name, check_units, render_units};
+pub use units::{parse_unit, parse_units};
+
+/// Key of the member kubeconfig inside its Secret.
+pub const SECRET_KEY: &str = "kubeconfig";
+/// Label on the kubeconfig Secret naming the MemberCluster it belongs to.
+pub const SECRET_MEMBER_LABEL: &str = "apps.cafe.io/membercluster";
+/// Field manager of everything `cafe cluster register` writes.
+pub const FIELD_MANAGER: &str = "cafe-cli";
+/// How long the member gets to answer `/version` before registration gives up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Register, list and remove member clusters.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Register a member cluster with the hub (or update its registration).
+    ///
+    /// Here --kubeconfig/--context name the MEMBER cluster, as in
+    /// `cafe cluster register dca --kubeconfig dca.yaml --unit DataCenter=DCA`.
+    /// The hub is reached through --hub-kubeconfig/--hub-context, defaulting to $KUBECONFIG and
+    /// its current context.
+    Register(RegisterArgs),
+    /// List the registered member clusters with their units, health and free capacity.
+    List(HubArgs),
+    /// Remove a member cluster: deletes its MemberCluster and its kubeconfig Secret.
+    Remove(RemoveArgs),
+}
 
 #[derive(Debug, clap::Args)]
-pub struct ClusterArgs {}
+pub struct RegisterArgs {
+    /// Name of the MemberCluster (a lowercase DNS label, e.g. dca).
+    pub name: String,
+    /// Kubeconfig file of the MEMBER cluster.
+    #[arg(long, value_name = "MEMBER_FILE")]
+    pub kubeconfig: PathBuf,
+    /// Context of the member in that file (default: its current context).
+    #[arg(long, value_name = "MEMBER_CONTEXT")]
+    pub context: Option<String>,
+    /// Topology unit of the member, TYPE=VALUE (repeatable), e.g. DataCenter=DCA.
+    #[arg(long = "unit", value_name = "TYPE=VALUE", required = true)]
+    pub units: Vec<String>,
+    /// Kubeconfig of the HUB cluster (default: $KUBECONFIG).
+    #[arg(long, value_name = "HUB_FILE")]
+    pub hub_kubeconfig: Option<PathBuf>,
+    /// Context of the hub in that file (default: its current context).
+    #[arg(long, value_name = "HUB_CONTEXT")]
+    pub hub_context: Option<String>,
+}
+
+/// Where the hub is, for the subcommands that only talk to the hub.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HubArgs {
+    /// Kubeconfig of the hub cluster (default: $KUBECONFIG).
+    #[arg(long, visible_alias = "hub-kubeconfig")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context of the hub in that file (default: its current context).
+    #[arg(long, visible_alias = "hub-context")]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    /// Name of the MemberCluster to remove.
+    pub name: String,
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("not implemented yet")]
-    NotImplemented,
+    #[error(
+        "cluster name {0:?} is not valid: use a lowercase DNS label (a-z, 0-9, '-', at most 50 characters), e.g. dca"
+    )]
+    Name(String),
+    #[error("--unit {given:?}: {reason}; give TYPE=VALUE, e.g. --unit DataCenter=DCA")]
+    Unit { given: String, reason: String },
+    #[error("no unit given: pass at least one --unit TYPE=VALUE, e.g. --unit DataCenter=DCA")]
+    NoUnits,
+    #[error(
+        "reading member kubeconfig {path}: {message}; pass the member's kubeconfig file with --kubeconfig"
+    )]
+    ReadKubeconfig { path: String, message: String },
+    #[error("member kubeconfig {origin} is not a valid kubeconfig: {message}")]
+    InvalidKubeconfig { origin: String, message: String },
+    #[error(
+        "member kubeconfig has no context {context:?}; pass one of its contexts with --context ({available})"
+    )]
+    UnknownContext { context: String, available: String },
+    #[error("member kubeconfig has no current-context; pick one with --context ({available})")]
+    NoContext { available: String },
+    #[error(
+        "member kubeconfig context {context:?} {problem}; fix the kubeconfig or pick another context with --context"
+    )]
+    IncompleteContext { context: String, problem: String },
+    #[error(
+        "member kubeconfig context {context:?} authenticates through {mechanism}, which the hub cannot run; use a kubeconfig with a bearer token or client certificate (e.g. a service-account token)"
+    )]
+    UnsupportedAuth { context: String, mechanism: String },
+    #[error(
+        "reading {path} (referenced by the member kubeconfig): {message}; make the file readable or inline its data"
+    )]
+    CredentialFile { path: String, message: String },
+    #[error(
+        "member cluster {name} at {server} did not answer: {message}; check that it is running and that its server address is reachable from here"
+    )]
+    Unreachable {
+        name: String,
+        server: String,
+        message: String,
+    },
+    #[error(
+        "member cluster {name} at {server} rejected the kubeconfig's credentials ({message}); refresh the token or certificate in the member kubeconfig"
+    )]
+    Unauthorized {
+        name: String,
+        server: String,
+        message: String,
+    },
+    #[error("hub kubeconfig: {0}")]
+    HubKubeconfig(#[from] KubeconfigError),
+    #[error(
+        "the hub has no MemberCluster CRD; install cafe's CRDs on the hub first (`cafe crds | kubectl apply -f -`)"
+    )]
+    NoCrd,
+    #[error(
+        "{action} on the hub: {message}; check that the hub is reachable and that your hub credentials may do this"
+    )]
+    Hub { action: String, message: String },
+    #[error("no MemberCluster {0:?} on the hub; `cafe cluster list` shows the registered clusters")]
+    NotFound(String),
 }
 
-pub async fn run(_args: ClusterArgs) -> Result<(), ClusterError> {
-    Err(ClusterError::NotImplemented)
+impl ClusterError {
+    fn hub(action: impl Into<String>, err: &kube::Error) -> Self {
+        ClusterError::Hub {
+            action: action.into(),
+            message: one_line(err),
+        }
+    }
+}
+
+pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
+    // A short command's failure is its one-line error; kube's own request logs would only
+    // repeat it (see `quietly`).
+    quietly(run_command(args)).await
+}
+
+async fn run_command(args: ClusterArgs) -> Result<(), ClusterError> {
+    match args.command {
+        ClusterCommand::Register(args) => {
+            let units = parse_units(&args.units)?;
+            check_name(&args.name)?;
+            let member = read_member_kubeconfig(&args.kubeconfig)?;
+            let hub = hub_client(args.hub_kubeconfig, args.hub_context).await?;
+            register_kubeconfig(&hub, &args.name, member, args.context.as_deref(), &units).await?;
+            println!(
+                "member cluster {} registered with unit {}",
+                args.name,
+                render_units(&units)
+            );
+            Ok(())
+        }
+        ClusterCommand::List(hub) => {
+            let hub = hub_client(hub.kubeconfig, hub.context).await?;
+            print!("{}", render_list(&list(&hub).await?));
+            Ok(())
+        }
+        ClusterCommand::Remove(args) => {
+            let hub = hub_client(args.hub.kubeconfig, args.hub.context).await?;
+            remove(&hub, &args.name).await?;
+            println!("member cluster {} removed", args.name);
+            Ok(())
+        }
+    }
+}
+
+async fn hub_client(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> Result<kube::Client, ClusterError> {
+    Ok(KubeconfigArgs {
+        kubeconfig,
+        context,
+    }
+    .client()
+    .await?)
+}
+
+/// Registers a member cluster with the hub, the way `cafe cluster register` does.
+///
+/// Guarantees, in order: the name, the units and the member kubeconfig are valid; the chosen
+/// `context` (default: the kubeconfig's current context) exists; the member answers `/version`
+/// and accepts those credentials (`/api`); the hub has the MemberCluster CRD. Only then does it
+/// write: namespace `cafe-system` (if missing), Secret `<name>-kubeconfig` (key `kubeconfig`:
+/// that one context, flattened, credentials inline) and MemberCluster `name` with one
+/// `unit.apps.cafe.io/<TYPE>=<VALUE>` label per unit. Registering again updates both (units no
+/// longer given are removed). On any error before the writes, nothing is written.
+pub async fn register(
+    hub: &kube::Client,
+    name: &str,
+    member_kubeconfig_yaml: &str,
+    context: Option<&str>,
+    units: &[(String, String)],
+) -> Result<(), ClusterError> {
+    let kubeconfig = Kubeconfig::from_yaml(member_kubeconfig_yaml).map_err(|e| {
+        ClusterError::InvalidKubeconfig {
+            origin: "(given as text)".into(),
+            message: one_line(&e),
+        }
+    })?;
+    register_kubeconfig(hub, name, kubeconfig, context, units).await
+}
+
+async fn register_kubeconfig(
+    hub: &kube::Client,
+    name: &str,
+    member: Kubeconfig,
+    context: Option<&str>,
+    units: &[(String, String)],
+) -> Result<(), ClusterError> {
+    check_name(name)?;
+    check_units(units)?;
+    let flat = flatten(member, context)?;
+    let yaml = serde_saphyr::to_string(&flat).map_err(|e| ClusterError::InvalidKubeconfig {
+        origin: "(flattened)".into(),
+        message: one_line(&e),
+    })?;
+    probe(name, &flat, &yaml).await?;
+    write_registration(hub, name, &yaml, units).await
+}
+
+/// The member must answer `/version` with the credentials the hub will use.
+async fn probe(name: &str, flat: &Kubeconfig, yaml: &str) -> Result<(), ClusterError> {
+    let server = flat
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .unwrap_or_default();
+    let client = crate::runtime::kubeconfig::client_from_yaml(yaml, None, "member kubeconfig")
+        .await
+        .map_err(|e| ClusterError::InvalidKubeconfig {
+            origin: "member".into(),
+            message: one_line(&e),
+        })?;
+    let unreachable = |message: String| ClusterError::Unreachable {
+        name: name.to_string(),
+        server: server.clone(),
+        message,
+    };
+    // /version answers anonymous callers too; /api needs the credentials to be accepted.
+    let answer = async {
+        client.apiserver_version().await?;
+        client.list_core_api_versions().await
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, quietly(answer)).await {
+        Err(_) => Err(unreachable(format!("no answer within {PROBE_TIMEOUT:?}"))),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(kube::Error::Api(s))) if s.code == 401 || s.code == 403 => {
+            Err(ClusterError::Unauthorized {
+                name: name.to_string(),
+                server: server.clone(),
+                message: format!("{} {}", s.code, s.reason),
+            })
+        }
+        Ok(Err(e)) => Err(unreachable(one_line(&e))),
+    }
+}
+
+async fn write_registration(
+    hub: &kube::Client,
+    name: &str,
+    kubeconfig_yaml: &str,
+    units: &[(String, String)],
+) -> Result<(), ClusterError> {
+    let clusters: Api<MemberCluster> = Api::all(hub.clone());
+    // Before the first write: the CRD must be there, or the Secret would be written for nothing.
+    match clusters
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Err(ClusterError::NoCrd),
+        Err(e) => return Err(ClusterError::hub("listing MemberClusters", &e)),
+    }
+    ensure_namespace(hub).await?;
+
+    let secret_name = secret_name(name);
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), SYSTEM_NAMESPACE);
+    let existed = secrets
+        .get_metadata_opt(&secret_name)
+        .await
+        .map_err(|e| {
+            ClusterError::hub(
+                format!("reading Secret {SYSTEM_NAMESPACE}/{secret_name}"),
+                &e,
+            )
+        })?
+        .is_some();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name,
+            "namespace": SYSTEM_NAMESPACE,
+            "labels": {SECRET_MEMBER_LABEL: name},
+        },
+        "type": "Opaque",
+        "data": {SECRET_KEY: BASE64.encode(kubeconfig_yaml)},
+    });
+    secrets
+        .patch(&secret_name, &params, &Patch::Apply(&secret))
+        .await
+        .map_err(|e| {
+            ClusterError::hub(
+                format!("writing Secret {SYSTEM_NAMESPACE}/{secret_name}"),
+                &e,
+            )
+        })?;
+
+    let member = member_cluster(name, units);
+    if let Err(e) = clusters.patch(name, &params, &Patch::Apply(&member)).await {
+        // Do not leave a Secret behind that no MemberCluster points at.
+        if !existed {
+            let _ = secrets.delete(&secret_name, &DeleteParams::default()).await;
+        }
+        return Err(ClusterError::hub(
+            format!("writing MemberCluster {name}"),
+            &e,
+        ));
+    }
+    Ok(())
+}
+
+async fn ensure_namespace(hub: &kube::Client) -> Result<(), ClusterError> {
+    let namespaces: Api<Namespace> = Api::all(hub.clone());
+    let action = format!("creating namespace {SYSTEM_NAMESPACE}");
+    if namespaces
+        .get_metadata_opt(SYSTEM_NAMESPACE)
+        .await
+        .map_err(|e| ClusterError::hub(&action, &e))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let ns: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": SYSTEM_NAMESPACE},
+    }))
+    .map_err(|e| ClusterError::Hub {
+        action: action.clone(),
+        message: e.to_string(),
+    })?;
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        // Someone else created it meanwhile.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(ClusterError::hub(&action, &e)),
+    }
+}
+
+/// `<name>-kubeconfig`
+pub fn secret_name(member: &str) -> String {
+    format!("{member}-kubeconfig")
+}
+
+/// The MemberCluster a registration applies (server-side): unit labels and the Secret reference.
+pub fn member_cluster(name: &str, units: &[(String, String)]) -> serde_json::Value {
+    let labels: BTreeMap<String, String> = units
+        .iter()
+        .map(|(t, v)| (unit_label(t), v.clone()))
+        .collect();
+    let secret = SecretKeyRef {
+        namespace: SYSTEM_NAMESPACE.into(),
+        name: secret_name(name),
+        key: SECRET_KEY.into(),
+    };
+    // Only the fields registration owns: `spec.unschedulable` (cordon) stays with whoever set it.
+    json!({
+        "apiVersion": "apps.cafe.io/v1alpha1",
+        "kind": "MemberCluster",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"kubeconfigSecretRef": secret},
+    })
+}
+
+/// The registered member clusters, sorted by name.
+pub async fn list(hub: &kube::Client) -> Result<Vec<MemberCluster>, ClusterError> {
+    let api: Api<MemberCluster> = Api::all(hub.clone());
+    let mut items = match api.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Err(ClusterError::NoCrd),
+        Err(e) => return Err(ClusterError::hub("listing MemberClusters", &e)),
+    };
+    items.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok(items)
+}
+
+/// Deletes MemberCluster `name` and the kubeconfig Secret it references.
+pub async fn remove(hub: &kube::Client, name: &str) -> Result<(), ClusterError> {
+    let api: Api<MemberCluster> = Api::all(hub.clone());
+    let member = match api.get_opt(name).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Err(ClusterError::NotFound(name.to_string())),
+        Err(e) => {
+            return Err(ClusterError::hub(
+                format!("reading MemberCluster {name}"),
+                &e,
+            ));
+        }
+    };
+    // The MemberCluster first: the hub stops using the member before its credentials go.
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => {
+            return Err(ClusterError::hub(
+                format!("deleting MemberCluster {name}"),
+                &e,
+            ));
+        }
+    }
+    let r = &member.spec.kubeconfig_secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), &r.namespace);
+    match secrets.delete(&r.name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(ClusterError::hub(
+            format!("deleting Secret {}/{}", r.namespace, r.name),
+            &e,
+        )),
+    }
+}
+
+/// Runs `f` with tracing off. kube-client logs every failed request at ERROR level; where the
+/// failure is returned (and reported) as an error anyway, those lines would only repeat it,
+/// and a command's error must stay one line.
+pub async fn quietly<F: std::future::Future>(f: F) -> F::Output {
+    use tracing::instrument::WithSubscriber;
+    f.with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await
+}
+
+/// An error and its causes on one line (`a: b: c`): the first line of each, without repeating
+/// a cause the message already contains.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    // Parsers append source snippets after the first line; the first line names the problem.
+    let first = |e: &dyn std::error::Error| e.to_string().lines().next().unwrap_or("").to_string();
+    let mut text = first(err);
+    let mut source = err.source();
+    while let Some(s) = source {
+        let part = first(s);
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_cluster_has_unit_labels_and_secret_ref() {
+        let m = member_cluster("dca", &[("DataCenter".into(), "DCA".into())]);
+        assert_eq!(
+            m["metadata"]["labels"]["unit.apps.cafe.io/DataCenter"],
+            "DCA"
+        );
+        assert_eq!(
+            m["spec"]["kubeconfigSecretRef"],
+            json!({"namespace": "cafe-system", "name": "dca-kubeconfig", "key": "kubeconfig"})
+        );
+        let typed: MemberCluster = serde_json::from_value(m).unwrap();
+        assert!(!typed.spec.unschedulable);
+    }
 }
