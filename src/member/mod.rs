@@ -1,16 +1,57 @@
-//! The member agent: the InPlaceSet controller.
+//! The member agent: the InPlaceSet controller of one member cluster (DESIGN.md sections 3, 6).
+//!
+//! It keeps `spec.replicas` pods from each InPlaceSet's template, each behind the
+//! `apps.cafe.io/InPlaceUpdateReady` readiness gate, and summarises them into the InPlaceSet's
+//! status for the hub. Scale decisions are pure ([`crate::plan::scale`]); writes are tracked
+//! as expectations so a stale cache never causes a second round of creations.
+
+mod apply;
+mod controller;
+mod crd;
+mod expectations;
+mod pod;
+mod status;
 
 use tokio_util::sync::CancellationToken;
 
+pub use apply::ApplyError;
+pub use controller::ReconcileError;
+pub use pod::LIFECYCLE_NORMAL;
+pub use status::REPLICA_FAILURE;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MemberError {
-    #[error("{0}")]
-    Startup(String),
+    #[error(
+        "checking that CRD {crd} is installed: {}; the member agent needs `get` on \
+         customresourcedefinitions and a reachable API server",
+        apply::cause(.source)
+    )]
+    CrdCheck {
+        crd: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl MemberError {
+    /// A fixed label for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::CrdCheck { .. } => "crd_check",
+        }
+    }
 }
 
 /// Runs the InPlaceSet controller against one member cluster until `shutdown` is cancelled.
+///
+/// It first waits (logging why) until the InPlaceSet CRD is Established; it never installs
+/// CRDs itself. On cancellation, reconciles in flight finish and the function returns `Ok`.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) -> Result<(), MemberError> {
-    let _ = client;
-    shutdown.cancelled().await;
+    if !crd::wait_established(&client, &shutdown).await? {
+        return Ok(());
+    }
+    tracing::info!("InPlaceSet controller starting");
+    controller::run(client, shutdown).await;
+    tracing::info!("InPlaceSet controller stopped");
     Ok(())
 }

@@ -37,7 +37,7 @@ impl KubeconfigArgs {
             .or_else(|| {
                 std::env::var_os("KUBECONFIG")
                     .filter(|v| !v.is_empty())
-                    .map(|v| PathBuf::from(std::env::split_paths(&v).next().unwrap_or_default()))
+                    .map(|v| std::env::split_paths(&v).next().unwrap_or_default())
             })
             .ok_or(KubeconfigError::Missing)
     }

@@ -1,0 +1,336 @@
+//! Expectations: read-your-own-writes for pod creations and deletions.
+//!
+//! After the controller creates or deletes pods for an InPlaceSet, its pod cache lags behind
+//! until the watch delivers those writes. Acting on that stale cache would create (or delete)
+//! the same pods again. As the ReplicaSet controller does
+//! (<https://github.com/kubernetes/kubernetes/blob/master/pkg/controller/controller_utils.go>,
+//! `ControllerExpectations`), the controller records every write it made, the watch marks them
+//! observed, and scale decisions for an InPlaceSet wait until none are pending. A write never
+//! observed (a watch event lost for good) stops blocking after a timeout.
+//!
+//! Writes are tracked by pod uid, per owning InPlaceSet uid. Recording checks the cache under the
+//! same lock the watch takes to mark observations, so an event that overtakes the API response
+//! is never missed.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
+use kube::runtime::watcher;
+
+use crate::api::InPlaceSet;
+
+/// Kubernetes waits 5 minutes (`ExpectationsTimeout`); a relist marks what a lost event hid well
+/// before that, so one minute only bounds the damage of a write the API never reports.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// pod uid -> when the creation was recorded
+    creations: HashMap<String, Instant>,
+    /// pod uid -> when the deletion was recorded
+    deletions: HashMap<String, Instant>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.creations.is_empty() && self.deletions.is_empty()
+    }
+}
+
+/// Writes the controller made and the pod watch has not shown yet, per InPlaceSet.
+#[derive(Debug)]
+pub struct Expectations {
+    timeout: Duration,
+    by_owner: Mutex<HashMap<String, Pending>>,
+}
+
+/// What the pod cache says about one pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    Absent,
+    Present,
+    /// Present with a deletionTimestamp: its deletion has been observed.
+    Deleting,
+}
+
+impl Expectations {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            by_owner: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that
+        // matters: at worst an expectation lingers until its timeout.
+        self.by_owner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that the controller created pod `pod_uid` for `owner_uid`, unless `seen` (which
+    /// reads the pod cache) shows the watch got there first.
+    pub fn expect_creation(
+        &self,
+        owner_uid: &str,
+        pod_uid: &str,
+        now: Instant,
+        seen: impl FnOnce() -> Seen,
+    ) {
+        let mut map = self.lock();
+        if seen() == Seen::Absent {
+            map.entry(owner_uid.to_string())
+                .or_default()
+                .creations
+                .insert(pod_uid.to_string(), now);
+        }
+    }
+
+    /// Records that the controller deleted pod `pod_uid` of `owner_uid`, unless `seen` shows the
+    /// cache already has it gone or terminating.
+    pub fn expect_deletion(
+        &self,
+        owner_uid: &str,
+        pod_uid: &str,
+        now: Instant,
+        seen: impl FnOnce() -> Seen,
+    ) {
+        let mut map = self.lock();
+        if seen() == Seen::Present {
+            map.entry(owner_uid.to_string())
+                .or_default()
+                .deletions
+                .insert(pod_uid.to_string(), now);
+        }
+    }
+
+    /// The watch showed pod `pod_uid` of `owner_uid` in state `seen`.
+    pub fn observe(&self, owner_uid: &str, pod_uid: &str, seen: Seen) {
+        let mut map = self.lock();
+        let Some(pending) = map.get_mut(owner_uid) else {
+            return;
+        };
+        match seen {
+            // A pod that is gone was created too: a pod created and deleted between two
+            // watch events still satisfies its creation.
+            Seen::Absent | Seen::Deleting => {
+                pending.creations.remove(pod_uid);
+                pending.deletions.remove(pod_uid);
+            }
+            Seen::Present => {
+                pending.creations.remove(pod_uid);
+            }
+        }
+        if pending.is_empty() {
+            map.remove(owner_uid);
+        }
+    }
+
+    /// After a relist (the watch restarted and listed everything again), what was pending is
+    /// settled by the fresh cache: deletions the relist no longer shows were missed as events.
+    pub fn resync(&self, seen: impl Fn(&str) -> Seen) {
+        let mut map = self.lock();
+        for pending in map.values_mut() {
+            pending.creations.retain(|uid, _| seen(uid) == Seen::Absent);
+            pending
+                .deletions
+                .retain(|uid, _| seen(uid) == Seen::Present);
+        }
+        map.retain(|_, p| !p.is_empty());
+    }
+
+    /// Feeds one pod watch event (after the cache applied it).
+    pub fn observe_event(&self, event: &watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                if let Some((owner, uid)) = owner_and_uid(pod) {
+                    let seen = if pod.metadata.deletion_timestamp.is_some() {
+                        Seen::Deleting
+                    } else {
+                        Seen::Present
+                    };
+                    self.observe(owner, uid, seen);
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some((owner, uid)) = owner_and_uid(pod) {
+                    self.observe(owner, uid, Seen::Absent);
+                }
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+
+    /// `None` when `owner_uid` has no pending writes, so its pods in the cache can be acted on;
+    /// otherwise how long until the oldest pending write times out. Writes past the timeout are
+    /// dropped (with a warning), for every InPlaceSet, so nothing lingers for one that is gone.
+    pub fn pending(&self, owner_uid: &str, now: Instant) -> Option<Duration> {
+        let timeout = self.timeout;
+        let mut map = self.lock();
+        for (owner, pending) in map.iter_mut() {
+            let mut expired = 0;
+            for writes in [&mut pending.creations, &mut pending.deletions] {
+                writes.retain(|_, at| {
+                    let live = now.saturating_duration_since(*at) < timeout;
+                    expired += usize::from(!live);
+                    live
+                });
+            }
+            if expired > 0 {
+                tracing::warn!(
+                    owner_uid = owner.as_str(),
+                    expired,
+                    ?timeout,
+                    "pod writes never seen by the watch; trusting the cache again"
+                );
+            }
+        }
+        map.retain(|_, p| !p.is_empty());
+        let pending = map.get(owner_uid)?;
+        let oldest = pending
+            .creations
+            .values()
+            .chain(pending.deletions.values())
+            .min()?;
+        Some(timeout.saturating_sub(now.saturating_duration_since(*oldest)))
+    }
+
+    /// Drops whatever is pending for an InPlaceSet that is gone.
+    pub fn forget(&self, owner_uid: &str) {
+        self.lock().remove(owner_uid);
+    }
+}
+
+/// The uid of the InPlaceSet controlling `pod`, and the pod's uid.
+pub fn owner_and_uid(pod: &Pod) -> Option<(&str, &str)> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == InPlaceSet::kind(&()))?;
+    Some((owner.uid.as_str(), pod.metadata.uid.as_deref()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWNER: &str = "ips-uid";
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn nothing_pending_by_default() {
+        let e = Expectations::new(DEFAULT_TIMEOUT);
+        assert_eq!(e.pending(OWNER, t0()), None);
+    }
+
+    #[test]
+    fn a_creation_blocks_until_observed() {
+        let e = Expectations::new(DEFAULT_TIMEOUT);
+        let now = t0();
+        e.expect_creation(OWNER, "p1", now, || Seen::Absent);
+        e.expect_creation(OWNER, "p2", now, || Seen::Absent);
+        assert!(e.pending(OWNER, now).is_some());
+        e.observe(OWNER, "p1", Seen::Present);
+        assert!(e.pending(OWNER, now).is_some(), "p2 still unseen");
+        e.observe(OWNER, "p2", Seen::Present);
+        assert_eq!(e.pending(OWNER, now), None);
+    }
+
+    #[test]
+    fn a_creation_the_cache_already_has_is_not_recorded() {
+        let e = Expectations::new(DEFAULT_TIMEOUT);
+        e.expect_creation(OWNER, "p1", t0(), || Seen::Present);
+        assert_eq!(e.pending(OWNER, t0()), None);
+    }
+
+    #[test]
+    fn a_deletion_is_observed_by_the_deletion_timestamp_or_the_delete_event() {
+        let e = Expectations::new(DEFAULT_TIMEOUT);
+        let now = t0();
+        e.expect_deletion(OWNER, "p1", now, || Seen::Present);
+        e.expect_deletion(OWNER, "p2", now, || Seen::Present);
+        e.observe(OWNER, "p1", Seen::Present);
+        assert!(
+            e.pending(OWNER, now).is_some(),
+            "an update is not a deletion"
+        );
+        e.observe(OWNER, "p1", Seen::Deleting);
+        e.observe(OWNER, "p2", Seen::Absent);
+        assert_eq!(e.pending(OWNER, now), None);
+        // Already gone from the cache: nothing to wait for.
+        e.expect_deletion(OWNER, "p3", now, || Seen::Absent);
+        e.expect_deletion(OWNER, "p4", now, || Seen::Deleting);
+        assert_eq!(e.pending(OWNER, now), None);
+    }
+
+    #[test]
+    fn owners_are_independent() {
+        let e = Expectations::new(DEFAULT_TIMEOUT);
+        e.expect_creation("a", "p1", t0(), || Seen::Absent);
+        assert_eq!(e.pending("b", t0()), None);
+        e.observe("b", "p1", Seen::Present);
+        assert!(e.pending("a", t0()).is_some());
+        e.forget("a");
+        assert_eq!(e.pending("a", t0()), None);
+    }
+
+    #[test]
+    fn pending_writes_time_out() {
+        let e = Expectations::new(Duration::from_secs(10));
+        let start = t0();
+        e.expect_creation(OWNER, "p1", start, || Seen::Absent);
+        assert_eq!(
+            e.pending(OWNER, start + Duration::from_secs(4)),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(e.pending(OWNER, start + Duration::from_secs(10)), None);
+        // Dropped for good.
+        assert_eq!(e.pending(OWNER, start), None);
+        // Expired writes of other InPlaceSets (perhaps gone) are swept too.
+        e.expect_creation("gone", "p2", start, || Seen::Absent);
+        e.expect_creation(OWNER, "p3", start + Duration::from_secs(8), || Seen::Absent);
+        assert!(e.pending(OWNER, start + Duration::from_secs(12)).is_some());
+        assert_eq!(e.lock().len(), 1);
+    }
+
+    #[test]
+    fn a_relist_settles_missed_deletions() {
+        let e = Expectations::new(DEFAULT_TIMEOUT);
+        let now = t0();
+        e.expect_deletion(OWNER, "gone", now, || Seen::Present);
+        e.expect_deletion(OWNER, "still-there", now, || Seen::Present);
+        e.expect_creation(OWNER, "listed", now, || Seen::Absent);
+        e.resync(|uid| match uid {
+            "still-there" | "listed" => Seen::Present,
+            _ => Seen::Absent,
+        });
+        assert!(e.pending(OWNER, now).is_some());
+        e.observe(OWNER, "still-there", Seen::Absent);
+        assert_eq!(e.pending(OWNER, now), None);
+    }
+
+    #[test]
+    fn watch_events_mark_observations() {
+        let e = Expectations::new(DEFAULT_TIMEOUT);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "x-abcde", "uid": "p1", "ownerReferences": [
+                {"apiVersion": "apps.cafe.io/v1alpha1", "kind": "InPlaceSet", "name": "x",
+                 "uid": OWNER, "controller": true}
+            ]},
+        }))
+        .unwrap();
+        e.expect_creation(OWNER, "p1", t0(), || Seen::Absent);
+        e.observe_event(&watcher::Event::Apply(pod.clone()));
+        assert_eq!(e.pending(OWNER, t0()), None);
+        e.expect_deletion(OWNER, "p1", t0(), || Seen::Present);
+        e.observe_event(&watcher::Event::Delete(pod));
+        assert_eq!(e.pending(OWNER, t0()), None);
+    }
+}

@@ -1,0 +1,281 @@
+//! One pod of an InPlaceSet: building a new one from the template, and reading what the
+//! controller needs from an existing one.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodReadinessGate, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+use crate::api::InPlaceSet;
+use crate::api::labels::{LIFECYCLE_STATE, READINESS_GATE, REVISION};
+use crate::plan::scale::PodFacts;
+
+/// The lifecycle state of a pod no operation is touching.
+pub const LIFECYCLE_NORMAL: &str = "Normal";
+
+/// A new pod for `ips` at `revision`, named by the API server (`<inplaceset>-<5 random chars>`,
+/// as `generateName` does), controlled by `ips`, with the template's labels plus the revision
+/// and lifecycle labels, and the readiness gate. `None` when `ips` lacks a uid or namespace
+/// (it was not read from the API).
+pub fn new_pod(ips: &InPlaceSet, revision: &str) -> Option<Pod> {
+    // blockOwnerDeletion: foreground deletion of the InPlaceSet waits for its pods, as for
+    // ReplicaSets (https://kubernetes.io/docs/concepts/architecture/garbage-collection/).
+    let owner = OwnerReference {
+        block_owner_deletion: Some(true),
+        ..ips.controller_owner_ref(&())?
+    };
+    let namespace = ips.namespace()?;
+    let template = &ips.spec.template;
+    let template_meta = template.metadata.clone().unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = template_meta.labels.unwrap_or_default();
+    labels.insert(REVISION.to_string(), revision.to_string());
+    labels.insert(LIFECYCLE_STATE.to_string(), LIFECYCLE_NORMAL.to_string());
+    let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
+    let gates = spec.readiness_gates.get_or_insert_with(Vec::new);
+    if !gates.iter().any(|g| g.condition_type == READINESS_GATE) {
+        gates.push(PodReadinessGate {
+            condition_type: READINESS_GATE.to_string(),
+        });
+    }
+    Some(Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", ips.name_any())),
+            namespace: Some(namespace),
+            labels: Some(labels),
+            annotations: template_meta.annotations,
+            finalizers: template_meta.finalizers,
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+/// What the controller reads from one owned pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub facts: PodFacts,
+    /// The `apps.cafe.io/revision` label.
+    pub revision: Option<String>,
+    /// ContainersReady=True.
+    pub containers_ready: bool,
+    /// The readiness gate condition, if written.
+    pub gate: Option<bool>,
+    /// The `apps.cafe.io/lifecycle-state` label.
+    pub lifecycle: Option<String>,
+    /// When Ready last turned True (None unless Ready).
+    pub ready_since: Option<Timestamp>,
+    /// When the scheduler last reported it Unschedulable (None unless it is).
+    pub unschedulable_since: Option<Timestamp>,
+}
+
+fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn is_true(pod: &Pod, type_: &str) -> bool {
+    condition(pod, type_).is_some_and(|c| c.status == "True")
+}
+
+impl PodView {
+    pub fn of(pod: &Pod) -> Self {
+        let created = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0);
+        let ready = condition(pod, "Ready").filter(|c| c.status == "True");
+        let unschedulable = condition(pod, "PodScheduled")
+            .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
+        let labels = pod.labels();
+        Self {
+            facts: PodFacts {
+                name: pod.name_any(),
+                uid: pod.metadata.uid.clone().unwrap_or_default(),
+                scheduled: pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .is_some_and(|n| !n.is_empty()),
+                ready: ready.is_some(),
+                created,
+                deleting: pod.metadata.deletion_timestamp.is_some(),
+            },
+            revision: labels.get(REVISION).cloned(),
+            containers_ready: is_true(pod, "ContainersReady"),
+            gate: condition(pod, READINESS_GATE).map(|c| c.status == "True"),
+            lifecycle: labels.get(LIFECYCLE_STATE).cloned(),
+            ready_since: ready.map(|c| c.last_transition_time.as_ref().map_or(created, |t| t.0)),
+            unschedulable_since: unschedulable
+                .map(|c| c.last_transition_time.as_ref().map_or(created, |t| t.0)),
+        }
+    }
+
+    /// The value the readiness gate should be set to, if it must change: False as soon as the
+    /// pod is seen without it, True once its containers are ready. Only pods in the Normal
+    /// lifecycle state get True: an operation in progress (a later in-place upgrade) holds the
+    /// gate False until it is done (DESIGN.md section 6).
+    pub fn gate_change(&self) -> Option<bool> {
+        if self.facts.deleting {
+            return None;
+        }
+        let normal = self
+            .lifecycle
+            .as_deref()
+            .is_none_or(|s| s == LIFECYCLE_NORMAL);
+        if normal && self.containers_ready && self.gate != Some(true) {
+            Some(true)
+        } else if self.gate.is_none() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// The pods controlled by the InPlaceSet with uid `owner_uid`.
+pub fn owned_by<'a>(pods: impl IntoIterator<Item = &'a Pod>, owner_uid: &str) -> Vec<PodView> {
+    pods.into_iter()
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == owner_uid)
+        })
+        .map(PodView::of)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ips() -> InPlaceSet {
+        serde_json::from_value(json!({
+            "apiVersion": "apps.cafe.io/v1alpha1",
+            "kind": "InPlaceSet",
+            "metadata": {"name": "demo", "namespace": "prod", "uid": "u-1"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "demo"}},
+                "template": {
+                    "metadata": {"labels": {"app": "demo"}, "annotations": {"a": "b"}},
+                    "spec": {"containers": [{"name": "app", "image": "demo:1"}]},
+                },
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn new_pods_carry_owner_labels_and_gate() {
+        let pod = new_pod(&ips(), "abc").unwrap();
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("demo-"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("prod"));
+        let labels = pod.metadata.labels.clone().unwrap();
+        assert_eq!(labels["app"], "demo");
+        assert_eq!(labels[REVISION], "abc");
+        assert_eq!(labels[LIFECYCLE_STATE], "Normal");
+        assert_eq!(pod.metadata.annotations.unwrap()["a"], "b");
+        let owner = &pod.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.kind.as_str()),
+            ("u-1", "InPlaceSet")
+        );
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(owner.block_owner_deletion, Some(true));
+        let gates = pod.spec.unwrap().readiness_gates.unwrap();
+        assert_eq!(gates.len(), 1);
+        assert_eq!(gates[0].condition_type, READINESS_GATE);
+    }
+
+    #[test]
+    fn an_existing_gate_is_not_duplicated() {
+        let mut set = ips();
+        set.spec.template.spec.as_mut().unwrap().readiness_gates = Some(vec![PodReadinessGate {
+            condition_type: READINESS_GATE.into(),
+        }]);
+        let pod = new_pod(&set, "abc").unwrap();
+        assert_eq!(pod.spec.unwrap().readiness_gates.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_inplaceset_not_from_the_api_builds_no_pod() {
+        let mut set = ips();
+        set.metadata.uid = None;
+        assert!(new_pod(&set, "abc").is_none());
+    }
+
+    fn pod(status: serde_json::Value, labels: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "demo-x", "uid": "p", "labels": labels,
+                         "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "demo:1"}]},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn reads_conditions() {
+        let p = pod(
+            json!({"conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2025-01-01T00:00:05Z"},
+                {"type": "ContainersReady", "status": "True"},
+                {"type": READINESS_GATE, "status": "True"},
+            ]}),
+            json!({REVISION: "r1"}),
+        );
+        let v = PodView::of(&p);
+        assert!(v.facts.ready && v.facts.scheduled && v.containers_ready);
+        assert_eq!(v.gate, Some(true));
+        assert_eq!(v.revision.as_deref(), Some("r1"));
+        assert_eq!(
+            v.ready_since,
+            Some("2025-01-01T00:00:05Z".parse::<Timestamp>().unwrap())
+        );
+        assert_eq!(v.unschedulable_since, None);
+        assert_eq!(v.gate_change(), None);
+    }
+
+    #[test]
+    fn reads_unschedulable() {
+        let p = pod(
+            json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "lastTransitionTime": "2025-01-01T00:00:02Z"}]}),
+            json!({}),
+        );
+        let v = PodView::of(&p);
+        assert_eq!(
+            v.unschedulable_since,
+            Some("2025-01-01T00:00:02Z".parse::<Timestamp>().unwrap())
+        );
+        assert!(!v.facts.ready);
+    }
+
+    #[test]
+    fn the_gate_is_written_false_then_true_only_in_normal_state() {
+        let fresh = PodView::of(&pod(json!({}), json!({})));
+        assert_eq!(fresh.gate_change(), Some(false));
+        let running = PodView::of(&pod(
+            json!({"conditions": [{"type": "ContainersReady", "status": "True"},
+                                  {"type": READINESS_GATE, "status": "False"}]}),
+            json!({LIFECYCLE_STATE: "Normal"}),
+        ));
+        assert_eq!(running.gate_change(), Some(true));
+        let updating = PodView::of(&pod(
+            json!({"conditions": [{"type": "ContainersReady", "status": "True"},
+                                  {"type": READINESS_GATE, "status": "False"}]}),
+            json!({LIFECYCLE_STATE: "PreparingUpdate"}),
+        ));
+        assert_eq!(updating.gate_change(), None);
+    }
+}

@@ -1,0 +1,361 @@
+//! InPlaceSet status: summarising the pods (pure) and writing it only when it changed.
+//!
+//! The hub never watches member pods (DESIGN.md section 3); this summary is all it sees.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::Selector;
+use serde_json::{Value, json};
+
+use super::pod::PodView;
+use crate::api::labels::MEMBER_MANAGER;
+use crate::api::{InPlaceSet, InPlaceSetStatus};
+
+/// Condition type set while pods cannot be created or deleted, as on ReplicaSets.
+pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+
+/// What the last scale attempt says about the ReplicaFailure condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaFailure {
+    /// Creating or deleting pods failed: set the condition (reason like `FailedCreate`).
+    Failed { reason: String, message: String },
+    /// Scaling succeeded or had nothing to do: clear the condition.
+    None,
+    /// Scaling waited for the cache: leave the condition as it is.
+    Unknown,
+}
+
+/// Everything the status is computed from.
+pub struct Inputs<'a> {
+    pub generation: Option<i64>,
+    pub min_ready_seconds: i32,
+    pub update_revision: &'a str,
+    pub selector: &'a LabelSelector,
+    pub previous: Option<&'a InPlaceSetStatus>,
+    pub pods: &'a [PodView],
+    pub failure: ReplicaFailure,
+    pub now: Timestamp,
+}
+
+/// The status the pods call for, and when it will change by itself (a ready pod becoming
+/// available after `minReadySeconds`), so the controller can look again then.
+pub fn compute(input: &Inputs<'_>) -> (InPlaceSetStatus, Option<Duration>) {
+    let active: Vec<&PodView> = input.pods.iter().filter(|p| !p.facts.deleting).collect();
+    let min_ready = Duration::from_secs(u64::try_from(input.min_ready_seconds).unwrap_or(0));
+    let mut recheck: Option<Duration> = None;
+    let mut available = 0;
+    for since in active.iter().filter_map(|p| p.ready_since) {
+        let ready_for = input
+            .now
+            .duration_since(since)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        if ready_for >= min_ready {
+            available += 1;
+        } else {
+            let left = min_ready - ready_for;
+            recheck = Some(recheck.map_or(left, |r| r.min(left)));
+        }
+    }
+    let updated = |p: &&&PodView| p.revision.as_deref() == Some(input.update_revision);
+    let unschedulable: Vec<Timestamp> = active
+        .iter()
+        .filter_map(|p| p.unschedulable_since)
+        .collect();
+    let status = InPlaceSetStatus {
+        observed_generation: input.generation,
+        replicas: count(active.len()),
+        ready_replicas: count(active.iter().filter(|p| p.facts.ready).count()),
+        available_replicas: available,
+        updated_replicas: count(active.iter().filter(updated).count()),
+        updated_ready_replicas: count(
+            active
+                .iter()
+                .filter(updated)
+                .filter(|p| p.facts.ready)
+                .count(),
+        ),
+        unschedulable_replicas: count(unschedulable.len()),
+        unschedulable_since: unschedulable.into_iter().min().map(Time),
+        current_revision: Some(current_revision(
+            input.previous.and_then(|s| s.current_revision.as_deref()),
+            input.update_revision,
+            active.iter().map(|p| p.revision.as_deref()),
+        )),
+        update_revision: Some(input.update_revision.to_string()),
+        selector: selector_string(input.selector),
+        conditions: conditions(input),
+    };
+    (status, recheck)
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The revision the InPlaceSet's pods are on before the update completes: the update revision
+/// once no pod is on another one; otherwise the previous current revision while pods still run
+/// it, else the most common other revision (ties to the smallest, so it is stable).
+pub fn current_revision<'a>(
+    previous: Option<&str>,
+    update: &str,
+    pods: impl Iterator<Item = Option<&'a str>>,
+) -> String {
+    let mut others: std::collections::BTreeMap<&str, usize> = Default::default();
+    for rev in pods.flatten().filter(|r| *r != update) {
+        *others.entry(rev).or_default() += 1;
+    }
+    if others.is_empty() {
+        return update.to_string();
+    }
+    if let Some(prev) = previous.filter(|p| others.contains_key(p)) {
+        return prev.to_string();
+    }
+    let mut best: Option<(&str, usize)> = None;
+    for (rev, n) in others {
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((rev, n));
+        }
+    }
+    best.map_or_else(|| update.to_string(), |(r, _)| r.to_string())
+}
+
+/// The selector in the API's string form, for the scale subresource (`kubectl scale`, HPA).
+pub fn selector_string(selector: &LabelSelector) -> Option<String> {
+    Selector::try_from(selector.clone())
+        .ok()
+        .map(|s| s.to_string())
+}
+
+/// The previous conditions with ReplicaFailure set, cleared or kept; an unchanged condition
+/// keeps its lastTransitionTime, so an unchanged status compares equal.
+fn conditions(input: &Inputs<'_>) -> Vec<Condition> {
+    let previous = input
+        .previous
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let old = previous.iter().find(|c| c.type_ == REPLICA_FAILURE);
+    let mut out: Vec<Condition> = previous
+        .iter()
+        .filter(|c| c.type_ != REPLICA_FAILURE)
+        .cloned()
+        .collect();
+    match &input.failure {
+        ReplicaFailure::Unknown => out.extend(old.cloned()),
+        ReplicaFailure::None => {}
+        ReplicaFailure::Failed { reason, message } => {
+            let same = old.filter(|c| c.status == "True");
+            let unchanged = same.is_some_and(|c| &c.reason == reason && &c.message == message);
+            out.push(match (same, unchanged) {
+                (Some(c), true) => c.clone(),
+                (same, _) => Condition {
+                    type_: REPLICA_FAILURE.to_string(),
+                    status: "True".to_string(),
+                    reason: reason.clone(),
+                    message: message.clone(),
+                    last_transition_time: same
+                        .map_or(Time(input.now), |c| c.last_transition_time.clone()),
+                    observed_generation: input.generation,
+                },
+            });
+        }
+    }
+    out
+}
+
+/// Writes `status` through the status subresource when it differs from what `ips` shows.
+/// Returns whether it wrote.
+pub async fn write_if_changed(
+    api: &Api<InPlaceSet>,
+    ips: &InPlaceSet,
+    status: &InPlaceSetStatus,
+) -> Result<bool, kube::Error> {
+    if ips.status.as_ref() == Some(status) {
+        return Ok(false);
+    }
+    let params = PatchParams {
+        field_manager: Some(MEMBER_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    let patch = Patch::Merge(json!({ "status": merge_patch_body(status) }));
+    api.patch_status(&ips.name_any(), &params, &patch).await?;
+    tracing::debug!(
+        namespace = ips.namespace().unwrap_or_default(),
+        inplaceset = ips.name_any(),
+        replicas = status.replicas,
+        ready = status.ready_replicas,
+        "status written"
+    );
+    Ok(true)
+}
+
+/// The status as a JSON merge patch (RFC 7386): fields that became empty are sent as `null`
+/// so the API server removes them instead of keeping the old value.
+fn merge_patch_body(status: &InPlaceSetStatus) -> Value {
+    let mut value = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    if let Value::Object(map) = &mut value {
+        for key in [
+            "observedGeneration",
+            "unschedulableSince",
+            "currentRevision",
+            "updateRevision",
+            "selector",
+            "conditions",
+        ] {
+            map.entry(key).or_insert(Value::Null);
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::scale::PodFacts;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn view(name: &str, rev: &str, ready_since: Option<i64>) -> PodView {
+        PodView {
+            facts: PodFacts {
+                name: name.into(),
+                uid: name.into(),
+                scheduled: true,
+                ready: ready_since.is_some(),
+                created: ts(0),
+                deleting: false,
+            },
+            revision: Some(rev.into()),
+            containers_ready: ready_since.is_some(),
+            gate: Some(ready_since.is_some()),
+            lifecycle: Some("Normal".into()),
+            ready_since: ready_since.map(ts),
+            unschedulable_since: None,
+        }
+    }
+
+    fn selector() -> LabelSelector {
+        serde_json::from_value(json!({"matchLabels": {"app": "demo"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}))
+        .unwrap()
+    }
+
+    fn inputs<'a>(
+        pods: &'a [PodView],
+        sel: &'a LabelSelector,
+        prev: Option<&'a InPlaceSetStatus>,
+    ) -> Inputs<'a> {
+        Inputs {
+            generation: Some(3),
+            min_ready_seconds: 10,
+            update_revision: "new",
+            selector: sel,
+            previous: prev,
+            pods,
+            failure: ReplicaFailure::None,
+            now: ts(100),
+        }
+    }
+
+    #[test]
+    fn counts_ready_available_updated_unschedulable() {
+        let mut pending = view("pending", "new", None);
+        pending.facts.scheduled = false;
+        pending.unschedulable_since = Some(ts(50));
+        let mut pending2 = view("pending2", "new", None);
+        pending2.unschedulable_since = Some(ts(40));
+        let mut leaving = view("leaving", "new", Some(0));
+        leaving.facts.deleting = true;
+        let pods = vec![
+            view("old-ready", "old", Some(0)),
+            view("new-ready", "new", Some(85)),
+            view("new-fresh", "new", Some(95)),
+            pending,
+            pending2,
+            leaving,
+        ];
+        let sel = selector();
+        let (s, recheck) = compute(&inputs(&pods, &sel, None));
+        assert_eq!(s.replicas, 5);
+        assert_eq!(s.ready_replicas, 3);
+        assert_eq!(s.available_replicas, 2);
+        assert_eq!(s.updated_replicas, 4);
+        assert_eq!(s.updated_ready_replicas, 2);
+        assert_eq!(s.unschedulable_replicas, 2);
+        assert_eq!(s.unschedulable_since, Some(Time(ts(40))));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.update_revision.as_deref(), Some("new"));
+        assert_eq!(s.current_revision.as_deref(), Some("old"));
+        assert_eq!(s.selector.as_deref(), Some("app=demo,tier in (a,b)"));
+        assert_eq!(recheck, Some(Duration::from_secs(5)));
+        assert!(s.conditions.is_empty());
+    }
+
+    #[test]
+    fn current_revision_follows_the_pods() {
+        let none: [Option<&str>; 0] = [];
+        assert_eq!(current_revision(None, "b", none.into_iter()), "b");
+        assert_eq!(
+            current_revision(Some("a"), "b", [Some("b"), Some("b")].into_iter()),
+            "b"
+        );
+        assert_eq!(
+            current_revision(
+                Some("a"),
+                "c",
+                [Some("a"), Some("b"), Some("b")].into_iter()
+            ),
+            "a"
+        );
+        assert_eq!(
+            current_revision(
+                Some("z"),
+                "c",
+                [Some("a"), Some("b"), Some("b")].into_iter()
+            ),
+            "b"
+        );
+    }
+
+    #[test]
+    fn replica_failure_is_set_kept_and_cleared() {
+        let pods = vec![];
+        let sel = selector();
+        let mut input = inputs(&pods, &sel, None);
+        input.failure = ReplicaFailure::Failed {
+            reason: "FailedCreate".into(),
+            message: "boom".into(),
+        };
+        let (failed, _) = compute(&input);
+        assert_eq!(failed.conditions.len(), 1);
+        assert_eq!(failed.conditions[0].type_, REPLICA_FAILURE);
+        assert_eq!(failed.conditions[0].reason, "FailedCreate");
+
+        // Same failure later: identical status, so no write.
+        let mut again = inputs(&pods, &sel, Some(&failed));
+        again.failure = input.failure.clone();
+        again.now = ts(500);
+        assert_eq!(compute(&again).0, failed);
+
+        // Waiting on the cache keeps it; success clears it.
+        let mut unknown = inputs(&pods, &sel, Some(&failed));
+        unknown.failure = ReplicaFailure::Unknown;
+        assert_eq!(compute(&unknown).0.conditions, failed.conditions);
+        let cleared = inputs(&pods, &sel, Some(&failed));
+        assert!(compute(&cleared).0.conditions.is_empty());
+    }
+
+    #[test]
+    fn empty_fields_are_removed_by_the_patch() {
+        let body = merge_patch_body(&InPlaceSetStatus::default());
+        assert_eq!(body["unschedulableSince"], Value::Null);
+        assert_eq!(body["conditions"], Value::Null);
+        assert_eq!(body["replicas"], json!(0));
+    }
+}
