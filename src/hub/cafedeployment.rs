@@ -1,0 +1,372 @@
+//! The CafeDeployment controller: observe (hub and member caches) -> plan ([`super::projection`])
+//! -> apply (server-side apply or delete of member InPlaceSets, only what differs) -> status
+//! (written only when it changed). Deletion goes through the `apps.cafe.io/cleanup` finalizer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::HubOptions;
+use super::expectations::Expectations;
+use super::member_writes::{MemberWriter, WriteError};
+use super::membership::{Membership, TriggerStreams};
+use super::projection::{self, MemberView, Observed, ObservedSet, Write};
+use super::status_patch::replace_status;
+use crate::api::labels::{
+    CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, CLEANUP_FINALIZER, HUB_MANAGER,
+};
+use crate::api::{CafeDeployment, CafeDeploymentStatus, MemberCluster};
+use crate::plan::unit_status::{CLEANED_UP, REPLICA_FAILURE, UNITS_RESOLVED};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CafeDeploymentError {
+    #[error("CafeDeployment has no namespace")]
+    Unnamespaced,
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("writing status of CafeDeployment {namespace}/{name}: {source}")]
+    WriteStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deletion waits for members: {0}")]
+    CleanupBlocked(String),
+    #[error(transparent)]
+    Finalizer(Box<finalizer::Error<CafeDeploymentError>>),
+}
+
+impl CafeDeploymentError {
+    /// A fixed word for logs, metrics and Events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            CafeDeploymentError::Unnamespaced => "unnamespaced",
+            CafeDeploymentError::Write(e) => e.category(),
+            CafeDeploymentError::WriteStatus { .. } => "write_status",
+            CafeDeploymentError::CleanupBlocked(_) => "cleanup_blocked",
+            CafeDeploymentError::Finalizer(e) => match &**e {
+                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
+                    inner.category()
+                }
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+struct Context {
+    client: kube::Client,
+    members: Store<MemberCluster>,
+    membership: Arc<Membership>,
+    expectations: Expectations,
+    recorder: Recorder,
+    options: HubOptions,
+    /// Consecutive failures per CafeDeployment, for the retry backoff.
+    failures: Mutex<HashMap<ObjectRef<CafeDeployment>, u32>>,
+}
+
+/// Runs the CafeDeployment controller until `shutdown`; member events arrive through `triggers`.
+pub async fn run(
+    client: kube::Client,
+    members: Store<MemberCluster>,
+    membership: Arc<Membership>,
+    triggers: TriggerStreams,
+    options: HubOptions,
+    shutdown: CancellationToken,
+) {
+    let api: Api<CafeDeployment> = Api::all(client.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: HUB_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let context = Arc::new(Context {
+        client,
+        members,
+        membership,
+        expectations: Expectations::default(),
+        recorder,
+        options,
+        failures: Mutex::new(HashMap::new()),
+    });
+    Controller::new(api, watcher::Config::default())
+        .reconcile_on(triggers.one)
+        .reconcile_all_on(triggers.all)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "CafeDeployment reconcile failed");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(
+    cd: Arc<CafeDeployment>,
+    ctx: Arc<Context>,
+) -> Result<Action, CafeDeploymentError> {
+    let namespace = cd.namespace().ok_or(CafeDeploymentError::Unnamespaced)?;
+    let key = ObjectRef::from_obj(&*cd);
+    let api: Api<CafeDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, CLEANUP_FINALIZER, cd, |event| async {
+        match event {
+            finalizer::Event::Apply(cd) => apply(&cd, &ctx).await,
+            finalizer::Event::Cleanup(cd) => cleanup(&cd, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| CafeDeploymentError::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&key);
+    }
+    result
+}
+
+/// Exponential backoff per CafeDeployment: `retry_min`, doubling, capped at `retry_max`.
+fn error_policy(cd: Arc<CafeDeployment>, error: &CafeDeploymentError, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut map = lock(&ctx.failures);
+        let n = map.entry(ObjectRef::from_obj(&*cd)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = ctx
+        .options
+        .retry_min
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(ctx.options.retry_max);
+    tracing::warn!(
+        cafedeployment = %cd.name_any(),
+        namespace = %cd.namespace().unwrap_or_default(),
+        category = error.category(),
+        %error,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// A live CafeDeployment: project it into its members and report.
+async fn apply(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploymentError> {
+    let (members, sets) = observe(cd, ctx);
+    let plan = projection::project(&Observed {
+        deployment: cd,
+        members: &members,
+        sets: &sets,
+        now: now(),
+    });
+    let outcome = execute(cd, plan.writes, &sets, ctx).await;
+    write_status(cd, &plan.status, ctx).await?;
+    outcome?;
+    Ok(if plan.waiting.is_empty() {
+        Action::requeue(ctx.options.resync_interval)
+    } else {
+        tracing::debug!(cafedeployment = %cd.name_any(), waiting = ?plan.waiting, "waiting for members");
+        Action::requeue(ctx.options.member_wait)
+    })
+}
+
+/// A CafeDeployment being deleted: delete its InPlaceSets everywhere, or keep the finalizer and
+/// say which member holds it up.
+async fn cleanup(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploymentError> {
+    let (members, sets) = observe(cd, ctx);
+    let plan = projection::plan_cleanup(&Observed {
+        deployment: cd,
+        members: &members,
+        sets: &sets,
+        now: now(),
+    });
+    execute(cd, plan.writes, &sets, ctx).await?;
+    if plan.blocked.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "keeping the finalizer until its InPlaceSets can be deleted; {}",
+        plan.blocked.join("; ")
+    );
+    let status = projection::with_condition(
+        &cd.status.clone().unwrap_or_default(),
+        cd.metadata.generation,
+        CLEANED_UP,
+        "False",
+        "MemberUnreachable",
+        message,
+        &now(),
+    );
+    write_status(cd, &status, ctx).await?;
+    Err(CafeDeploymentError::CleanupBlocked(plan.blocked.join("; ")))
+}
+
+/// The registered members and the InPlaceSets of this CafeDeployment their caches hold.
+fn observe(cd: &CafeDeployment, ctx: &Context) -> (Vec<MemberView>, Vec<ObservedSet>) {
+    let (name, namespace) = (cd.name_any(), cd.namespace().unwrap_or_default());
+    let mut members = vec![];
+    let mut sets = vec![];
+    for mc in ctx.members.state() {
+        let Some(member) = mc.metadata.name.clone() else {
+            continue;
+        };
+        if let Some(handle) = ctx.membership.handle(&member) {
+            sets.extend(
+                handle
+                    .sets
+                    .state()
+                    .into_iter()
+                    .filter(|s| {
+                        let labels = s.labels();
+                        labels.get(CAFEDEPLOYMENT) == Some(&name)
+                            && labels.get(CAFEDEPLOYMENT_NAMESPACE) == Some(&namespace)
+                    })
+                    .map(|set| ObservedSet {
+                        member: member.clone(),
+                        set,
+                    }),
+            );
+        }
+        members.push(MemberView {
+            state: ctx.membership.state(&member),
+            labels: mc.metadata.labels.clone().unwrap_or_default(),
+            deleting: mc.metadata.deletion_timestamp.is_some(),
+            name: member,
+        });
+    }
+    (members, sets)
+}
+
+/// Performs the writes not already pending; a successful one is published as an Event, the
+/// first failure is returned.
+async fn execute(
+    cd: &CafeDeployment,
+    writes: Vec<Write>,
+    sets: &[ObservedSet],
+    ctx: &Context,
+) -> Result<(), CafeDeploymentError> {
+    let writer = MemberWriter {
+        membership: &ctx.membership,
+        expectations: &ctx.expectations,
+        timeout: ctx.options.request_timeout,
+    };
+    let writes = writer.without_pending(writes, sets);
+    let mut first_error = None;
+    for (write, result) in writer.execute(&writes).await {
+        match result {
+            Ok(()) => publish(cd, ctx, EventType::Normal, event_of(write)).await,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// The Event a successful write is published as.
+fn event_of(w: &Write) -> (&'static str, String) {
+    match w {
+        Write::Apply {
+            member, unit, set, ..
+        } => (
+            "InPlaceSetApplied",
+            format!(
+                "unit {unit}: InPlaceSet {} with {} replicas in member {member}",
+                set.name_any(),
+                set.spec.replicas
+            ),
+        ),
+        Write::Delete {
+            member, unit, name, ..
+        } => (
+            "InPlaceSetDeleted",
+            format!("unit {unit}: InPlaceSet {name} deleted in member {member}"),
+        ),
+    }
+}
+
+/// Writes `status` when it differs from what the CafeDeployment shows; a condition newly going
+/// bad is also published as a Warning Event.
+async fn write_status(
+    cd: &CafeDeployment,
+    status: &CafeDeploymentStatus,
+    ctx: &Context,
+) -> Result<(), CafeDeploymentError> {
+    let previous = cd.status.clone().unwrap_or_default();
+    if *status == previous {
+        return Ok(());
+    }
+    let (name, namespace) = (cd.name_any(), cd.namespace().unwrap_or_default());
+    let api: Api<CafeDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let old = serde_json::to_value(&cd.status).unwrap_or_default();
+    let new = serde_json::to_value(status).unwrap_or_default();
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(replace_status(&old, &new)),
+    )
+    .await
+    .map_err(|source| CafeDeploymentError::WriteStatus {
+        namespace,
+        name,
+        source,
+    })?;
+    for (type_, bad) in [
+        (UNITS_RESOLVED, "False"),
+        (REPLICA_FAILURE, "True"),
+        (CLEANED_UP, "False"),
+    ] {
+        let now = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == bad);
+        let before = previous.conditions.iter().find(|c| c.type_ == type_);
+        if let Some(c) = now
+            && before.is_none_or(|b| b.status != c.status || b.reason != c.reason)
+        {
+            publish(cd, ctx, EventType::Warning, (&c.reason, c.message.clone())).await;
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: an Event that cannot be written is logged, never fails the reconcile.
+async fn publish(
+    cd: &CafeDeployment,
+    ctx: &Context,
+    type_: EventType,
+    (reason, note): (&str, String),
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &cd.object_ref(&())).await {
+        tracing::debug!(%error, "publishing an Event failed");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Now, to the second: conditions serialize to seconds, so a finer time would never compare equal
+/// to what the API gives back.
+fn now() -> Time {
+    let secs = Timestamp::now().as_second();
+    Time(Timestamp::from_second(secs).unwrap_or_else(|_| Timestamp::now()))
+}

@@ -1,0 +1,485 @@
+//! The MemberCluster controller: connects to each member with the kubeconfig from its Secret,
+//! probes it on an interval, keeps the membership registry in step, and writes MemberCluster
+//! status (Ready with a reason, version, last probe time, units, capacity) only when it changed or
+//! the heartbeat is due.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::utils::Predicate;
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::HubOptions;
+use super::membership::Membership;
+use super::probe::{self, ProbeReport, Problem, ProblemReason};
+use super::status_patch::replace_status;
+use crate::api::labels::{SYSTEM_NAMESPACE, UNIT_LABEL_PREFIX};
+use crate::api::{MemberCluster, MemberClusterStatus};
+use crate::plan::unit_status::set_condition;
+
+/// Condition type on MemberClusters.
+pub const READY: &str = "Ready";
+/// Ready=True reason.
+pub const PROBED: &str = "Probed";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemberClusterError {
+    #[error("reading Secret {namespace}/{name} on the hub: {source}")]
+    ReadSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status of MemberCluster {name}: {source}")]
+    WriteStatus {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("MemberCluster has no name")]
+    Unnamed,
+}
+
+impl MemberClusterError {
+    /// A fixed word for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            MemberClusterError::ReadSecret { .. } => "read_secret",
+            MemberClusterError::WriteStatus { .. } => "write_status",
+            MemberClusterError::Unnamed => "unnamed",
+        }
+    }
+}
+
+struct Context {
+    client: kube::Client,
+    membership: Arc<Membership>,
+    options: HubOptions,
+}
+
+/// Runs the MemberCluster controller until `shutdown`. `writer`/`members` are the MemberCluster
+/// cache it fills, shared with the CafeDeployment controller.
+pub async fn run(
+    client: kube::Client,
+    writer: Writer<MemberCluster>,
+    members: Store<MemberCluster>,
+    membership: Arc<Membership>,
+    options: HubOptions,
+    shutdown: CancellationToken,
+) {
+    let api: Api<MemberCluster> = Api::all(client.clone());
+    let registry = membership.clone();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(move |event| registry.observe(event))
+        .applied_objects()
+        // Our own status writes must not trigger an extra probe: only spec and label changes do
+        // (the probe interval drives the rest).
+        .predicate_filter(
+            predicates::generation.combine(predicates::labels),
+            Default::default(),
+        );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let by_secret = members.clone();
+    let context = Arc::new(Context {
+        client,
+        membership,
+        options,
+    });
+    Controller::for_stream(stream, members)
+        .watches(
+            secrets,
+            watcher::Config::default(),
+            move |secret: Secret| members_using(&by_secret, &secret),
+        )
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "MemberCluster reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// The MemberClusters whose kubeconfig is in `secret`.
+fn members_using(members: &Store<MemberCluster>, secret: &Secret) -> Vec<ObjectRef<MemberCluster>> {
+    let (name, namespace) = (secret.name_any(), secret.namespace().unwrap_or_default());
+    members
+        .state()
+        .iter()
+        .filter(|mc| {
+            let r = &mc.spec.kubeconfig_secret_ref;
+            r.name == name && r.namespace == namespace
+        })
+        .map(|mc| ObjectRef::from_obj(&**mc))
+        .collect()
+}
+
+async fn reconcile(
+    mc: Arc<MemberCluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, MemberClusterError> {
+    let name = mc
+        .metadata
+        .name
+        .clone()
+        .ok_or(MemberClusterError::Unnamed)?;
+    let outcome = match connect(&mc, &name, &ctx).await? {
+        Ok(client) => probe::probe(&client, ctx.options.probe_timeout).await,
+        Err(problem) => Err(problem),
+    };
+    ctx.membership
+        .set_health(&name, outcome.as_ref().err().cloned());
+    if let Err(problem) = &outcome {
+        tracing::debug!(member = %name, %problem, "member probe failed");
+    }
+    let desired = desired_status(
+        mc.status.as_ref(),
+        mc.meta().generation,
+        mc.metadata.labels.as_ref(),
+        &outcome,
+        &now(),
+        ctx.options.status_heartbeat,
+    );
+    if let Some(status) = desired {
+        write_status(&ctx.client, &mc, &name, &status).await?;
+    }
+    Ok(Action::requeue(ctx.options.probe_interval))
+}
+
+fn error_policy(_: Arc<MemberCluster>, error: &MemberClusterError, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, category = error.category(), "MemberCluster reconcile failed; retrying");
+    Action::requeue(ctx.options.probe_interval)
+}
+
+/// Reads the kubeconfig Secret and makes sure the registry holds a client built from it. The
+/// outer error is the hub's own failure (retried); the inner one is the member's problem.
+async fn connect(
+    mc: &MemberCluster,
+    name: &str,
+    ctx: &Context,
+) -> Result<Result<kube::Client, Problem>, MemberClusterError> {
+    let kubeconfig = match read_kubeconfig(&ctx.client, mc).await? {
+        Ok(text) => text,
+        Err(problem) => {
+            ctx.membership.disconnect(name);
+            return Ok(Err(problem));
+        }
+    };
+    let fingerprint = fingerprint(&kubeconfig);
+    if ctx.membership.fingerprint(name) != Some(fingerprint) {
+        let origin = format!("MemberCluster {name}");
+        match crate::runtime::kubeconfig::client_from_yaml(&kubeconfig, None, &origin).await {
+            Ok(client) => ctx.membership.connect(name, fingerprint, client),
+            Err(e) => {
+                ctx.membership.disconnect(name);
+                return Ok(Err(Problem::new(
+                    ProblemReason::KubeconfigInvalid,
+                    e.to_string(),
+                )));
+            }
+        }
+    }
+    Ok(ctx
+        .membership
+        .client(name)
+        .ok_or_else(|| Problem::new(ProblemReason::Connecting, "not connected yet")))
+}
+
+/// The kubeconfig text, or why there is none. Only Secrets in `cafe-system` are read: that is
+/// where `cafe cluster register` puts them and all the hub is allowed to read.
+async fn read_kubeconfig(
+    client: &kube::Client,
+    mc: &MemberCluster,
+) -> Result<Result<String, Problem>, MemberClusterError> {
+    let r = &mc.spec.kubeconfig_secret_ref;
+    if r.namespace != SYSTEM_NAMESPACE {
+        return Ok(Err(Problem::new(
+            ProblemReason::KubeconfigInvalid,
+            format!(
+                "spec.kubeconfigSecretRef.namespace is {:?}; the hub reads kubeconfig Secrets only in {SYSTEM_NAMESPACE}",
+                r.namespace
+            ),
+        )));
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
+    let secret =
+        secrets
+            .get_opt(&r.name)
+            .await
+            .map_err(|source| MemberClusterError::ReadSecret {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                source,
+            })?;
+    let Some(secret) = secret else {
+        return Ok(Err(Problem::new(
+            ProblemReason::SecretNotFound,
+            format!("Secret {}/{} not found", r.namespace, r.name),
+        )));
+    };
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|s| s.clone().into_bytes())
+        });
+    let Some(bytes) = bytes else {
+        return Ok(Err(Problem::new(
+            ProblemReason::SecretNotFound,
+            format!("Secret {}/{} has no key {:?}", r.namespace, r.name, r.key),
+        )));
+    };
+    Ok(String::from_utf8(bytes).map_err(|_| {
+        Problem::new(
+            ProblemReason::KubeconfigInvalid,
+            format!(
+                "Secret {}/{} key {:?} is not UTF-8 text",
+                r.namespace, r.name, r.key
+            ),
+        )
+    }))
+}
+
+/// Identifies a kubeconfig without keeping a second copy of the credentials around.
+fn fingerprint(kubeconfig: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    kubeconfig.hash(&mut hasher);
+    hasher.finish()
+}
+
+async fn write_status(
+    client: &kube::Client,
+    mc: &MemberCluster,
+    name: &str,
+    status: &MemberClusterStatus,
+) -> Result<(), MemberClusterError> {
+    let api: Api<MemberCluster> = Api::all(client.clone());
+    let old = serde_json::to_value(&mc.status).unwrap_or_default();
+    let new = serde_json::to_value(status).unwrap_or_default();
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(replace_status(&old, &new)),
+    )
+    .await
+    .map_err(|source| MemberClusterError::WriteStatus {
+        name: name.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+fn now() -> Time {
+    let secs = Timestamp::now().as_second();
+    Time(Timestamp::from_second(secs).unwrap_or_else(|_| Timestamp::now()))
+}
+
+/// The status a MemberCluster should have after a probe, or None when the stored one is still
+/// right: nothing but `lastProbeTime` would change and the heartbeat is not due. After a failed
+/// probe, version and capacity stay as last seen.
+pub fn desired_status(
+    previous: Option<&MemberClusterStatus>,
+    generation: Option<i64>,
+    labels: Option<&BTreeMap<String, String>>,
+    outcome: &Result<ProbeReport, Problem>,
+    now: &Time,
+    heartbeat: Duration,
+) -> Option<MemberClusterStatus> {
+    let old = previous.cloned().unwrap_or_default();
+    let mut new = old.clone();
+    let (status, reason, message) = match outcome {
+        Ok(report) => {
+            new.kubernetes_version = Some(report.version.clone());
+            new.capacity = Some(report.capacity.clone());
+            (
+                "True",
+                PROBED.to_string(),
+                format!(
+                    "Kubernetes {}, {} ready schedulable nodes",
+                    report.version, report.capacity.nodes
+                ),
+            )
+        }
+        Err(problem) => (
+            "False",
+            problem.reason.as_str().to_string(),
+            problem.message.clone(),
+        ),
+    };
+    set_condition(
+        &mut new.conditions,
+        Condition {
+            type_: READY.into(),
+            status: status.into(),
+            reason,
+            message,
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        },
+    );
+    new.units = units(labels);
+    let heartbeat_due = match &old.last_probe_time {
+        Some(last) => {
+            let age = now.0.as_second() - last.0.as_second();
+            age < 0 || age >= i64::try_from(heartbeat.as_secs()).unwrap_or(i64::MAX)
+        }
+        None => true,
+    };
+    if new == old && !heartbeat_due {
+        return None;
+    }
+    new.last_probe_time = Some(now.clone());
+    Some(new)
+}
+
+/// "DataCenter=DCA" from the `unit.apps.cafe.io/*` labels (sorted, comma-separated).
+pub fn units(labels: Option<&BTreeMap<String, String>>) -> Option<String> {
+    let units: Vec<String> = labels
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(UNIT_LABEL_PREFIX)
+                .map(|unit_type| format!("{unit_type}={v}"))
+        })
+        .collect();
+    (!units.is_empty()).then(|| units.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Capacity, Resources};
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn report() -> Result<ProbeReport, Problem> {
+        Ok(ProbeReport {
+            version: "v1.33.0".into(),
+            capacity: Capacity {
+                nodes: 3,
+                allocatable: Resources {
+                    cpu_millis: 24_000,
+                    memory_bytes: 48 << 30,
+                    pods: 330,
+                },
+                requested: Resources::default(),
+            },
+        })
+    }
+
+    fn labels() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (
+                "unit.apps.cafe.io/DataCenter".to_string(),
+                "DCA".to_string(),
+            ),
+            ("team".to_string(), "pay".to_string()),
+        ])
+    }
+
+    #[test]
+    fn a_first_probe_writes_ready_version_units_and_capacity() {
+        let s = desired_status(
+            None,
+            Some(1),
+            Some(&labels()),
+            &report(),
+            &at(100),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let ready = &s.conditions[0];
+        assert_eq!(
+            (
+                ready.type_.as_str(),
+                ready.status.as_str(),
+                ready.reason.as_str()
+            ),
+            ("Ready", "True", "Probed")
+        );
+        assert_eq!(s.kubernetes_version.as_deref(), Some("v1.33.0"));
+        assert_eq!(s.units.as_deref(), Some("DataCenter=DCA"));
+        assert_eq!(s.capacity.as_ref().unwrap().nodes, 3);
+        assert_eq!(s.last_probe_time, Some(at(100)));
+    }
+
+    #[test]
+    fn nothing_is_written_until_something_changes_or_the_heartbeat_is_due() {
+        let hb = Duration::from_secs(60);
+        let first =
+            desired_status(None, Some(1), Some(&labels()), &report(), &at(100), hb).unwrap();
+        assert_eq!(
+            desired_status(
+                Some(&first),
+                Some(1),
+                Some(&labels()),
+                &report(),
+                &at(130),
+                hb
+            ),
+            None
+        );
+        let beat = desired_status(
+            Some(&first),
+            Some(1),
+            Some(&labels()),
+            &report(),
+            &at(160),
+            hb,
+        )
+        .unwrap();
+        assert_eq!(beat.last_probe_time, Some(at(160)));
+        assert_eq!(beat.conditions[0].last_transition_time, at(100));
+    }
+
+    #[test]
+    fn a_failed_probe_keeps_what_was_last_seen() {
+        let hb = Duration::from_secs(60);
+        let first =
+            desired_status(None, Some(1), Some(&labels()), &report(), &at(100), hb).unwrap();
+        let problem = Err(Problem::new(
+            ProblemReason::Unauthorized,
+            "the member answered 401",
+        ));
+        let s = desired_status(
+            Some(&first),
+            Some(1),
+            Some(&labels()),
+            &problem,
+            &at(110),
+            hb,
+        )
+        .unwrap();
+        let ready = &s.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Unauthorized")
+        );
+        assert_eq!(ready.last_transition_time, at(110));
+        assert_eq!(s.kubernetes_version.as_deref(), Some("v1.33.0"));
+        assert!(s.capacity.is_some());
+    }
+}

@@ -1,0 +1,377 @@
+//! The membership registry: for each registered member, one kube client and one reflector of the
+//! InPlaceSets the hub owns there (label-selected, all namespaces), plus the member's health from
+//! the last probe. Started, restarted (new kubeconfig) and stopped by the MemberCluster controller.
+//!
+//! Member InPlaceSet events are mapped back to the owning CafeDeployment by its labels and sent to
+//! the CafeDeployment controller's queue; a member becoming usable or unusable (or its unit
+//! labels changing) requeues every CafeDeployment.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio_util::sync::CancellationToken;
+
+use super::probe::{Problem, ProblemReason};
+use crate::api::labels::{CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE};
+use crate::api::{CafeDeployment, InPlaceSet, MemberCluster};
+
+/// Sends reconcile requests to the CafeDeployment controller.
+#[derive(Clone)]
+pub struct Triggers {
+    one: mpsc::UnboundedSender<ObjectRef<CafeDeployment>>,
+    all: mpsc::UnboundedSender<()>,
+}
+
+/// The receiving ends, for `Controller::reconcile_on` and `Controller::reconcile_all_on`.
+pub struct TriggerStreams {
+    pub one: mpsc::UnboundedReceiver<ObjectRef<CafeDeployment>>,
+    pub all: mpsc::UnboundedReceiver<()>,
+}
+
+pub fn triggers() -> (Triggers, TriggerStreams) {
+    let (one, one_rx) = mpsc::unbounded();
+    let (all, all_rx) = mpsc::unbounded();
+    (
+        Triggers { one, all },
+        TriggerStreams {
+            one: one_rx,
+            all: all_rx,
+        },
+    )
+}
+
+impl Triggers {
+    /// Requeues the CafeDeployment that owns `set` (by its ownership labels), if any.
+    pub fn owner_of(&self, set: &InPlaceSet) {
+        if let Some(owner) = owner_of(set) {
+            // The controller stopping is the only way this fails; nothing to do then.
+            let _ = self.one.unbounded_send(owner);
+        }
+    }
+
+    pub fn all(&self) {
+        let _ = self.all.unbounded_send(());
+    }
+}
+
+/// The CafeDeployment an InPlaceSet belongs to, from `apps.cafe.io/cafedeployment` and
+/// `apps.cafe.io/cafedeployment-namespace` (defaulting to the InPlaceSet's own namespace).
+pub fn owner_of(set: &InPlaceSet) -> Option<ObjectRef<CafeDeployment>> {
+    let labels = set.metadata.labels.as_ref()?;
+    let name = labels.get(CAFEDEPLOYMENT)?;
+    let namespace = labels
+        .get(CAFEDEPLOYMENT_NAMESPACE)
+        .or(set.metadata.namespace.as_ref())?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
+/// Whether the hub can act on a member now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Reachable, and its InPlaceSet cache has been filled at least once.
+    Ready,
+    /// Not usable; nothing is written there and its units show `reachable: false`.
+    NotReady(Problem),
+}
+
+/// A member's client and InPlaceSet cache, as handed to the CafeDeployment controller.
+#[derive(Clone)]
+pub struct MemberHandle {
+    pub name: String,
+    pub client: kube::Client,
+    pub sets: Store<InPlaceSet>,
+}
+
+struct Connection {
+    handle: MemberHandle,
+    synced: Arc<AtomicBool>,
+    /// Identifies the kubeconfig the client was built from; a new one restarts the connection.
+    fingerprint: u64,
+    stop: CancellationToken,
+}
+
+/// What of a MemberCluster the CafeDeployment controller plans with: a change requeues everything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Placement {
+    labels: BTreeMap<String, String>,
+    unschedulable: bool,
+    deleting: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    connections: HashMap<String, Connection>,
+    /// Last probe outcome per member: None = healthy.
+    health: HashMap<String, Option<Problem>>,
+    placements: HashMap<String, Placement>,
+    /// Names seen during a MemberCluster re-list (between Init and InitDone).
+    relist: Option<BTreeSet<String>>,
+}
+
+/// The registry. Cheap to share (`Arc`); every method is short and never awaits under its lock.
+pub struct Membership {
+    inner: Mutex<Inner>,
+    triggers: Triggers,
+    shutdown: CancellationToken,
+}
+
+impl Membership {
+    pub fn new(triggers: Triggers, shutdown: CancellationToken) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            triggers,
+            shutdown,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave it half-updated in a way that matters
+        // (each method replaces whole entries), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The fingerprint of the kubeconfig the member's current client was built from.
+    pub fn fingerprint(&self, member: &str) -> Option<u64> {
+        self.lock().connections.get(member).map(|c| c.fingerprint)
+    }
+
+    /// The member's client, if connected.
+    pub fn client(&self, member: &str) -> Option<kube::Client> {
+        self.lock()
+            .connections
+            .get(member)
+            .map(|c| c.handle.client.clone())
+    }
+
+    /// Starts (or restarts, dropping the old one) the member's connection: `client` and a
+    /// reflector of the InPlaceSets labelled `apps.cafe.io/cafedeployment`, in all namespaces.
+    /// A member no longer registered (a reconcile that raced its deletion) is not connected.
+    pub fn connect(&self, member: &str, fingerprint: u64, client: kube::Client) {
+        if !self.lock().placements.contains_key(member) {
+            return;
+        }
+        let (sets, writer) = reflector::store::<InPlaceSet>();
+        let synced = Arc::new(AtomicBool::new(false));
+        let stop = self.shutdown.child_token();
+        let handle = MemberHandle {
+            name: member.to_string(),
+            client: client.clone(),
+            sets,
+        };
+        tokio::spawn(reflect_member(
+            member.to_string(),
+            client,
+            writer,
+            synced.clone(),
+            self.triggers.clone(),
+            stop.clone(),
+        ));
+        let old = self.lock().connections.insert(
+            member.to_string(),
+            Connection {
+                handle,
+                synced,
+                fingerprint,
+                stop,
+            },
+        );
+        if let Some(old) = old {
+            tracing::info!(member, "member kubeconfig changed; reconnected");
+            old.stop.cancel();
+        } else {
+            tracing::info!(member, "member connected");
+        }
+        self.triggers.all();
+    }
+
+    /// Drops the member's connection (its Secret is gone or unusable); keeps its health.
+    pub fn disconnect(&self, member: &str) {
+        if let Some(old) = self.lock().connections.remove(member) {
+            old.stop.cancel();
+            tracing::info!(member, "member disconnected");
+            self.triggers.all();
+        }
+    }
+
+    /// Records the last probe's outcome; a change of usability requeues every CafeDeployment.
+    pub fn set_health(&self, member: &str, problem: Option<Problem>) {
+        let changed = {
+            let mut inner = self.lock();
+            if !inner.placements.contains_key(member) {
+                return;
+            }
+            let old = inner.health.insert(member.to_string(), problem.clone());
+            old.map(|o| o.map(|p| p.reason)) != Some(problem.map(|p| p.reason))
+        };
+        if changed {
+            self.triggers.all();
+        }
+    }
+
+    /// Forgets a member entirely: the MemberCluster was deleted.
+    pub fn remove(&self, member: &str) {
+        let old = {
+            let mut inner = self.lock();
+            inner.health.remove(member);
+            inner.placements.remove(member);
+            inner.connections.remove(member)
+        };
+        if let Some(old) = old {
+            old.stop.cancel();
+        }
+        tracing::info!(member, "member removed");
+        self.triggers.all();
+    }
+
+    /// Stops every member connection (hub shutdown).
+    pub fn stop_all(&self) {
+        let mut inner = self.lock();
+        for (_, c) in inner.connections.drain() {
+            c.stop.cancel();
+        }
+    }
+
+    /// Whether the hub can act on `member` now.
+    pub fn state(&self, member: &str) -> MemberState {
+        let inner = self.lock();
+        if let Some(Some(problem)) = inner.health.get(member) {
+            return MemberState::NotReady(problem.clone());
+        }
+        match inner.connections.get(member) {
+            Some(c) if c.synced.load(Ordering::Acquire) => MemberState::Ready,
+            Some(_) => MemberState::NotReady(Problem::new(
+                ProblemReason::Connecting,
+                "connected; listing its InPlaceSets",
+            )),
+            None => {
+                MemberState::NotReady(Problem::new(ProblemReason::Connecting, "not connected yet"))
+            }
+        }
+    }
+
+    /// The member's client and InPlaceSet cache, whatever its state.
+    pub fn handle(&self, member: &str) -> Option<MemberHandle> {
+        self.lock()
+            .connections
+            .get(member)
+            .map(|c| c.handle.clone())
+    }
+
+    /// Waits until every named member is Ready or known to be unusable for a reason other than
+    /// still connecting; false if `timeout` passed first.
+    pub async fn wait_settled(&self, members: &[String], timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let settled = members.iter().all(|m| {
+                !matches!(self.state(m), MemberState::NotReady(p) if p.reason == ProblemReason::Connecting)
+            });
+            if settled {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Feeds the MemberCluster watch: deletions remove members, a re-list removes those no longer
+    /// listed, and a change of unit labels, cordon or deletion requeues every CafeDeployment.
+    pub fn observe(&self, event: &watcher::Event<MemberCluster>) {
+        match event {
+            watcher::Event::Apply(mc) => self.place(mc),
+            watcher::Event::Delete(mc) => {
+                if let Some(name) = mc.metadata.name.as_deref() {
+                    self.remove(name);
+                }
+            }
+            watcher::Event::Init => self.lock().relist = Some(BTreeSet::new()),
+            watcher::Event::InitApply(mc) => {
+                if let Some(name) = mc.metadata.name.clone()
+                    && let Some(seen) = self.lock().relist.as_mut()
+                {
+                    seen.insert(name);
+                }
+                self.place(mc);
+            }
+            watcher::Event::InitDone => {
+                let gone: Vec<String> = {
+                    let mut inner = self.lock();
+                    let seen = inner.relist.take().unwrap_or_default();
+                    let known: BTreeSet<String> = inner
+                        .connections
+                        .keys()
+                        .chain(inner.health.keys())
+                        .chain(inner.placements.keys())
+                        .cloned()
+                        .collect();
+                    known.difference(&seen).cloned().collect()
+                };
+                for name in gone {
+                    self.remove(&name);
+                }
+            }
+        }
+    }
+
+    fn place(&self, mc: &MemberCluster) {
+        let Some(name) = mc.metadata.name.clone() else {
+            return;
+        };
+        let placement = Placement {
+            labels: mc.metadata.labels.clone().unwrap_or_default(),
+            unschedulable: mc.spec.unschedulable,
+            deleting: mc.metadata.deletion_timestamp.is_some(),
+        };
+        let changed = self.lock().placements.insert(name, placement.clone()) != Some(placement);
+        if changed {
+            self.triggers.all();
+        }
+    }
+}
+
+/// Keeps one member's InPlaceSet cache and turns its events into reconcile requests. Watch errors
+/// are retried with kube's default backoff; the cache keeps its last content meanwhile.
+async fn reflect_member(
+    member: String,
+    client: kube::Client,
+    writer: reflector::store::Writer<InPlaceSet>,
+    synced: Arc<AtomicBool>,
+    triggers: Triggers,
+    stop: CancellationToken,
+) {
+    let api: Api<InPlaceSet> = Api::all(client);
+    let config = watcher::Config::default().labels(CAFEDEPLOYMENT);
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => break,
+            event = stream.next() => event,
+        };
+        match event {
+            None => break,
+            Some(Ok(watcher::Event::Apply(set) | watcher::Event::Delete(set))) => {
+                triggers.owner_of(&set);
+            }
+            Some(Ok(watcher::Event::InitDone)) => {
+                if !synced.swap(true, Ordering::AcqRel) {
+                    tracing::debug!(member, "member InPlaceSet cache filled");
+                }
+                // A re-list may have replaced anything: look at every CafeDeployment again.
+                triggers.all();
+            }
+            Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+            Some(Err(error)) => {
+                tracing::debug!(member, %error, "member InPlaceSet watch failed; retrying");
+            }
+        }
+    }
+}

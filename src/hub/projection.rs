@@ -1,0 +1,833 @@
+//! Pure planning of one CafeDeployment's projection into its members: which member each unit
+//! resolves to, the InPlaceSet each unit should have, the writes that get there from what the
+//! member caches show, and the status to report. No client in reach: the driver in
+//! [`super::cafedeployment`] observes and applies.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::ResourceExt;
+
+use super::membership::MemberState;
+use crate::api::labels::{CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, UNIT, unit_label};
+use crate::api::{
+    CafeDeployment, CafeDeploymentStatus, InPlaceSet, InPlaceSetSpec, InPlaceSetStrategy,
+    IntOrPercent, PodSetType,
+};
+use crate::plan::revision::revision_hash;
+use crate::plan::split;
+use crate::plan::unit_status::{
+    self, CLEANED_UP, REPLICA_FAILURE, StatusInput, UNITS_RESOLVED, UnitObservation,
+    remove_condition, set_condition,
+};
+
+/// A registered member as the planner sees it.
+#[derive(Clone, Debug)]
+pub struct MemberView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The MemberCluster is being deleted: no unit resolves to it.
+    pub deleting: bool,
+    pub state: MemberState,
+}
+
+/// An InPlaceSet owned by the CafeDeployment, as a member's cache shows it.
+#[derive(Clone, Debug)]
+pub struct ObservedSet {
+    pub member: String,
+    pub set: Arc<InPlaceSet>,
+}
+
+impl ObservedSet {
+    fn unit(&self) -> Option<&str> {
+        self.set.labels().get(UNIT).map(String::as_str)
+    }
+
+    fn deleting(&self) -> bool {
+        self.set.metadata.deletion_timestamp.is_some()
+    }
+}
+
+/// What the planner is given.
+#[derive(Clone, Debug)]
+pub struct Observed<'a> {
+    pub deployment: &'a CafeDeployment,
+    pub members: &'a [MemberView],
+    /// Every InPlaceSet labelled as this CafeDeployment's, in any member.
+    pub sets: &'a [ObservedSet],
+    pub now: Time,
+}
+
+/// One write to a member.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Server-side apply of the unit's InPlaceSet; `create` when the cache holds none (the
+    /// namespace may need creating first).
+    Apply {
+        member: String,
+        unit: String,
+        set: Box<InPlaceSet>,
+        fingerprint: String,
+        create: bool,
+    },
+    Delete {
+        member: String,
+        unit: String,
+        namespace: String,
+        name: String,
+        uid: Option<String>,
+    },
+}
+
+impl Write {
+    pub fn member(&self) -> &str {
+        match self {
+            Write::Apply { member, .. } | Write::Delete { member, .. } => member,
+        }
+    }
+}
+
+/// The plan for a live CafeDeployment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Projection {
+    pub writes: Vec<Write>,
+    pub status: CafeDeploymentStatus,
+    /// Work left undone until a member becomes usable or a move completes: look again soon.
+    pub waiting: Vec<String>,
+}
+
+/// Why units cannot be mapped to members, one entry per offending unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unresolved {
+    NoMember { unit: String, label: String },
+    SeveralMembers { unit: String, members: Vec<String> },
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unresolved::NoMember { unit, label } => {
+                write!(f, "unit {unit}: no MemberCluster is labelled {label}")
+            }
+            Unresolved::SeveralMembers { unit, members } => write!(
+                f,
+                "unit {unit}: several MemberClusters carry its label ({}); a unit must map to exactly one",
+                members.join(", ")
+            ),
+        }
+    }
+}
+
+/// Maps each unit in `values` to the one MemberCluster labelled `unit.apps.cafe.io/<unitType>=<unit>`
+/// (MemberClusters being deleted do not count). All offending units are reported.
+pub fn resolve_units(
+    unit_type: &str,
+    values: &[String],
+    members: &[MemberView],
+) -> Result<Vec<(String, String)>, Vec<Unresolved>> {
+    let key = unit_label(unit_type);
+    let mut resolved = vec![];
+    let mut problems = vec![];
+    for unit in values {
+        let matching: Vec<String> = members
+            .iter()
+            .filter(|m| !m.deleting && m.labels.get(&key) == Some(unit))
+            .map(|m| m.name.clone())
+            .collect();
+        match matching.as_slice() {
+            [one] => resolved.push((unit.clone(), one.clone())),
+            [] => problems.push(Unresolved::NoMember {
+                unit: unit.clone(),
+                label: format!("{key}={unit}"),
+            }),
+            _ => problems.push(Unresolved::SeveralMembers {
+                unit: unit.clone(),
+                members: matching,
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(problems)
+    }
+}
+
+/// `maxUnavailablePerUnit` resolved against the unit's replicas (percents round down), at least 1
+/// so that a small unit can still be updated.
+pub fn unit_max_unavailable(cd: &CafeDeployment, unit_replicas: i32) -> i32 {
+    cd.spec
+        .strategy
+        .max_unavailable_per_unit
+        .resolve(unit_replicas)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The InPlaceSet a unit should have: named and namespaced like the CafeDeployment, with the
+/// ownership labels, the CafeDeployment's selector and template narrowed to the unit.
+pub fn desired_set(cd: &CafeDeployment, unit: &str, replicas: i32) -> InPlaceSet {
+    let name = cd.name_any();
+    let namespace = cd.namespace().unwrap_or_default();
+    let labels = BTreeMap::from([
+        (CAFEDEPLOYMENT.to_string(), name.clone()),
+        (CAFEDEPLOYMENT_NAMESPACE.to_string(), namespace.clone()),
+        (UNIT.to_string(), unit.to_string()),
+    ]);
+    let mut selector = cd.spec.selector.clone();
+    selector
+        .match_labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(UNIT.to_string(), unit.to_string());
+    let mut template = cd.spec.template.clone();
+    template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(UNIT.to_string(), unit.to_string());
+    InPlaceSet {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: InPlaceSetSpec {
+            replicas,
+            selector,
+            template,
+            min_ready_seconds: cd.spec.min_ready_seconds,
+            strategy: InPlaceSetStrategy {
+                partition: 0,
+                max_unavailable: IntOrPercent::Int(unit_max_unavailable(cd, replicas)),
+                pod_update_policy: cd.spec.strategy.pod_update_policy.clone(),
+                grace_period_seconds: 0,
+            },
+            lifecycle: None,
+        },
+        status: None,
+    }
+}
+
+/// Identifies the fields the hub applies (labels and spec).
+pub fn fingerprint(set: &InPlaceSet) -> String {
+    serde_json::to_string(&(&set.metadata.labels, &set.spec)).unwrap_or_default()
+}
+
+/// Whether the observed InPlaceSet lacks something the hub applies. Labels others added are
+/// left alone; the spec must match as a whole (the hub owns it).
+pub fn differs(desired: &InPlaceSet, observed: &InPlaceSet) -> bool {
+    let labels_missing = desired
+        .labels()
+        .iter()
+        .any(|(k, v)| observed.labels().get(k) != Some(v));
+    labels_missing || desired.spec != observed.spec
+}
+
+/// Plans a live CafeDeployment: InPlaceSets to apply or delete, and its status. A spec error or a
+/// unit that maps to no member (or several) writes nothing to any member and says why in a
+/// condition.
+pub fn project(o: &Observed) -> Projection {
+    let cd = o.deployment;
+    let previous = cd.status.clone().unwrap_or_default();
+    let generation = cd.metadata.generation;
+    let refuse = |type_: &str, status: &str, reason: &str, message: String| Projection {
+        writes: vec![],
+        status: with_condition(
+            &previous, generation, type_, status, reason, message, &o.now,
+        ),
+        waiting: vec![],
+    };
+
+    if cd.spec.pod_set_type != PodSetType::InPlaceSet {
+        return refuse(
+            REPLICA_FAILURE,
+            "True",
+            "UnsupportedPodSetType",
+            format!(
+                "spec.podSetType {:?} is not supported yet; use InPlaceSet",
+                cd.spec.pod_set_type
+            ),
+        );
+    }
+    let topology = &cd.spec.topology;
+    let shares = match split::split(cd.spec.replicas, &topology.values, &topology.unit_replicas) {
+        Ok(shares) => shares,
+        Err(e) => return refuse(UNITS_RESOLVED, "False", e.reason(), e.to_string()),
+    };
+    let placement = match resolve_units(&topology.unit_type, &topology.values, o.members) {
+        Ok(p) => p,
+        Err(problems) => {
+            let reason = match problems.first() {
+                Some(Unresolved::SeveralMembers { .. }) => "SeveralMembersForUnit",
+                _ => "NoMemberForUnit",
+            };
+            let message = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return refuse(UNITS_RESOLVED, "False", reason, message);
+        }
+    };
+    let member_of: BTreeMap<&str, &str> = placement
+        .iter()
+        .map(|(u, m)| (u.as_str(), m.as_str()))
+        .collect();
+
+    let mut writes = vec![];
+    let mut waiting = vec![];
+    let mut rows = vec![];
+    for share in &shares {
+        let member = member_of
+            .get(share.unit.as_str())
+            .copied()
+            .unwrap_or_default();
+        let state = member_state(o.members, member);
+        let desired = desired_set(cd, &share.unit, share.replicas);
+        let current = find_set(o.sets, member, &share.unit);
+        match (&state, current) {
+            (MemberState::Ready, Some(c)) if c.deleting() => {
+                waiting.push(format!(
+                    "unit {}: InPlaceSet still being deleted",
+                    share.unit
+                ));
+            }
+            (MemberState::Ready, current) => {
+                if current.is_none_or(|c| differs(&desired, &c.set)) {
+                    writes.push(Write::Apply {
+                        member: member.to_string(),
+                        unit: share.unit.clone(),
+                        fingerprint: fingerprint(&desired),
+                        create: current.is_none(),
+                        set: Box::new(desired),
+                    });
+                }
+            }
+            (MemberState::NotReady(problem), _) => {
+                waiting.push(format!("unit {} (member {member}): {problem}", share.unit));
+            }
+        }
+        rows.push((share, member, state == MemberState::Ready, current));
+    }
+
+    // InPlaceSets of units no longer listed go; those of a unit that moved to another member go
+    // once the new member has the unit's replicas available, so the unit never runs empty.
+    for observed in o.sets.iter().filter(|s| !s.deleting()) {
+        let unit = observed.unit().unwrap_or_default();
+        let target = member_of.get(unit).copied();
+        if target == Some(observed.member.as_str()) {
+            continue;
+        }
+        if let Some(target) = target {
+            let share = shares
+                .iter()
+                .find(|s| s.unit == unit)
+                .map_or(0, |s| s.replicas);
+            let moved = find_set(o.sets, target, unit)
+                .and_then(|s| s.set.status.as_ref())
+                .is_some_and(|s| s.available_replicas >= share);
+            if !moved {
+                waiting.push(format!(
+                    "unit {unit}: moving from member {} to {target}",
+                    observed.member
+                ));
+                continue;
+            }
+        }
+        match member_state(o.members, &observed.member) {
+            MemberState::Ready => writes.push(delete_of(observed, unit)),
+            MemberState::NotReady(problem) => waiting.push(format!(
+                "unit {unit}: cannot delete its InPlaceSet in member {}: {problem}",
+                observed.member
+            )),
+        }
+    }
+
+    let units = rows
+        .iter()
+        .map(|(share, member, reachable, current)| UnitObservation {
+            unit: share.unit.clone(),
+            cluster: Some(member.to_string()),
+            desired_replicas: share.replicas,
+            max_unavailable: unit_max_unavailable(cd, share.replicas),
+            reachable: *reachable,
+            inplaceset: current.map(|c| &*c.set),
+        })
+        .collect();
+    let mut status = unit_status::aggregate(&StatusInput {
+        generation,
+        previous: &previous,
+        update_revision: revision_hash(&cd.spec.template),
+        selector: Some(unit_status::selector_string(&cd.spec.selector)),
+        units,
+        now: o.now.clone(),
+    });
+    set_condition(
+        &mut status.conditions,
+        Condition {
+            type_: UNITS_RESOLVED.into(),
+            status: "True".into(),
+            reason: "Resolved".into(),
+            message: placement
+                .iter()
+                .map(|(u, m)| format!("{u} -> {m}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            observed_generation: generation,
+            last_transition_time: o.now.clone(),
+        },
+    );
+    remove_condition(&mut status.conditions, REPLICA_FAILURE);
+    remove_condition(&mut status.conditions, CLEANED_UP);
+    Projection {
+        writes,
+        status,
+        waiting,
+    }
+}
+
+/// The plan for a CafeDeployment being deleted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cleanup {
+    pub writes: Vec<Write>,
+    /// Members that may hold this CafeDeployment's InPlaceSets but cannot be reached: the
+    /// finalizer stays until they can.
+    pub blocked: Vec<String>,
+}
+
+/// Deletes the CafeDeployment's InPlaceSets in every usable member. A member that is not usable
+/// blocks the deletion when its cache shows an InPlaceSet of ours or one of our units maps to it
+/// (it may hold one the cache has not seen).
+pub fn plan_cleanup(o: &Observed) -> Cleanup {
+    let topology = &o.deployment.spec.topology;
+    let key = unit_label(&topology.unit_type);
+    let mut writes = vec![];
+    let mut blocked = vec![];
+    for member in o.members {
+        let ours: Vec<&ObservedSet> = o.sets.iter().filter(|s| s.member == member.name).collect();
+        match &member.state {
+            MemberState::Ready => {
+                for s in ours.into_iter().filter(|s| !s.deleting()) {
+                    writes.push(delete_of(s, s.unit().unwrap_or_default()));
+                }
+            }
+            MemberState::NotReady(problem) => {
+                let mapped = member
+                    .labels
+                    .get(&key)
+                    .is_some_and(|u| topology.values.contains(u));
+                if !ours.is_empty() || mapped {
+                    blocked.push(format!("member {}: {problem}", member.name));
+                }
+            }
+        }
+    }
+    Cleanup { writes, blocked }
+}
+
+/// The previous status with the observed generation and one condition set: for a deployment the
+/// hub refuses to project, or whose deletion waits.
+pub fn with_condition(
+    previous: &CafeDeploymentStatus,
+    generation: Option<i64>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: &Time,
+) -> CafeDeploymentStatus {
+    let mut s = previous.clone();
+    s.observed_generation = generation;
+    set_condition(
+        &mut s.conditions,
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        },
+    );
+    s
+}
+
+fn member_state(members: &[MemberView], name: &str) -> MemberState {
+    members
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.state.clone())
+        .unwrap_or_else(|| {
+            MemberState::NotReady(super::probe::Problem::new(
+                super::probe::ProblemReason::Connecting,
+                "not registered",
+            ))
+        })
+}
+
+fn find_set<'a>(sets: &'a [ObservedSet], member: &str, unit: &str) -> Option<&'a ObservedSet> {
+    sets.iter()
+        .find(|s| s.member == member && s.unit() == Some(unit))
+}
+
+fn delete_of(s: &ObservedSet, unit: &str) -> Write {
+    Write::Delete {
+        member: s.member.clone(),
+        unit: unit.to_string(),
+        namespace: s.set.namespace().unwrap_or_default(),
+        name: s.set.name_any(),
+        uid: s.set.metadata.uid.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::InPlaceSetStatus;
+    use crate::hub::probe::{Problem, ProblemReason};
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    fn deployment(
+        replicas: i32,
+        values: &[&str],
+        unit_replicas: serde_json::Value,
+    ) -> CafeDeployment {
+        let mut cd: CafeDeployment = serde_json::from_value(json!({
+            "apiVersion": "apps.cafe.io/v1alpha1",
+            "kind": "CafeDeployment",
+            "metadata": {"name": "demo", "namespace": "shop", "generation": 3, "uid": "cd-uid"},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "demo"}},
+                "template": {"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [{"name": "app", "image": "demo:1"}]}},
+                "minReadySeconds": 5,
+                "topology": {"unitType": "DataCenter", "values": values, "unitReplicas": unit_replicas},
+                "strategy": {"maxUnavailablePerUnit": "25%"},
+            },
+        }))
+        .unwrap();
+        cd.metadata.finalizers = Some(vec!["apps.cafe.io/cleanup".into()]);
+        cd
+    }
+
+    fn member(name: &str, unit: &str) -> MemberView {
+        MemberView {
+            name: name.into(),
+            labels: BTreeMap::from([(unit_label("DataCenter"), unit.to_string())]),
+            deleting: false,
+            state: MemberState::Ready,
+        }
+    }
+
+    fn three() -> Vec<MemberView> {
+        vec![
+            member("dca", "DCA"),
+            member("dcb", "DCB"),
+            member("dcc", "DCC"),
+        ]
+    }
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_000).unwrap())
+    }
+
+    fn observed_from(cd: &CafeDeployment, member: &str, unit: &str, replicas: i32) -> ObservedSet {
+        let mut set = desired_set(cd, unit, replicas);
+        set.metadata.uid = Some(format!("{member}-uid"));
+        set.metadata.generation = Some(1);
+        set.status = Some(InPlaceSetStatus {
+            observed_generation: Some(1),
+            replicas,
+            ready_replicas: replicas,
+            available_replicas: replicas,
+            updated_replicas: replicas,
+            updated_ready_replicas: replicas,
+            ..Default::default()
+        });
+        ObservedSet {
+            member: member.into(),
+            set: Arc::new(set),
+        }
+    }
+
+    fn applied(p: &Projection) -> Vec<(String, String, i32)> {
+        p.writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Apply {
+                    member, unit, set, ..
+                } => Some((member.clone(), unit.clone(), set.spec.replicas)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn condition<'a>(s: &'a CafeDeploymentStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn each_unit_gets_its_share_in_its_member() {
+        let cd = deployment(10, &["DCA", "DCB", "DCC"], json!({"DCA": 4, "DCB": "30%"}));
+        let members = three();
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &[],
+            now: now(),
+        });
+        assert_eq!(
+            applied(&p),
+            vec![
+                ("dca".into(), "DCA".into(), 4),
+                ("dcb".into(), "DCB".into(), 3),
+                ("dcc".into(), "DCC".into(), 3),
+            ]
+        );
+        assert!(
+            p.writes
+                .iter()
+                .all(|w| matches!(w, Write::Apply { create: true, .. }))
+        );
+        assert_eq!(
+            condition(&p.status, UNITS_RESOLVED).message,
+            "DCA -> dca, DCB -> dcb, DCC -> dcc"
+        );
+        assert_eq!(p.status.units.len(), 3);
+        assert_eq!(p.status.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn the_desired_set_carries_labels_selector_template_and_strategy() {
+        let cd = deployment(10, &["DCA", "DCB"], json!({}));
+        let set = desired_set(&cd, "DCA", 8);
+        assert_eq!(set.metadata.name.as_deref(), Some("demo"));
+        assert_eq!(set.metadata.namespace.as_deref(), Some("shop"));
+        let labels = set.metadata.labels.clone().unwrap();
+        assert_eq!(labels[CAFEDEPLOYMENT], "demo");
+        assert_eq!(labels[CAFEDEPLOYMENT_NAMESPACE], "shop");
+        assert_eq!(labels[UNIT], "DCA");
+        let selector = set.spec.selector.match_labels.clone().unwrap();
+        assert_eq!(
+            (selector["app"].as_str(), selector[UNIT].as_str()),
+            ("demo", "DCA")
+        );
+        let template_labels = set.spec.template.metadata.clone().unwrap().labels.unwrap();
+        assert_eq!(template_labels[UNIT], "DCA");
+        assert_eq!(set.spec.min_ready_seconds, 5);
+        assert_eq!(set.spec.strategy.partition, 0);
+        // 25% of 8 = 2; of 2 it would be 0, raised to 1.
+        assert_eq!(set.spec.strategy.max_unavailable, IntOrPercent::Int(2));
+        assert_eq!(
+            desired_set(&cd, "DCA", 2).spec.strategy.max_unavailable,
+            IntOrPercent::Int(1)
+        );
+    }
+
+    #[test]
+    fn nothing_is_written_when_the_members_already_match() {
+        let cd = deployment(10, &["DCA", "DCB", "DCC"], json!({"DCA": 4, "DCB": "30%"}));
+        let members = three();
+        let sets = vec![
+            observed_from(&cd, "dca", "DCA", 4),
+            observed_from(&cd, "dcb", "DCB", 3),
+            observed_from(&cd, "dcc", "DCC", 3),
+        ];
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &sets,
+            now: now(),
+        });
+        assert!(p.writes.is_empty(), "{:?}", p.writes);
+        assert_eq!(p.status.ready_replicas, 10);
+        assert_eq!(condition(&p.status, "Available").status, "True");
+    }
+
+    #[test]
+    fn scaling_updates_only_the_units_whose_share_changed() {
+        let cd = deployment(11, &["DCA", "DCB"], json!({}));
+        let members = three();
+        let sets = vec![
+            observed_from(&cd, "dca", "DCA", 6),
+            observed_from(&cd, "dcb", "DCB", 5),
+        ];
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &sets,
+            now: now(),
+        });
+        assert!(p.writes.is_empty());
+        let cd = deployment(13, &["DCA", "DCB"], json!({}));
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &sets,
+            now: now(),
+        });
+        assert_eq!(
+            applied(&p),
+            vec![
+                ("dca".into(), "DCA".into(), 7),
+                ("dcb".into(), "DCB".into(), 6)
+            ]
+        );
+        assert!(
+            p.writes
+                .iter()
+                .all(|w| matches!(w, Write::Apply { create: false, .. }))
+        );
+    }
+
+    #[test]
+    fn a_unit_without_a_member_writes_nothing_and_names_it() {
+        let cd = deployment(10, &["DCA", "DCX"], json!({}));
+        let members = three();
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &[],
+            now: now(),
+        });
+        assert!(p.writes.is_empty());
+        let c = condition(&p.status, UNITS_RESOLVED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NoMemberForUnit")
+        );
+        assert!(c.message.contains("unit DCX"), "{}", c.message);
+        assert!(
+            c.message.contains("unit.apps.cafe.io/DataCenter=DCX"),
+            "{}",
+            c.message
+        );
+    }
+
+    #[test]
+    fn a_unit_with_two_members_writes_nothing_and_names_them() {
+        let cd = deployment(10, &["DCA", "DCB"], json!({}));
+        let mut members = three();
+        members.push(member("dca2", "DCA"));
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &[],
+            now: now(),
+        });
+        assert!(p.writes.is_empty());
+        let c = condition(&p.status, UNITS_RESOLVED);
+        assert_eq!(c.reason, "SeveralMembersForUnit");
+        assert!(c.message.contains("dca, dca2"), "{}", c.message);
+    }
+
+    #[test]
+    fn a_split_error_writes_nothing() {
+        let cd = deployment(5, &["DCA", "DCB"], json!({"DCA": 6}));
+        let members = three();
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &[],
+            now: now(),
+        });
+        assert!(p.writes.is_empty());
+        let c = condition(&p.status, UNITS_RESOLVED);
+        assert_eq!(c.reason, "UnitReplicasExceedReplicas");
+        assert!(c.message.contains("DCA: 6"), "{}", c.message);
+    }
+
+    #[test]
+    fn a_removed_unit_is_deleted_and_unreachable_members_are_left_alone() {
+        let cd = deployment(10, &["DCA", "DCB"], json!({}));
+        let mut members = three();
+        let sets = vec![
+            observed_from(&cd, "dca", "DCA", 5),
+            observed_from(&cd, "dcb", "DCB", 5),
+            observed_from(&cd, "dcc", "DCC", 3),
+        ];
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &sets,
+            now: now(),
+        });
+        assert_eq!(
+            p.writes,
+            vec![Write::Delete {
+                member: "dcc".into(),
+                unit: "DCC".into(),
+                namespace: "shop".into(),
+                name: "demo".into(),
+                uid: Some("dcc-uid".into()),
+            }]
+        );
+        members[2].state =
+            MemberState::NotReady(Problem::new(ProblemReason::Unreachable, "refused"));
+        members[1].state =
+            MemberState::NotReady(Problem::new(ProblemReason::Unreachable, "refused"));
+        let cd = deployment(12, &["DCA", "DCB"], json!({}));
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &sets,
+            now: now(),
+        });
+        assert_eq!(applied(&p), vec![("dca".into(), "DCA".into(), 6)]);
+        assert_eq!(p.waiting.len(), 2, "{:?}", p.waiting);
+        assert!(!p.status.units[1].reachable);
+    }
+
+    #[test]
+    fn a_moved_unit_is_deleted_from_the_old_member_only_once_available_in_the_new() {
+        let cd = deployment(4, &["DCA"], json!({}));
+        let members = vec![member("old", "X"), member("new", "DCA")];
+        let old = observed_from(&cd, "old", "DCA", 4);
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: std::slice::from_ref(&old),
+            now: now(),
+        });
+        assert_eq!(applied(&p), vec![("new".into(), "DCA".into(), 4)]);
+        assert!(!p.writes.iter().any(|w| matches!(w, Write::Delete { .. })));
+        let new = observed_from(&cd, "new", "DCA", 4);
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &[old, new],
+            now: now(),
+        });
+        assert!(matches!(p.writes.as_slice(), [Write::Delete { member, .. }] if member == "old"));
+    }
+
+    #[test]
+    fn cleanup_deletes_everywhere_reachable_and_blocks_on_unreachable_members_in_use() {
+        let cd = deployment(10, &["DCA", "DCB"], json!({}));
+        let mut members = three();
+        members[1].state =
+            MemberState::NotReady(Problem::new(ProblemReason::Unreachable, "refused"));
+        members[2].state =
+            MemberState::NotReady(Problem::new(ProblemReason::Unreachable, "refused"));
+        let sets = vec![
+            observed_from(&cd, "dca", "DCA", 5),
+            observed_from(&cd, "dcb", "DCB", 5),
+        ];
+        let c = plan_cleanup(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &sets,
+            now: now(),
+        });
+        assert!(matches!(c.writes.as_slice(), [Write::Delete { member, .. }] if member == "dca"));
+        // dcc is unreachable but holds nothing of ours and none of our units maps to it.
+        assert_eq!(
+            c.blocked,
+            vec!["member dcb: Unreachable: refused".to_string()]
+        );
+    }
+}

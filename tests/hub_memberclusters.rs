@@ -1,0 +1,106 @@
+//! The hub probes every registered member and reports it on its MemberCluster: Ready with a reason
+//! (Probed, Unauthorized, SecretNotFound, KubeconfigInvalid, Unreachable), Kubernetes version,
+//! units and capacity; a fixed Secret or a member that answers again turns it Ready.
+
+mod common;
+mod hub_support;
+
+use std::time::Duration;
+
+use cafe::api::MemberCluster;
+use cafe::api::labels::SYSTEM_NAMESPACE;
+use hub_support::{Hub, ready_of};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+#[tokio::test]
+async fn registered_members_report_ready_version_units_and_capacity() {
+    let mut h = Hub::start().await;
+    h.run_hub();
+    let dca = h.wait_member("dca", "True", "Probed").await;
+    let status = dca.status.clone().unwrap();
+    assert_eq!(status.kubernetes_version.as_deref(), Some("v1.33.0"));
+    assert_eq!(status.units.as_deref(), Some("DataCenter=DCA"));
+    assert!(status.last_probe_time.is_some());
+    let capacity = status.capacity.unwrap();
+    assert_eq!(capacity.nodes, 3);
+    assert_eq!(capacity.allocatable.cpu_millis, 24_000);
+    assert_eq!(capacity.allocatable.memory_bytes, 48 << 30);
+    assert_eq!(capacity.allocatable.pods, 330);
+    let dcc = h.wait_member("dcc", "True", "Probed").await;
+    assert_eq!(dcc.status.unwrap().capacity.unwrap().nodes, 2);
+    h.stop_hub().await;
+}
+
+#[tokio::test]
+async fn a_secret_with_a_bad_token_is_unauthorized_until_fixed() {
+    let mut h = Hub::start().await;
+    let token = h.sim.cluster("dca").unwrap().identity.token.clone();
+    let bad = h
+        .sim
+        .kubeconfig(Some("dca"))
+        .replace(&token, "not-the-token");
+    h.register("intruder", "DCZ", &bad).await;
+    h.run_hub();
+    let mc = h.wait_member("intruder", "False", "Unauthorized").await;
+    let ready = ready_of(&mc).unwrap();
+    assert!(ready.message.contains("401"), "{}", ready.message);
+    assert!(
+        !ready.message.contains("not-the-token"),
+        "no credentials in messages"
+    );
+
+    // A corrected Secret restarts the member's client and it turns Ready.
+    let good = h.sim.kubeconfig(Some("dca"));
+    h.set_kubeconfig("intruder", &good).await;
+    h.wait_member("intruder", "True", "Probed").await;
+    h.stop_hub().await;
+}
+
+#[tokio::test]
+async fn a_missing_secret_and_a_broken_kubeconfig_are_reported() {
+    let mut h = Hub::start().await;
+    h.run_hub();
+    let mcs: Api<MemberCluster> = Api::all(h.hub.clone());
+    let orphan: MemberCluster = serde_json::from_value(json!({
+        "apiVersion": "apps.cafe.io/v1alpha1",
+        "kind": "MemberCluster",
+        "metadata": {"name": "orphan", "labels": {"unit.apps.cafe.io/DataCenter": "DCY"}},
+        "spec": {"kubeconfigSecretRef": {"namespace": SYSTEM_NAMESPACE, "name": "nowhere"}},
+    }))
+    .unwrap();
+    mcs.create(&PostParams::default(), &orphan).await.unwrap();
+    let mc = h.wait_member("orphan", "False", "SecretNotFound").await;
+    assert!(
+        ready_of(&mc)
+            .unwrap()
+            .message
+            .contains("cafe-system/nowhere"),
+        "{:?}",
+        ready_of(&mc)
+    );
+
+    h.register("garbled", "DCW", "this: [is not a kubeconfig")
+        .await;
+    h.wait_member("garbled", "False", "KubeconfigInvalid").await;
+    h.stop_hub().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_member_is_reported_and_recovers() {
+    let mut h = Hub::start().await;
+    h.run_hub();
+    h.wait_member("dcb", "True", "Probed").await;
+    h.sim
+        .cluster("dcb")
+        .unwrap()
+        .faults
+        .outage(Duration::from_secs(3));
+    let mc = h.wait_member("dcb", "False", "Unreachable").await;
+    // Last seen version and capacity stay while it is away.
+    let status = mc.status.unwrap();
+    assert_eq!(status.kubernetes_version.as_deref(), Some("v1.33.0"));
+    assert!(status.capacity.is_some());
+    h.wait_member("dcb", "True", "Probed").await;
+    h.stop_hub().await;
+}
