@@ -344,7 +344,6 @@ fn examples(file: &str) -> String {
 }
 
 #[tokio::test]
-#[ignore = "needs the hub and member controllers (issue 3 items 4-5); run with --ignored"]
 async fn dev_demo_becomes_ready_in_kubectl_and_the_readme_walkthrough_works() {
     if !kubectl_installed() {
         println!("NOTICE: kubectl is not installed; skipping the cafe dev walkthrough");

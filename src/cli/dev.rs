@@ -234,7 +234,12 @@ async fn start(
     tasks.push(Controller {
         name: format!("hub controller ({hub_name})"),
         handle: tokio::spawn(async move {
-            crate::hub::run(client, token)
+            // Simulated members answer in milliseconds: probe often so the demo reacts quickly.
+            let options = crate::hub::HubOptions {
+                probe_interval: std::time::Duration::from_secs(2),
+                ..Default::default()
+            };
+            crate::hub::run_with(client, options, token)
                 .await
                 .map_err(|e| one_line(&e))
         }),
