@@ -400,6 +400,13 @@ async fn pods_run_in_every_unit_and_the_hub_reports_them_ready() {
             && condition(cd, "Available").is_some_and(|c| c.status == "True")
     })
     .await;
+    scale(&h.deployments(), 13).await;
+    h.wait_status("status ready 13", |cd| {
+        cd.status
+            .as_ref()
+            .is_some_and(|s| s.ready_replicas == 13 && s.replicas == 13)
+    })
+    .await;
     scale(&h.deployments(), 5).await;
     h.wait_status("status ready 5", |cd| {
         cd.status.as_ref().is_some_and(|s| s.ready_replicas == 5)
