@@ -400,6 +400,25 @@ async fn pods_run_in_every_unit_and_the_hub_reports_them_ready() {
             && condition(cd, "Available").is_some_and(|c| c.status == "True")
     })
     .await;
+    // One revision function everywhere: each member reports the hub's update revision.
+    let hub_revision = h
+        .deployments()
+        .get("demo")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.update_revision)
+        .expect("hub update revision");
+    for (member, _) in MEMBERS {
+        let sets: Api<cafe::api::InPlaceSet> =
+            Api::namespaced(h.members[member].clone(), "default");
+        let ips = sets.get("demo").await.unwrap();
+        assert_eq!(
+            ips.status.and_then(|s| s.update_revision).as_deref(),
+            Some(hub_revision.as_str()),
+            "{member} agrees with the hub on the revision"
+        );
+    }
     scale(&h.deployments(), 13).await;
     h.wait_status("status ready 13", |cd| {
         cd.status

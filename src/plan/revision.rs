@@ -26,8 +26,9 @@ fn canonical(value: &Value) -> String {
 }
 
 /// A stable 10-character hash of the template (hex of SHA-256 of its canonical JSON).
-/// Labels and annotations the controllers add themselves (the revision label) are not part of
-/// the template the user wrote, so they never change the hash.
+/// Labels the controllers add themselves (the revision label on pods, the unit label the hub
+/// puts on each member's template) are not part of the template the user wrote, so they never
+/// change the hash: the hub's CafeDeployment and every member's InPlaceSet agree on a revision.
 pub fn revision_hash(template: &PodTemplateSpec) -> String {
     let mut value = serde_json::to_value(template).unwrap_or(Value::Null);
     if let Some(labels) = value
@@ -35,6 +36,7 @@ pub fn revision_hash(template: &PodTemplateSpec) -> String {
         .and_then(Value::as_object_mut)
     {
         labels.remove(crate::api::labels::REVISION);
+        labels.remove(crate::api::labels::UNIT);
     }
     let digest = Sha256::digest(canonical(&value).as_bytes());
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
@@ -73,5 +75,13 @@ mod tests {
             json!({"metadata": {"labels": {}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}),
         );
         assert_eq!(revision_hash(&labelled), revision_hash(&plain));
+        let in_unit = template(
+            json!({"metadata": {"labels": {"apps.cafe.io/unit": "DCA"}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}),
+        );
+        assert_eq!(
+            revision_hash(&in_unit),
+            revision_hash(&plain),
+            "hub and members agree"
+        );
     }
 }
