@@ -1419,7 +1419,6 @@ pub async fn run(store: Arc<Store>, timing: KubeletTiming, shutdown: Cancellatio
 mod tests {
     use super::*;
     use crate::config::NodeGroup;
-    use crate::registry::Registry;
     use crate::store::Obj;
     use std::collections::BTreeMap;
 
@@ -1692,28 +1691,7 @@ mod tests {
 
     // ---- the loops together, against a real store ----
 
-    fn new_store() -> Arc<Store> {
-        let store = Arc::new(Store::new(Registry::with_builtins()));
-        store.write(|inner| {
-            let ns = inner.registry.core("namespaces");
-            write::create(
-                inner,
-                &ns,
-                "",
-                json!({"metadata": {"name": "default"}}),
-                &WriteOptions::default(),
-            )
-            .unwrap();
-        });
-        store
-    }
-
-    fn create(store: &Store, plural: &str, ns: &str, obj: Value) -> Obj {
-        store.write(|inner| {
-            let rt = inner.registry.core(plural);
-            write::create(inner, &rt, ns, obj, &WriteOptions::default()).unwrap()
-        })
-    }
+    use crate::test_store::{create, new_store};
 
     fn get(store: &Store, name: &str) -> Option<Obj> {
         store.read(|inner| inner.get("/pods", "default", name))

@@ -40,6 +40,8 @@ pub mod sim;
 pub mod status;
 pub mod store;
 pub mod table;
+#[cfg(test)]
+mod test_store;
 pub mod tls;
 pub mod validation;
 pub mod watch;

@@ -974,7 +974,6 @@ pub async fn run(store: Arc<Store>, shutdown: CancellationToken) {
 mod tests {
     use super::*;
     use crate::config::NodeGroup;
-    use crate::registry::Registry;
     use std::time::Instant;
 
     fn node(cpu: &str, mem: &str, pods: i128) -> NodeInfo {
@@ -1165,28 +1164,7 @@ mod tests {
         assert!(idle > busy);
     }
 
-    fn new_store() -> Arc<Store> {
-        let store = Arc::new(Store::new(Registry::with_builtins()));
-        store.write(|inner| {
-            let ns = inner.registry.core("namespaces");
-            write::create(
-                inner,
-                &ns,
-                "",
-                json!({"metadata": {"name": "default"}}),
-                &WriteOptions::default(),
-            )
-            .unwrap();
-        });
-        store
-    }
-
-    fn create(store: &Store, plural: &str, ns: &str, obj: Value) -> Obj {
-        store.write(|inner| {
-            let rt = inner.registry.core(plural);
-            write::create(inner, &rt, ns, obj, &WriteOptions::default()).unwrap()
-        })
-    }
+    use crate::test_store::{create, new_store};
 
     fn get(store: &Store, plural: &str, ns: &str, name: &str) -> Option<Obj> {
         store.read(|inner| inner.get(&inner.registry.core(plural).storage, ns, name))
