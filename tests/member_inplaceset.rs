@@ -353,11 +353,12 @@ async fn scale_in_removes_unscheduled_then_not_ready_then_newest_pods() {
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
     let ready_tpl = template("demo:1");
+    // The partition keeps every pod on the revision it was created at, so each template
+    // change below only shapes the next pod.
+    let mut set = inplaceset("demo", 2, ready_tpl.clone());
+    set.spec.strategy.partition = 10;
     let ips = api
-        .create(
-            &PostParams::default(),
-            &inplaceset("demo", 2, ready_tpl.clone()),
-        )
+        .create(&PostParams::default(), &set)
         .await
         .expect("created");
     let mut known: BTreeSet<String> = wait_ready_pods(&pods, &ips, 2)
@@ -540,7 +541,7 @@ async fn available_counts_pods_ready_for_min_ready_seconds() {
 }
 
 #[tokio::test]
-async fn a_template_change_records_the_update_revision_without_touching_pods() {
+async fn a_template_change_behind_a_partition_records_the_update_revision_without_touching_pods() {
     let (sim, c, member) = setup().await;
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
@@ -561,8 +562,14 @@ async fn a_template_change_records_the_update_revision_without_touching_pods() {
     };
     let writes_before = pod_writes(&sim);
 
+    // With the partition at 3, every pod stays on the old revision.
     let v2 = template("demo:2");
-    let changed = patch_spec(&api, "demo", json!({"template": v2})).await;
+    let changed = patch_spec(
+        &api,
+        "demo",
+        json!({"template": v2, "strategy": {"partition": 3}}),
+    )
+    .await;
     let ips = wait_status(&api, "demo", "status: the new update revision", |s| {
         s.observed_generation == changed.metadata.generation
     })

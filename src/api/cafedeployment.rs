@@ -84,6 +84,9 @@ pub struct CafeDeploymentSpec {
     pub topology: Topology,
     #[serde(default)]
     pub strategy: RolloutStrategy,
+    /// Third-party hooks every member InPlaceSet honours before taking a pod down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<super::Lifecycle>,
 }
 
 fn default_history_limit() -> i32 {
@@ -170,6 +173,10 @@ pub struct RolloutStrategy {
     pub progress_deadline_seconds: i32,
     #[serde(default)]
     pub pod_update_policy: PodUpdatePolicy,
+    /// Wait after a pod's readiness gate turns False before touching it (traffic drains).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub grace_period_seconds: i32,
 }
 
 fn default_batch_size() -> PositiveIntOrPercent {
@@ -192,6 +199,7 @@ impl Default for RolloutStrategy {
             max_unavailable_per_unit: default_max_unavailable(),
             progress_deadline_seconds: default_progress_deadline(),
             pod_update_policy: PodUpdatePolicy::default(),
+            grace_period_seconds: 0,
         }
     }
 }

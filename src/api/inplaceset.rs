@@ -130,6 +130,15 @@ pub struct InPlaceSetStatus {
     pub updated_replicas: i32,
     #[serde(default)]
     pub updated_ready_replicas: i32,
+    /// Pods on the update revision that have been ready for `minReadySeconds`.
+    #[serde(default)]
+    pub updated_available_replicas: i32,
+    /// Pods on the current revision.
+    #[serde(default)]
+    pub current_replicas: i32,
+    /// Pods per revision, newest (the update revision) first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<RevisionReplicas>,
     #[serde(default)]
     pub unschedulable_replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,4 +151,14 @@ pub struct InPlaceSetStatus {
     pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// How many pods run one revision.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionReplicas {
+    pub revision: String,
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
 }

@@ -27,3 +27,17 @@ pub const MEMBER_MANAGER: &str = "cafe-member";
 pub fn unit_label(unit_type: &str) -> String {
     format!("{UNIT_LABEL_PREFIX}{unit_type}")
 }
+
+/// Lifecycle states of a pod (the values of [`LIFECYCLE_STATE`]).
+pub const STATE_NORMAL: &str = "Normal";
+pub const STATE_PREPARING_UPDATE: &str = "PreparingUpdate";
+pub const STATE_UPDATING: &str = "Updating";
+pub const STATE_UPDATED: &str = "Updated";
+pub const STATE_PREPARING_DELETE: &str = "PreparingDelete";
+/// When the pod entered its current lifecycle state (RFC 3339); hook timeouts count from it.
+pub const LIFECYCLE_SINCE: &str = "apps.cafe.io/lifecycle-since";
+/// What an in-place update changed on a pod (JSON), so the controller can verify the kubelet
+/// really restarted the new image and applied the resize.
+pub const INPLACE_UPDATE_STATE: &str = "apps.cafe.io/inplace-update-state";
+/// The InPlaceSet a member ControllerRevision belongs to.
+pub const INPLACESET: &str = "apps.cafe.io/inplaceset";

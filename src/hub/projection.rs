@@ -203,9 +203,9 @@ pub fn desired_set(cd: &CafeDeployment, unit: &str, replicas: i32) -> InPlaceSet
                 partition: 0,
                 max_unavailable: IntOrPercent::Int(unit_max_unavailable(cd, replicas)),
                 pod_update_policy: cd.spec.strategy.pod_update_policy.clone(),
-                grace_period_seconds: 0,
+                grace_period_seconds: cd.spec.strategy.grace_period_seconds,
             },
-            lifecycle: None,
+            lifecycle: cd.spec.lifecycle.clone(),
         },
         status: None,
     }

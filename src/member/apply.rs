@@ -1,4 +1,4 @@
-//! Performing a scale plan and readiness-gate changes against the API, recording every pod
+//! Performing pod creations and per-pod lifecycle writes against the API, recording every pod
 //! write in the expectations so the next reconcile waits for the cache to show it.
 
 use std::time::Instant;
@@ -12,9 +12,14 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
+use serde_json::Value;
+
 use super::expectations::{Expectations, Seen};
-use crate::api::labels::{MEMBER_MANAGER, READINESS_GATE};
-use crate::plan::scale::{PodId, ScalePlan, slow_start_batches};
+use super::inplace::{self, InPlaceChange};
+use super::lifecycle::label_of;
+use crate::api::labels::{LIFECYCLE_SINCE, LIFECYCLE_STATE, MEMBER_MANAGER, READINESS_GATE};
+use crate::plan::scale::{PodId, slow_start_batches};
+use crate::plan::update::Stage;
 
 /// Pod writes in flight at once for one InPlaceSet.
 const PARALLEL_WRITES: usize = 16;
@@ -40,6 +45,13 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    #[error("{action} pod {pod}: {}", cause(.source))]
+    Update {
+        pod: String,
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl ApplyError {
@@ -49,6 +61,7 @@ impl ApplyError {
             Self::Create { .. } => "create_pod",
             Self::Delete { .. } => "delete_pod",
             Self::Gate { .. } => "readiness_gate",
+            Self::Update { .. } => "update_pod",
         }
     }
 
@@ -58,6 +71,7 @@ impl ApplyError {
             Self::Create { .. } => "FailedCreate",
             Self::Delete { .. } => "FailedDelete",
             Self::Gate { .. } => "FailedReadinessGate",
+            Self::Update { .. } => "FailedUpdate",
         }
     }
 }
@@ -109,10 +123,10 @@ fn params() -> PostParams {
     }
 }
 
-/// Creates `plan.create` copies of `template` in slow-start batches and deletes `plan.delete`.
-/// Stops at the first batch with a failure and returns that failure; what succeeded is recorded.
-pub async fn scale(t: &Target<'_>, plan: &ScalePlan, template: &Pod) -> Result<(), ApplyError> {
-    for batch in slow_start_batches(plan.create) {
+/// Creates `count` copies of `template` in slow-start batches. Stops at the first batch with a
+/// failure and returns that failure; what succeeded is recorded.
+pub async fn create_pods(t: &Target<'_>, count: usize, template: &Pod) -> Result<(), ApplyError> {
+    for batch in slow_start_batches(count) {
         let results: Vec<Result<(), ApplyError>> = stream::iter(0..batch)
             .map(|_| create(t, template))
             .buffer_unordered(PARALLEL_WRITES)
@@ -122,14 +136,7 @@ pub async fn scale(t: &Target<'_>, plan: &ScalePlan, template: &Pod) -> Result<(
             return Err(err);
         }
     }
-    // Owned items: a closure over borrowed ones trips the `Send` check of the reconcile future
-    // (rust-lang/rust#64552).
-    let results: Vec<Result<(), ApplyError>> = stream::iter(plan.delete.clone())
-        .map(|pod| async move { delete(t, &pod).await })
-        .buffer_unordered(PARALLEL_WRITES)
-        .collect()
-        .await;
-    results.into_iter().collect()
+    Ok(())
 }
 
 async fn create(t: &Target<'_>, template: &Pod) -> Result<(), ApplyError> {
@@ -182,36 +189,18 @@ async fn delete(t: &Target<'_>, pod: &PodId) -> Result<(), ApplyError> {
     }
 }
 
-/// Sets the readiness gate condition of each named pod; pods gone meanwhile are skipped.
-pub async fn gates(t: &Target<'_>, changes: &[(String, bool)]) -> Result<(), ApplyError> {
-    let results: Vec<Result<(), ApplyError>> = stream::iter(changes.to_vec())
-        .map(|(name, value)| async move {
-            match set_gate(t, &name, value).await {
-                Err(ApplyError::Gate { source, .. }) if is_status(&source, 404) => Ok(()),
-                other => other,
-            }
-        })
-        .buffer_unordered(PARALLEL_WRITES)
-        .collect()
-        .await;
-    results.into_iter().collect()
-}
-
 /// Writes the gate condition through the pods/status subresource; a strategic merge patch
 /// merges conditions by type, so the kubelet's conditions are untouched.
-async fn set_gate(t: &Target<'_>, pod: &str, value: bool) -> Result<(), ApplyError> {
+async fn set_gate(t: &Target<'_>, pod: &str, value: bool) -> Result<Pod, ApplyError> {
     let status = if value { "True" } else { "False" };
     let patch = Patch::Strategic(json!({"status": {"conditions": [{
         "type": READINESS_GATE,
         "status": status,
         "lastTransitionTime": Time(Timestamp::now()),
     }]}}));
-    let params = PatchParams {
-        field_manager: Some(MEMBER_MANAGER.to_string()),
-        ..PatchParams::default()
-    };
-    t.api
-        .patch_status(pod, &params, &patch)
+    let written = t
+        .api
+        .patch_status(pod, &patch_params(), &patch)
         .await
         .map_err(|source| ApplyError::Gate {
             pod: pod.to_string(),
@@ -219,5 +208,122 @@ async fn set_gate(t: &Target<'_>, pod: &str, value: bool) -> Result<(), ApplyErr
             source,
         })?;
     tracing::debug!(pod, gate = status, "readiness gate set");
+    Ok(written)
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MEMBER_MANAGER.to_string()),
+        ..PatchParams::default()
+    }
+}
+
+/// One write to one pod: a step of its lifecycle (see `lifecycle`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PodWrite {
+    /// Set the lifecycle state label (and when it began).
+    Mark(Stage),
+    Gate(bool),
+    /// Patch the pod in place from revision `from` to `to`.
+    InPlace {
+        change: InPlaceChange,
+        from: String,
+        to: String,
+    },
+    /// A pods/resize body.
+    Resize(Value),
+    Delete,
+}
+
+impl PodWrite {
+    /// What the write is called in logs and errors.
+    pub fn action(&self) -> String {
+        match self {
+            Self::Mark(stage) => format!("moving to {}", label_of(*stage)),
+            Self::Gate(v) => format!("setting {READINESS_GATE}={v}"),
+            Self::InPlace { to, .. } => format!("updating in place to revision {to}"),
+            Self::Resize(_) => "resizing".to_string(),
+            Self::Delete => "deleting".to_string(),
+        }
+    }
+}
+
+/// Performs `write` on `pod` (as the cache showed it) and records the version it produced, so
+/// the next reconcile waits until the cache shows it. A pod that changed meanwhile (409) or is
+/// gone (404) is left to the next reconcile, which reads it afresh.
+pub async fn perform(t: &Target<'_>, pod: &Pod, write: &PodWrite) -> Result<(), ApplyError> {
+    let name = pod.name_any();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let written = match write {
+        PodWrite::Delete => {
+            return delete(
+                t,
+                &PodId {
+                    name: name.clone(),
+                    uid,
+                },
+            )
+            .await;
+        }
+        PodWrite::Gate(value) => set_gate(t, &name, *value).await,
+        PodWrite::Mark(stage) => {
+            let patch = Patch::Merge(json!({"metadata": {
+                // Precondition: act only on the pod as we saw it.
+                "resourceVersion": pod.metadata.resource_version,
+                "labels": {LIFECYCLE_STATE: label_of(*stage)},
+                "annotations": {LIFECYCLE_SINCE: Timestamp::now().to_string()},
+            }}));
+            t.api
+                .patch(&name, &patch_params(), &patch)
+                .await
+                .map_err(|source| ApplyError::Update {
+                    pod: name.clone(),
+                    action: write.action(),
+                    source,
+                })
+        }
+        PodWrite::InPlace { change, from, to } => {
+            let record = inplace::record(pod, change, from, to, Timestamp::now());
+            let patch = Patch::Strategic(inplace::in_place_patch(pod, change, &record));
+            t.api
+                .patch(&name, &patch_params(), &patch)
+                .await
+                .map_err(|source| ApplyError::Update {
+                    pod: name.clone(),
+                    action: write.action(),
+                    source,
+                })
+        }
+        PodWrite::Resize(body) => t
+            .api
+            .patch_subresource("resize", &name, &patch_params(), &Patch::Strategic(body))
+            .await
+            .map_err(|source| ApplyError::Update {
+                pod: name.clone(),
+                action: write.action(),
+                source,
+            }),
+    };
+    let written = match written {
+        Ok(p) => p,
+        Err(ApplyError::Update { source, .. } | ApplyError::Gate { source, .. })
+            if is_status(&source, 404) || is_status(&source, 409) =>
+        {
+            tracing::debug!(pod = %name, action = write.action(), "pod changed meanwhile; next reconcile reads it again");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(rv) = written.metadata.resource_version.as_deref() {
+        let key = ObjectRef::new(&name).within(&t.namespace);
+        t.expectations
+            .expect_update(t.owner_uid, &uid, rv, Instant::now(), || {
+                t.cache
+                    .get(&key)
+                    .filter(|p| p.metadata.uid.as_deref() == Some(uid.as_str()))
+                    .and_then(|p| p.metadata.resource_version.clone())
+            });
+    }
+    tracing::info!(inplaceset = %t.inplaceset, pod = %name, action = write.action(), "pod written");
     Ok(())
 }

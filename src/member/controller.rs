@@ -1,33 +1,42 @@
-//! The InPlaceSet controller: the watches, the reconcile driver (observe -> plan -> apply ->
-//! status) and its error policy.
+//! The InPlaceSet controller: the watches, the reconcile driver (observe -> decide -> perform
+//! -> status), Events, and its error policy.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller, Error as ControllerError};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{self, ApplyError, Target, cause};
+use super::apply::{self, ApplyError, PodWrite, Target, cause};
 use super::expectations::{self, Expectations, Seen};
+use super::inplace::{self, InPlaceChange, UpdatePath};
 use super::pod::{self, PodView};
-use super::status::{self, Inputs, ReplicaFailure};
+use super::revisions::{self, RevisionError};
+use super::status::{self, BlockedPod, Inputs, LIFECYCLE_BLOCKED, ReplicaFailure};
+use super::work::{self, Observed, Work};
 use crate::api::InPlaceSet;
 use crate::api::labels::{MEMBER_MANAGER, REVISION};
 use crate::plan::revision::revision_hash;
-use crate::plan::scale::{self, PodFacts, ScalePlan};
+use crate::plan::update::Stage;
 
 /// Look again at every InPlaceSet this often even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(300);
 /// Retry delay after a failed reconcile.
 const RETRY: Duration = Duration::from_secs(5);
+/// Pod writes in flight at once for one InPlaceSet.
+const PARALLEL_POD_WRITES: usize = 16;
+/// Old templates kept (besides those pods still run) as ControllerRevisions.
+const REVISIONS_KEPT: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -37,6 +46,8 @@ pub enum ReconcileError {
     NotFromApi(String),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
     #[error("writing the status of InPlaceSet {inplaceset}: {}", cause(.source))]
     Status {
         inplaceset: String,
@@ -52,6 +63,7 @@ impl ReconcileError {
             Self::CacheClosed => "shutdown",
             Self::NotFromApi(_) => "invalid_object",
             Self::Apply(e) => e.category(),
+            Self::Revision(e) => e.category(),
             Self::Status { .. } => "write_status",
         }
     }
@@ -61,13 +73,18 @@ impl ReconcileError {
 pub struct Context {
     client: Client,
     pods: Store<Pod>,
+    revisions: Store<ControllerRevision>,
     expectations: Arc<Expectations>,
     recorder: Recorder,
+    /// The cluster serves pods/resize (Kubernetes 1.33+): resource changes apply in place.
+    resize_supported: bool,
 }
 
 /// Runs the controller until `shutdown` is cancelled; reconciles in flight finish first.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(client: Client, resize_supported: bool, shutdown: CancellationToken) {
     let (pods, writer) = reflector::store();
+    let (revisions, revision_watch) = revisions::watch(&client);
+    let revision_task = tokio::spawn(revision_watch);
     let expectations = Arc::new(Expectations::new(expectations::DEFAULT_TIMEOUT));
     let pod_events = pod_watch(&client, writer, pods.clone(), expectations.clone());
     let recorder = Recorder::new(
@@ -80,8 +97,10 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let context = Arc::new(Context {
         client: client.clone(),
         pods,
+        revisions,
         expectations,
         recorder,
+        resize_supported,
     });
     Controller::new(Api::<InPlaceSet>::all(client), watcher::Config::default())
         .owns_stream(pod_events)
@@ -99,6 +118,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
             }
         })
         .await;
+    revision_task.abort();
 }
 
 /// Pods carrying the revision label (those the controller creates), cached in `writer`; each
@@ -117,22 +137,26 @@ fn pod_watch(
             expectations.observe_event(event);
             if matches!(event, watcher::Event::InitDone) {
                 let state = cache.state();
-                expectations.resync(|uid| {
-                    match state
+                let find = |uid: &str| {
+                    state
                         .iter()
                         .find(|p| p.metadata.uid.as_deref() == Some(uid))
-                    {
+                        .cloned()
+                };
+                expectations.resync(
+                    |uid| match find(uid) {
                         None => Seen::Absent,
                         Some(p) if p.metadata.deletion_timestamp.is_some() => Seen::Deleting,
                         Some(_) => Seen::Present,
-                    }
-                });
+                    },
+                    |uid| find(uid).and_then(|p| p.metadata.resource_version.clone()),
+                );
             }
         })
         .touched_objects()
 }
 
-/// Observe the pods, plan, apply, write status.
+/// Observe the pods, decide, perform, write status.
 async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let key = format!("{}/{}", ips.namespace().unwrap_or_default(), ips.name_any());
     let (Some(namespace), Some(uid)) = (ips.namespace(), ips.uid()) else {
@@ -148,26 +172,50 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
         .wait_until_ready()
         .await
         .map_err(|_| ReconcileError::CacheClosed)?;
+    ctx.revisions
+        .wait_until_ready()
+        .await
+        .map_err(|_| ReconcileError::CacheClosed)?;
 
     // observe
-    let pods = pod::owned_by(ctx.pods.state().iter().map(AsRef::as_ref), &uid);
+    let pods: Vec<(Arc<Pod>, PodView)> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| pod::is_controlled_by(p, &uid))
+        .map(|p| {
+            let view = PodView::of(&p);
+            (p, view)
+        })
+        .collect();
+    let views: Vec<PodView> = pods.iter().map(|(_, v)| v.clone()).collect();
     let revision = revision_hash(&ips.spec.template);
     let pending = ctx.expectations.pending(&uid, Instant::now());
+    let revision_api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The template is recorded before any pod moves to it, so a pod's revision can always be
+    // compared with a later template.
+    revisions::ensure(&revision_api, &ctx.revisions, &ips, &revision).await?;
 
-    // plan
-    let plan = match pending {
-        Some(_) => ScalePlan::default(),
+    // decide
+    let work = match pending {
+        Some(_) => Work::default(),
         None => {
-            let facts: Vec<PodFacts> = pods.iter().map(|p| p.facts.clone()).collect();
-            scale::plan(usize::try_from(ips.spec.replicas).unwrap_or(0), &facts)
+            let paths = update_paths(&ctx, &ips, &revision, &views);
+            work::decide(&Observed {
+                ips: &ips,
+                update_revision: &revision,
+                pods: &pods,
+                paths: &paths,
+                now: Timestamp::now(),
+            })
         }
     };
-    let gate_changes: Vec<(String, bool)> = pods
-        .iter()
-        .filter_map(|p| p.gate_change().map(|v| (p.facts.name.clone(), v)))
-        .collect();
 
-    // apply
+    if work.held_back > 0 {
+        tracing::debug!(inplaceset = %key, pods = work.held_back, "updates held back by maxUnavailable");
+    }
+
+    // perform
     let target = Target {
         inplaceset: key.clone(),
         owner_uid: &uid,
@@ -177,30 +225,188 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
         expectations: &ctx.expectations,
     };
     let template = pod::new_pod(&ips, &revision).ok_or(ReconcileError::NotFromApi(key.clone()))?;
-    let scaled = apply::scale(&target, &plan, &template).await;
-    if let Err(err) = &scaled {
+    let created = apply::create_pods(&target, work.create, &template).await;
+    if let Err(err) = &created {
         publish_warning(&ctx, &ips, err).await;
     }
-    let gated = apply::gates(&target, &gate_changes).await;
+    let written = perform_writes(&ctx, &ips, &target, &work.writes).await;
+    if let Err(err) = &written {
+        publish_warning(&ctx, &ips, err).await;
+    }
+    announce_blocked(&ctx, &ips, &work.blocked).await;
 
     // status
-    let failure = match (&scaled, pending) {
-        (Err(err), _) => ReplicaFailure::Failed {
+    let failure = match (&created, &written, pending) {
+        (Err(err), _, _) | (_, Err(err @ ApplyError::Delete { .. }), _) => ReplicaFailure::Failed {
             reason: err.reason().to_string(),
             message: err.to_string(),
         },
-        (Ok(()), Some(_)) => ReplicaFailure::Unknown,
-        (Ok(()), None) => ReplicaFailure::None,
+        (Ok(()), _, Some(_)) => ReplicaFailure::Unknown,
+        _ => ReplicaFailure::None,
     };
-    let recheck = write_status(&ctx, &ips, &namespace, &revision, &pods, failure).await?;
-    scaled?;
-    gated?;
+    let recheck = write_status(
+        &ctx,
+        &ips,
+        &namespace,
+        &revision,
+        &views,
+        failure,
+        &work.blocked,
+    )
+    .await?;
+    let in_use: BTreeSet<String> = views.iter().filter_map(|v| v.revision.clone()).collect();
+    if let Err(err) = revisions::prune(
+        &revision_api,
+        &ctx.revisions,
+        &ips,
+        &in_use,
+        &revision,
+        REVISIONS_KEPT,
+    )
+    .await
+    {
+        tracing::debug!(inplaceset = %key, error = %err, "old revisions not pruned");
+    }
+    created?;
+    written?;
     // Pod events trigger the next reconcile; these bound the wait when no event will come.
-    let next = [recheck, pending]
+    let next = [recheck, pending, work.wake]
         .into_iter()
         .flatten()
         .fold(RESYNC, Duration::min);
     Ok(Action::requeue(next))
+}
+
+/// For each revision the pods run besides `update`: how its pods reach the current template.
+/// A revision whose template is no longer recorded can only be replaced.
+fn update_paths(
+    ctx: &Context,
+    ips: &InPlaceSet,
+    update: &str,
+    views: &[PodView],
+) -> BTreeMap<String, UpdatePath> {
+    let mut paths = BTreeMap::new();
+    for rev in views.iter().filter_map(|v| v.revision.as_deref()) {
+        if rev == update || paths.contains_key(rev) {
+            continue;
+        }
+        let path = match revisions::template_of(&ctx.revisions, ips, rev) {
+            Some(from) => inplace::update_path(
+                &from,
+                &ips.spec.template,
+                &ips.spec.strategy.pod_update_policy,
+                ctx.resize_supported,
+            ),
+            None => UpdatePath::Recreate {
+                why: format!("the template of revision {rev} is no longer recorded"),
+            },
+        };
+        paths.insert(rev.to_string(), path);
+    }
+    paths
+}
+
+/// Performs the pod writes concurrently, with an Event for each lifecycle transition; returns
+/// the first failure (the others are logged and retried by the next reconcile).
+async fn perform_writes(
+    ctx: &Context,
+    ips: &InPlaceSet,
+    target: &Target<'_>,
+    writes: &[(Arc<Pod>, PodWrite)],
+) -> Result<(), ApplyError> {
+    let results: Vec<Result<(), ApplyError>> = stream::iter(writes.to_vec())
+        .map(|(pod, write)| async move {
+            apply::perform(target, &pod, &write).await?;
+            if let Some((reason, note)) = transition_event(&pod, &write) {
+                publish(ctx, ips, EventType::Normal, reason, note, Some(&pod)).await;
+            }
+            Ok(())
+        })
+        .buffer_unordered(PARALLEL_POD_WRITES)
+        .collect()
+        .await;
+    let mut first = None;
+    for err in results.into_iter().filter_map(Result::err) {
+        tracing::warn!(error = %err, "pod write failed");
+        first.get_or_insert(err);
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// The Event reason and note for a pod's lifecycle transition (gate writes are too frequent to
+/// announce; the lifecycle label shows them).
+fn transition_event(pod: &Pod, write: &PodWrite) -> Option<(&'static str, String)> {
+    let name = pod.name_any();
+    Some(match write {
+        PodWrite::Gate(_) => return None,
+        PodWrite::Mark(Stage::PreparingUpdate) => (
+            "PreparingUpdate",
+            format!("pod {name}: leaving service before an in-place update"),
+        ),
+        PodWrite::Mark(Stage::PreparingDelete) => (
+            "PreparingDelete",
+            format!("pod {name}: leaving service before deletion"),
+        ),
+        PodWrite::Mark(Stage::Updated) => (
+            "Updated",
+            format!("pod {name}: running the new revision; waiting for minReadySeconds"),
+        ),
+        PodWrite::Mark(Stage::Normal) => {
+            ("UpdateCompleted", format!("pod {name}: back in service"))
+        }
+        PodWrite::Mark(Stage::Updating) => return None,
+        PodWrite::InPlace { change, from, to } => (
+            "UpdatingInPlace",
+            format!(
+                "pod {name}: revision {from} -> {to} in place{}",
+                describe_change(change)
+            ),
+        ),
+        PodWrite::Resize(_) => ("Resizing", format!("pod {name}: resizing in place")),
+        PodWrite::Delete => ("SuccessfulDelete", format!("Deleted pod: {name}")),
+    })
+}
+
+fn describe_change(change: &InPlaceChange) -> String {
+    let mut parts: Vec<String> = change
+        .images
+        .iter()
+        .map(|(c, image)| format!("{c}={image}"))
+        .collect();
+    parts.extend(change.resources.keys().map(|c| format!("{c} resized")));
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// A Warning Event for each pod newly held past its hook timeout (the condition carries the
+/// standing state; the Event marks the moment).
+async fn announce_blocked(ctx: &Context, ips: &InPlaceSet, blocked: &[BlockedPod]) {
+    let previous = ips
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == LIFECYCLE_BLOCKED))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    for b in blocked {
+        if previous.contains(&format!("pod {} ", b.pod)) {
+            continue;
+        }
+        let pod = ctx
+            .pods
+            .get(&ObjectRef::new(&b.pod).within(&ips.namespace().unwrap_or_default()));
+        publish(
+            ctx,
+            ips,
+            EventType::Warning,
+            b.reason(),
+            b.message(),
+            pod.as_deref(),
+        )
+        .await;
+    }
 }
 
 /// Computes the status from the observed pods and writes it if it changed; returns when the
@@ -212,6 +418,7 @@ async fn write_status(
     revision: &str,
     pods: &[PodView],
     failure: ReplicaFailure,
+    blocked: &[BlockedPod],
 ) -> Result<Option<Duration>, ReconcileError> {
     let (status, recheck) = status::compute(&Inputs {
         generation: ips.metadata.generation,
@@ -221,6 +428,7 @@ async fn write_status(
         previous: ips.status.as_ref(),
         pods,
         failure,
+        blocked,
         now: Timestamp::now(),
     });
     let api: Api<InPlaceSet> = Api::namespaced(ctx.client.clone(), namespace);
@@ -234,14 +442,35 @@ async fn write_status(
 }
 
 /// A Warning Event on the InPlaceSet, as the ReplicaSet controller emits for failed pod
-/// creations and deletions (best effort: an Event that cannot be written is only logged).
+/// creations and deletions.
 async fn publish_warning(ctx: &Context, ips: &InPlaceSet, err: &ApplyError) {
+    publish(
+        ctx,
+        ips,
+        EventType::Warning,
+        err.reason(),
+        err.to_string(),
+        None,
+    )
+    .await;
+}
+
+/// An Event on the InPlaceSet, about `pod` if given (best effort: an Event that cannot be
+/// written is only logged).
+async fn publish(
+    ctx: &Context,
+    ips: &InPlaceSet,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    pod: Option<&Pod>,
+) {
     let event = Event {
-        type_: EventType::Warning,
-        reason: err.reason().to_string(),
-        note: Some(err.to_string()),
-        action: "Scale".to_string(),
-        secondary: None,
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Update".to_string(),
+        secondary: pod.map(|p| p.object_ref(&())),
     };
     if let Err(e) = ctx.recorder.publish(&event, &ips.object_ref(&())).await {
         tracing::debug!(error = %e, "event not written");

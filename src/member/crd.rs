@@ -65,3 +65,26 @@ pub async fn wait_established(
         }
     }
 }
+
+/// Whether the API server serves `pods/resize` (Kubernetes 1.33+), so that resource changes can
+/// be applied in place; discovery says, as `kubectl` would see it. `None` if `shutdown` came
+/// first. Transient errors are retried: the answer decides whether pods are recreated.
+pub async fn resize_supported(client: &kube::Client, shutdown: &CancellationToken) -> Option<bool> {
+    loop {
+        match client.list_core_api_resources("v1").await {
+            Ok(list) => {
+                let supported = list.resources.iter().any(|r| r.name == "pods/resize");
+                tracing::info!(supported, "in-place pod resize (pods/resize)");
+                return Some(supported);
+            }
+            Err(e) => tracing::info!(
+                "reading API discovery for pods/resize: {}; retrying",
+                super::apply::cause(&e)
+            ),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}

@@ -32,11 +32,23 @@ struct Pending {
     creations: HashMap<String, Instant>,
     /// pod uid -> when the deletion was recorded
     deletions: HashMap<String, Instant>,
+    /// pod uid -> (resourceVersion the controller's update produced, when recorded)
+    updates: HashMap<String, (String, Instant)>,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.creations.is_empty() && self.deletions.is_empty()
+        self.creations.is_empty() && self.deletions.is_empty() && self.updates.is_empty()
+    }
+}
+
+/// Whether a cached resourceVersion `seen` is at least `wanted`. Resource versions are opaque
+/// to clients in principle, but every API server (etcd's revision) issues increasing integers;
+/// as OpenKruise does, compare them as such, and fall back to equality for anything else.
+fn reached(seen: &str, wanted: &str) -> bool {
+    match (seen.parse::<u64>(), wanted.parse::<u64>()) {
+        (Ok(s), Ok(w)) => s >= w,
+        _ => seen == wanted,
     }
 }
 
@@ -106,6 +118,45 @@ impl Expectations {
         }
     }
 
+    /// Records that the controller updated pod `pod_uid` of `owner_uid` (labels, spec or
+    /// status), producing `resource_version`, unless `cached` (the pod cache's resourceVersion
+    /// of it) shows the watch got there first. Until the cache shows that version, the pod's
+    /// cached state is stale and the InPlaceSet is not acted on again.
+    pub fn expect_update(
+        &self,
+        owner_uid: &str,
+        pod_uid: &str,
+        resource_version: &str,
+        now: Instant,
+        cached: impl FnOnce() -> Option<String>,
+    ) {
+        let mut map = self.lock();
+        if cached().is_none_or(|rv| !reached(&rv, resource_version)) {
+            map.entry(owner_uid.to_string())
+                .or_default()
+                .updates
+                .insert(pod_uid.to_string(), (resource_version.to_string(), now));
+        }
+    }
+
+    /// The watch showed pod `pod_uid` of `owner_uid` at `resource_version`.
+    pub fn observe_version(&self, owner_uid: &str, pod_uid: &str, resource_version: &str) {
+        let mut map = self.lock();
+        let Some(pending) = map.get_mut(owner_uid) else {
+            return;
+        };
+        if pending
+            .updates
+            .get(pod_uid)
+            .is_some_and(|(wanted, _)| reached(resource_version, wanted))
+        {
+            pending.updates.remove(pod_uid);
+        }
+        if pending.is_empty() {
+            map.remove(owner_uid);
+        }
+    }
+
     /// The watch showed pod `pod_uid` of `owner_uid` in state `seen`.
     pub fn observe(&self, owner_uid: &str, pod_uid: &str, seen: Seen) {
         let mut map = self.lock();
@@ -118,6 +169,9 @@ impl Expectations {
             Seen::Absent | Seen::Deleting => {
                 pending.creations.remove(pod_uid);
                 pending.deletions.remove(pod_uid);
+                // Nothing more will be shown of a pod that is gone; a deleting pod's updates
+                // no longer matter to any decision.
+                pending.updates.remove(pod_uid);
             }
             Seen::Present => {
                 pending.creations.remove(pod_uid);
@@ -130,13 +184,17 @@ impl Expectations {
 
     /// After a relist (the watch restarted and listed everything again), what was pending is
     /// settled by the fresh cache: deletions the relist no longer shows were missed as events.
-    pub fn resync(&self, seen: impl Fn(&str) -> Seen) {
+    /// `version` reads a pod's cached resourceVersion.
+    pub fn resync(&self, seen: impl Fn(&str) -> Seen, version: impl Fn(&str) -> Option<String>) {
         let mut map = self.lock();
         for pending in map.values_mut() {
             pending.creations.retain(|uid, _| seen(uid) == Seen::Absent);
             pending
                 .deletions
                 .retain(|uid, _| seen(uid) == Seen::Present);
+            pending.updates.retain(|uid, (wanted, _)| {
+                seen(uid) == Seen::Present && version(uid).is_none_or(|rv| !reached(&rv, wanted))
+            });
         }
         map.retain(|_, p| !p.is_empty());
     }
@@ -152,6 +210,9 @@ impl Expectations {
                         Seen::Present
                     };
                     self.observe(owner, uid, seen);
+                    if let Some(rv) = pod.metadata.resource_version.as_deref() {
+                        self.observe_version(owner, uid, rv);
+                    }
                 }
             }
             watcher::Event::Delete(pod) => {
@@ -171,13 +232,17 @@ impl Expectations {
         let mut map = self.lock();
         for (owner, pending) in map.iter_mut() {
             let mut expired = 0;
+            let live = |at: &Instant| now.saturating_duration_since(*at) < timeout;
             for writes in [&mut pending.creations, &mut pending.deletions] {
                 writes.retain(|_, at| {
-                    let live = now.saturating_duration_since(*at) < timeout;
-                    expired += usize::from(!live);
-                    live
+                    expired += usize::from(!live(at));
+                    live(at)
                 });
             }
+            pending.updates.retain(|_, (_, at)| {
+                expired += usize::from(!live(at));
+                live(at)
+            });
             if expired > 0 {
                 tracing::warn!(
                     owner_uid = owner.as_str(),
@@ -193,6 +258,7 @@ impl Expectations {
             .creations
             .values()
             .chain(pending.deletions.values())
+            .chain(pending.updates.values().map(|(_, at)| at))
             .min()?;
         Some(timeout.saturating_sub(now.saturating_duration_since(*oldest)))
     }
@@ -307,12 +373,38 @@ mod tests {
         e.expect_deletion(OWNER, "gone", now, || Seen::Present);
         e.expect_deletion(OWNER, "still-there", now, || Seen::Present);
         e.expect_creation(OWNER, "listed", now, || Seen::Absent);
-        e.resync(|uid| match uid {
-            "still-there" | "listed" => Seen::Present,
-            _ => Seen::Absent,
-        });
+        e.resync(
+            |uid| match uid {
+                "still-there" | "listed" => Seen::Present,
+                _ => Seen::Absent,
+            },
+            |_| None,
+        );
         assert!(e.pending(OWNER, now).is_some());
         e.observe(OWNER, "still-there", Seen::Absent);
+        assert_eq!(e.pending(OWNER, now), None);
+    }
+
+    #[test]
+    fn an_update_blocks_until_the_cache_shows_its_version() {
+        let e = Expectations::new(DEFAULT_TIMEOUT);
+        let now = t0();
+        e.expect_update(OWNER, "p1", "12", now, || Some("10".into()));
+        assert!(e.pending(OWNER, now).is_some());
+        e.observe_version(OWNER, "p1", "11");
+        assert!(e.pending(OWNER, now).is_some(), "an older version is stale");
+        e.observe_version(OWNER, "p1", "13");
+        assert_eq!(e.pending(OWNER, now), None, "a later version includes ours");
+        // The watch got there first.
+        e.expect_update(OWNER, "p1", "14", now, || Some("14".into()));
+        assert_eq!(e.pending(OWNER, now), None);
+        // A pod gone settles its updates.
+        e.expect_update(OWNER, "p2", "20", now, || None);
+        e.observe(OWNER, "p2", Seen::Absent);
+        assert_eq!(e.pending(OWNER, now), None);
+        // A relist settles what it shows.
+        e.expect_update(OWNER, "p3", "30", now, || None);
+        e.resync(|_| Seen::Present, |_| Some("31".into()));
         assert_eq!(e.pending(OWNER, now), None);
     }
 

@@ -9,14 +9,17 @@ mod apply;
 mod controller;
 mod crd;
 mod expectations;
+mod inplace;
+mod lifecycle;
 mod pod;
+mod revisions;
 mod status;
+mod work;
 
 use tokio_util::sync::CancellationToken;
 
 pub use apply::ApplyError;
 pub use controller::ReconcileError;
-pub use pod::LIFECYCLE_NORMAL;
 pub use status::REPLICA_FAILURE;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +53,11 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) -> Result<()
     if !crd::wait_established(&client, &shutdown).await? {
         return Ok(());
     }
+    let Some(resize_supported) = crd::resize_supported(&client, &shutdown).await else {
+        return Ok(());
+    };
     tracing::info!("InPlaceSet controller starting");
-    controller::run(client, shutdown).await;
+    controller::run(client, resize_supported, shutdown).await;
     tracing::info!("InPlaceSet controller stopped");
     Ok(())
 }

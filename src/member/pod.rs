@@ -9,11 +9,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
 use crate::api::InPlaceSet;
-use crate::api::labels::{LIFECYCLE_STATE, READINESS_GATE, REVISION};
+use crate::api::labels::{
+    LIFECYCLE_SINCE, LIFECYCLE_STATE, READINESS_GATE, REVISION, STATE_NORMAL,
+};
 use crate::plan::scale::PodFacts;
-
-/// The lifecycle state of a pod no operation is touching.
-pub const LIFECYCLE_NORMAL: &str = "Normal";
 
 /// A new pod for `ips` at `revision`, named by the API server (`<inplaceset>-<5 random chars>`,
 /// as `generateName` does), controlled by `ips`, with the template's labels plus the revision
@@ -31,7 +30,7 @@ pub fn new_pod(ips: &InPlaceSet, revision: &str) -> Option<Pod> {
     let template_meta = template.metadata.clone().unwrap_or_default();
     let mut labels: BTreeMap<String, String> = template_meta.labels.unwrap_or_default();
     labels.insert(REVISION.to_string(), revision.to_string());
-    labels.insert(LIFECYCLE_STATE.to_string(), LIFECYCLE_NORMAL.to_string());
+    labels.insert(LIFECYCLE_STATE.to_string(), STATE_NORMAL.to_string());
     let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
     let gates = spec.readiness_gates.get_or_insert_with(Vec::new);
     if !gates.iter().any(|g| g.condition_type == READINESS_GATE) {
@@ -64,6 +63,12 @@ pub struct PodView {
     pub containers_ready: bool,
     /// The readiness gate condition, if written.
     pub gate: Option<bool>,
+    /// When the gate condition last changed.
+    pub gate_since: Option<Timestamp>,
+    /// When ContainersReady last turned True (None unless it is True).
+    pub containers_ready_since: Option<Timestamp>,
+    /// When the pod entered its lifecycle state (the `lifecycle-since` annotation).
+    pub lifecycle_since: Option<Timestamp>,
     /// The `apps.cafe.io/lifecycle-state` label.
     pub lifecycle: Option<String>,
     /// When Ready last turned True (None unless Ready).
@@ -96,6 +101,8 @@ impl PodView {
         let unschedulable = condition(pod, "PodScheduled")
             .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
         let labels = pod.labels();
+        let since = |c: &PodCondition| c.last_transition_time.as_ref().map_or(created, |t| t.0);
+        let gate = condition(pod, READINESS_GATE);
         Self {
             facts: PodFacts {
                 name: pod.name_any(),
@@ -111,46 +118,27 @@ impl PodView {
             },
             revision: labels.get(REVISION).cloned(),
             containers_ready: is_true(pod, "ContainersReady"),
-            gate: condition(pod, READINESS_GATE).map(|c| c.status == "True"),
+            gate: gate.map(|c| c.status == "True"),
+            gate_since: gate.map(since),
+            containers_ready_since: condition(pod, "ContainersReady")
+                .filter(|c| c.status == "True")
+                .map(since),
+            lifecycle_since: pod
+                .annotations()
+                .get(LIFECYCLE_SINCE)
+                .and_then(|s| s.parse::<Timestamp>().ok()),
             lifecycle: labels.get(LIFECYCLE_STATE).cloned(),
-            ready_since: ready.map(|c| c.last_transition_time.as_ref().map_or(created, |t| t.0)),
-            unschedulable_since: unschedulable
-                .map(|c| c.last_transition_time.as_ref().map_or(created, |t| t.0)),
-        }
-    }
-
-    /// The value the readiness gate should be set to, if it must change: False as soon as the
-    /// pod is seen without it, True once its containers are ready. Only pods in the Normal
-    /// lifecycle state get True: an operation in progress (a later in-place upgrade) holds the
-    /// gate False until it is done (DESIGN.md section 6).
-    pub fn gate_change(&self) -> Option<bool> {
-        if self.facts.deleting {
-            return None;
-        }
-        let normal = self
-            .lifecycle
-            .as_deref()
-            .is_none_or(|s| s == LIFECYCLE_NORMAL);
-        if normal && self.containers_ready && self.gate != Some(true) {
-            Some(true)
-        } else if self.gate.is_none() {
-            Some(false)
-        } else {
-            None
+            ready_since: ready.map(since),
+            unschedulable_since: unschedulable.map(since),
         }
     }
 }
 
-/// The pods controlled by the InPlaceSet with uid `owner_uid`.
-pub fn owned_by<'a>(pods: impl IntoIterator<Item = &'a Pod>, owner_uid: &str) -> Vec<PodView> {
-    pods.into_iter()
-        .filter(|p| {
-            p.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == owner_uid)
-        })
-        .map(PodView::of)
-        .collect()
+/// Whether `pod` is controlled by the InPlaceSet with uid `owner_uid`.
+pub fn is_controlled_by(pod: &Pod, owner_uid: &str) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == owner_uid)
 }
 
 #[cfg(test)]
@@ -243,7 +231,6 @@ mod tests {
             Some("2025-01-01T00:00:05Z".parse::<Timestamp>().unwrap())
         );
         assert_eq!(v.unschedulable_since, None);
-        assert_eq!(v.gate_change(), None);
     }
 
     #[test]
@@ -259,23 +246,5 @@ mod tests {
             Some("2025-01-01T00:00:02Z".parse::<Timestamp>().unwrap())
         );
         assert!(!v.facts.ready);
-    }
-
-    #[test]
-    fn the_gate_is_written_false_then_true_only_in_normal_state() {
-        let fresh = PodView::of(&pod(json!({}), json!({})));
-        assert_eq!(fresh.gate_change(), Some(false));
-        let running = PodView::of(&pod(
-            json!({"conditions": [{"type": "ContainersReady", "status": "True"},
-                                  {"type": READINESS_GATE, "status": "False"}]}),
-            json!({LIFECYCLE_STATE: "Normal"}),
-        ));
-        assert_eq!(running.gate_change(), Some(true));
-        let updating = PodView::of(&pod(
-            json!({"conditions": [{"type": "ContainersReady", "status": "True"},
-                                  {"type": READINESS_GATE, "status": "False"}]}),
-            json!({LIFECYCLE_STATE: "PreparingUpdate"}),
-        ));
-        assert_eq!(updating.gate_change(), None);
     }
 }

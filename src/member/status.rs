@@ -13,10 +13,43 @@ use serde_json::{Value, json};
 
 use super::pod::PodView;
 use crate::api::labels::MEMBER_MANAGER;
-use crate::api::{InPlaceSet, InPlaceSetStatus};
+use crate::api::{InPlaceSet, InPlaceSetStatus, RevisionReplicas};
 
 /// Condition type set while pods cannot be created or deleted, as on ReplicaSets.
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+/// Condition type set while a lifecycle hook has held a pod past `lifecycle.timeoutSeconds`.
+pub const LIFECYCLE_BLOCKED: &str = "LifecycleBlocked";
+
+/// A pod a hook has held past its timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockedPod {
+    pub pod: String,
+    /// `preUpdate` or `preDelete`.
+    pub hook: &'static str,
+    /// What still holds it (`finalizer x`, `label k=v`).
+    pub holders: Vec<String>,
+    pub waited_seconds: u64,
+}
+
+impl BlockedPod {
+    /// The condition/Event reason.
+    pub fn reason(&self) -> &'static str {
+        match self.hook {
+            "preDelete" => "PreDeleteHookTimeout",
+            _ => "PreUpdateHookTimeout",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        format!(
+            "pod {} has waited {}s for its {} hook ({}); it stays blocked until the hook is released",
+            self.pod,
+            self.waited_seconds,
+            self.hook,
+            self.holders.join(", ")
+        )
+    }
+}
 
 /// What the last scale attempt says about the ReplicaFailure condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +71,8 @@ pub struct Inputs<'a> {
     pub previous: Option<&'a InPlaceSetStatus>,
     pub pods: &'a [PodView],
     pub failure: ReplicaFailure,
+    /// Pods held by a hook past the timeout, sorted by pod name.
+    pub blocked: &'a [BlockedPod],
     pub now: Timestamp,
 }
 
@@ -48,7 +83,9 @@ pub fn compute(input: &Inputs<'_>) -> (InPlaceSetStatus, Option<Duration>) {
     let min_ready = Duration::from_secs(u64::try_from(input.min_ready_seconds).unwrap_or(0));
     let mut recheck: Option<Duration> = None;
     let mut available = 0;
-    for since in active.iter().filter_map(|p| p.ready_since) {
+    let mut updated_available = 0;
+    for p in &active {
+        let Some(since) = p.ready_since else { continue };
         let ready_for = input
             .now
             .duration_since(since)
@@ -56,12 +93,20 @@ pub fn compute(input: &Inputs<'_>) -> (InPlaceSetStatus, Option<Duration>) {
             .unwrap_or(Duration::ZERO);
         if ready_for >= min_ready {
             available += 1;
+            if p.revision.as_deref() == Some(input.update_revision) {
+                updated_available += 1;
+            }
         } else {
             let left = min_ready - ready_for;
             recheck = Some(recheck.map_or(left, |r| r.min(left)));
         }
     }
     let updated = |p: &&&PodView| p.revision.as_deref() == Some(input.update_revision);
+    let current = current_revision(
+        input.previous.and_then(|s| s.current_revision.as_deref()),
+        input.update_revision,
+        active.iter().map(|p| p.revision.as_deref()),
+    );
     let unschedulable: Vec<Timestamp> = active
         .iter()
         .filter_map(|p| p.unschedulable_since)
@@ -79,13 +124,17 @@ pub fn compute(input: &Inputs<'_>) -> (InPlaceSetStatus, Option<Duration>) {
                 .filter(|p| p.facts.ready)
                 .count(),
         ),
+        updated_available_replicas: updated_available,
+        current_replicas: count(
+            active
+                .iter()
+                .filter(|p| p.revision.as_deref() == Some(current.as_str()))
+                .count(),
+        ),
+        revisions: revisions(input.update_revision, &active),
         unschedulable_replicas: count(unschedulable.len()),
         unschedulable_since: unschedulable.into_iter().min().map(Time),
-        current_revision: Some(current_revision(
-            input.previous.and_then(|s| s.current_revision.as_deref()),
-            input.update_revision,
-            active.iter().map(|p| p.revision.as_deref()),
-        )),
+        current_revision: Some(current),
         update_revision: Some(input.update_revision.to_string()),
         selector: selector_string(input.selector),
         conditions: conditions(input),
@@ -95,6 +144,26 @@ pub fn compute(input: &Inputs<'_>) -> (InPlaceSetStatus, Option<Duration>) {
 
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Pods per revision: the update revision first, then the others by name.
+fn revisions(update: &str, pods: &[&PodView]) -> Vec<RevisionReplicas> {
+    let mut by: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for p in pods {
+        let e = by.entry(p.revision.as_deref().unwrap_or("")).or_default();
+        e.0 += 1;
+        e.1 += usize::from(p.facts.ready);
+    }
+    let mut out: Vec<RevisionReplicas> = by
+        .into_iter()
+        .map(|(revision, (n, ready))| RevisionReplicas {
+            revision: revision.to_string(),
+            replicas: count(n),
+            ready_replicas: count(ready),
+        })
+        .collect();
+    out.sort_by_key(|r| r.revision != update);
+    out
 }
 
 /// The revision the InPlaceSet's pods are on before the update completes: the update revision
@@ -131,40 +200,82 @@ pub fn selector_string(selector: &LabelSelector) -> Option<String> {
         .map(|s| s.to_string())
 }
 
-/// The previous conditions with ReplicaFailure set, cleared or kept; an unchanged condition
-/// keeps its lastTransitionTime, so an unchanged status compares equal.
+/// The previous conditions with ReplicaFailure and LifecycleBlocked set, cleared or kept; an
+/// unchanged condition keeps its lastTransitionTime, so an unchanged status compares equal.
 fn conditions(input: &Inputs<'_>) -> Vec<Condition> {
     let previous = input
         .previous
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    let old = previous.iter().find(|c| c.type_ == REPLICA_FAILURE);
+    let replica_failure = match &input.failure {
+        ReplicaFailure::Unknown => Wanted::Keep,
+        ReplicaFailure::None => Wanted::Clear,
+        ReplicaFailure::Failed { reason, message } => Wanted::Set {
+            reason: reason.clone(),
+            message: message.clone(),
+        },
+    };
+    let blocked = match input.blocked {
+        [] => Wanted::Clear,
+        [first, ..] => Wanted::Set {
+            reason: first.reason().to_string(),
+            message: input
+                .blocked
+                .iter()
+                .map(BlockedPod::message)
+                .collect::<Vec<_>>()
+                .join("; "),
+        },
+    };
     let mut out: Vec<Condition> = previous
         .iter()
-        .filter(|c| c.type_ != REPLICA_FAILURE)
+        .filter(|c| c.type_ != REPLICA_FAILURE && c.type_ != LIFECYCLE_BLOCKED)
         .cloned()
         .collect();
-    match &input.failure {
-        ReplicaFailure::Unknown => out.extend(old.cloned()),
-        ReplicaFailure::None => {}
-        ReplicaFailure::Failed { reason, message } => {
-            let same = old.filter(|c| c.status == "True");
-            let unchanged = same.is_some_and(|c| &c.reason == reason && &c.message == message);
-            out.push(match (same, unchanged) {
-                (Some(c), true) => c.clone(),
-                (same, _) => Condition {
-                    type_: REPLICA_FAILURE.to_string(),
+    for (type_, wanted) in [
+        (REPLICA_FAILURE, replica_failure),
+        (LIFECYCLE_BLOCKED, blocked),
+    ] {
+        let old = previous.iter().find(|c| c.type_ == type_);
+        out.extend(wanted.resolve(type_, old, input));
+    }
+    out
+}
+
+/// What one True-or-absent condition should become.
+enum Wanted {
+    Set { reason: String, message: String },
+    Clear,
+    Keep,
+}
+
+impl Wanted {
+    fn resolve(
+        self,
+        type_: &str,
+        old: Option<&Condition>,
+        input: &Inputs<'_>,
+    ) -> Option<Condition> {
+        match self {
+            Wanted::Keep => old.cloned(),
+            Wanted::Clear => None,
+            Wanted::Set { reason, message } => {
+                let same = old.filter(|c| c.status == "True");
+                if let Some(c) = same.filter(|c| c.reason == reason && c.message == message) {
+                    return Some(c.clone());
+                }
+                Some(Condition {
+                    type_: type_.to_string(),
                     status: "True".to_string(),
-                    reason: reason.clone(),
-                    message: message.clone(),
+                    reason,
+                    message,
                     last_transition_time: same
                         .map_or(Time(input.now), |c| c.last_transition_time.clone()),
                     observed_generation: input.generation,
-                },
-            });
+                })
+            }
         }
     }
-    out
 }
 
 /// Writes `status` through the status subresource when it differs from what `ips` shows.
@@ -205,6 +316,7 @@ fn merge_patch_body(status: &InPlaceSetStatus) -> Value {
             "updateRevision",
             "selector",
             "conditions",
+            "revisions",
         ] {
             map.entry(key).or_insert(Value::Null);
         }
@@ -234,6 +346,9 @@ mod tests {
             revision: Some(rev.into()),
             containers_ready: ready_since.is_some(),
             gate: Some(ready_since.is_some()),
+            gate_since: None,
+            containers_ready_since: None,
+            lifecycle_since: None,
             lifecycle: Some("Normal".into()),
             ready_since: ready_since.map(ts),
             unschedulable_since: None,
@@ -259,6 +374,7 @@ mod tests {
             previous: prev,
             pods,
             failure: ReplicaFailure::None,
+            blocked: &[],
             now: ts(100),
         }
     }
@@ -348,6 +464,51 @@ mod tests {
         unknown.failure = ReplicaFailure::Unknown;
         assert_eq!(compute(&unknown).0.conditions, failed.conditions);
         let cleared = inputs(&pods, &sel, Some(&failed));
+        assert!(compute(&cleared).0.conditions.is_empty());
+    }
+
+    #[test]
+    fn hook_timeouts_set_lifecycle_blocked_and_revisions_are_counted() {
+        let pods = vec![
+            view("a", "old", Some(0)),
+            view("b", "new", Some(0)),
+            view("c", "new", None),
+        ];
+        let sel = selector();
+        let blocked = [BlockedPod {
+            pod: "a".into(),
+            hook: "preUpdate",
+            holders: vec!["finalizer example.com/drain".into()],
+            waited_seconds: 301,
+        }];
+        let mut input = inputs(&pods, &sel, None);
+        input.blocked = &blocked;
+        let (s, _) = compute(&input);
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == LIFECYCLE_BLOCKED)
+            .unwrap();
+        assert_eq!(c.reason, "PreUpdateHookTimeout");
+        assert!(c.message.contains("pod a") && c.message.contains("example.com/drain"));
+        assert_eq!(s.updated_available_replicas, 1);
+        assert_eq!(s.current_replicas, 1);
+        assert_eq!(
+            s.revisions,
+            vec![
+                RevisionReplicas {
+                    revision: "new".into(),
+                    replicas: 2,
+                    ready_replicas: 1
+                },
+                RevisionReplicas {
+                    revision: "old".into(),
+                    replicas: 1,
+                    ready_replicas: 1
+                },
+            ]
+        );
+        let cleared = inputs(&pods, &sel, Some(&s));
         assert!(compute(&cleared).0.conditions.is_empty());
     }
 

@@ -5,3 +5,4 @@ pub mod revision;
 pub mod scale;
 pub mod split;
 pub mod unit_status;
+pub mod update;

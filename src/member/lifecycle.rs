@@ -1,0 +1,513 @@
+//! The per-pod state machine of an in-place upgrade (DESIGN.md section 6), as a pure function:
+//! given one pod as the cache shows it, the next single write to make, or why to wait.
+//!
+//! Normal -> PreparingUpdate (gate False; grace period; pre-update hooks released) -> Updating
+//! (patched in place; the kubelet restarts the new image, resizes apply) -> Updated (containers
+//! ready on the new revision for minReadySeconds) -> gate True -> Normal. A pod that cannot be
+//! updated in place goes Normal -> PreparingDelete (gate False; grace; pre-delete hooks) ->
+//! deleted, and the scale logic creates its replacement.
+//!
+//! Every state lives on the pod (the lifecycle label, the `lifecycle-since` and
+//! `inplace-update-state` annotations, the gate condition), and each step is one write whose
+//! result the next reconcile reads back, so a controller killed at any point resumes where the
+//! pod is: never two steps ahead of its gate, never updating a pod twice.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::inplace::{self, InPlaceChange, UpdatePath, Verification};
+use super::pod::PodView;
+use crate::api::LifecycleHook;
+use crate::plan::update::Stage;
+
+/// Which hook holds a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    PreUpdate,
+    PreDelete,
+}
+
+impl HookKind {
+    /// As the field is spelled in `spec.lifecycle`.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::PreUpdate => "preUpdate",
+            Self::PreDelete => "preDelete",
+        }
+    }
+}
+
+/// The next thing to do for one pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Nothing to do.
+    Idle,
+    /// Look again after `after` (or on the next pod event), because of `why`.
+    Wait { after: Duration, why: String },
+    /// A hook has held the pod past `lifecycle.timeoutSeconds`: report it, keep waiting.
+    Blocked {
+        hook: HookKind,
+        holders: Vec<String>,
+        waited: Duration,
+    },
+    /// Write the readiness gate condition.
+    Gate(bool),
+    /// Patch the pod in place to the update revision (state Updating).
+    StartInPlace(InPlaceChange),
+    /// Send this body to the pods/resize subresource.
+    Resize(serde_json::Value),
+    /// Set the lifecycle state label.
+    Mark(Stage),
+    /// Delete the pod.
+    Delete,
+}
+
+/// Everything one pod's step depends on besides the pod.
+pub struct StepInputs<'a> {
+    /// How this pod reaches the update revision; `None` when it is already there.
+    pub path: Option<&'a UpdatePath>,
+    pub min_ready: Duration,
+    pub grace: Duration,
+    pub pre_update: Option<&'a LifecycleHook>,
+    pub pre_delete: Option<&'a LifecycleHook>,
+    pub hook_timeout: Duration,
+    pub now: Timestamp,
+}
+
+/// While nothing else wakes the controller (pod events do), look again this often.
+const POLL: Duration = Duration::from_secs(5);
+
+/// The stage a lifecycle label names; a missing or unknown label reads as Normal.
+pub fn stage_of(label: Option<&str>) -> Stage {
+    use crate::api::labels::*;
+    match label {
+        Some(STATE_PREPARING_UPDATE) => Stage::PreparingUpdate,
+        Some(STATE_UPDATING) => Stage::Updating,
+        Some(STATE_UPDATED) => Stage::Updated,
+        Some(STATE_PREPARING_DELETE) => Stage::PreparingDelete,
+        _ => Stage::Normal,
+    }
+}
+
+/// The label value of a stage.
+pub fn label_of(stage: Stage) -> &'static str {
+    use crate::api::labels::*;
+    match stage {
+        Stage::Normal => STATE_NORMAL,
+        Stage::PreparingUpdate => STATE_PREPARING_UPDATE,
+        Stage::Updating => STATE_UPDATING,
+        Stage::Updated => STATE_UPDATED,
+        Stage::PreparingDelete => STATE_PREPARING_DELETE,
+    }
+}
+
+/// The finalizers and labels of `hook` still on `pod` (as `finalizer x` / `label k=v`).
+pub fn holders(pod: &Pod, hook: Option<&LifecycleHook>) -> Vec<String> {
+    let Some(hook) = hook else {
+        return vec![];
+    };
+    let finalizers = pod.finalizers();
+    let labels = pod.labels();
+    let mut out: Vec<String> = hook
+        .finalizers_handler
+        .iter()
+        .filter(|f| finalizers.contains(f))
+        .map(|f| format!("finalizer {f}"))
+        .collect();
+    out.extend(
+        hook.labels_handler
+            .iter()
+            .filter(|(k, v)| labels.get(*k) == Some(*v))
+            .map(|(k, v)| format!("label {k}={v}")),
+    );
+    out
+}
+
+fn elapsed(now: Timestamp, since: Option<Timestamp>) -> Duration {
+    since
+        .and_then(|s| now.duration_since(s).try_into().ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// The next step for `pod` (seen as `view`).
+pub fn step(pod: &Pod, view: &PodView, input: &StepInputs<'_>) -> Step {
+    if view.facts.deleting {
+        return Step::Idle;
+    }
+    match stage_of(view.lifecycle.as_deref()) {
+        Stage::Normal => normal(view),
+        stage @ (Stage::PreparingUpdate | Stage::PreparingDelete) => {
+            preparing(pod, view, stage, input)
+        }
+        Stage::Updating => updating(pod, view),
+        Stage::Updated => updated(view, input),
+    }
+}
+
+/// A serving pod: its gate is False until it first runs, then True while its containers are ready.
+fn normal(view: &PodView) -> Step {
+    if view.containers_ready && view.gate != Some(true) {
+        Step::Gate(true)
+    } else if view.gate.is_none() {
+        Step::Gate(false)
+    } else {
+        Step::Idle
+    }
+}
+
+fn preparing(pod: &Pod, view: &PodView, stage: Stage, input: &StepInputs<'_>) -> Step {
+    if stage == Stage::PreparingUpdate {
+        match input.path {
+            // The template went back to this pod's revision (an undo): nothing to do after all.
+            None => return Step::Mark(Stage::Normal),
+            // The newest template cannot be reached in place: replace the pod instead.
+            Some(UpdatePath::Recreate { .. }) => return Step::Mark(Stage::PreparingDelete),
+            Some(UpdatePath::InPlace(_)) => {}
+        }
+    }
+    // Traffic leaves first: the gate turns False, the kubelet turns Ready False.
+    if view.gate != Some(false) {
+        return Step::Gate(false);
+    }
+    let (kind, hook) = match stage {
+        Stage::PreparingUpdate => (HookKind::PreUpdate, input.pre_update),
+        _ => (HookKind::PreDelete, input.pre_delete),
+    };
+    let held = holders(pod, hook);
+    if !held.is_empty() {
+        let waited = elapsed(input.now, view.lifecycle_since);
+        if waited >= input.hook_timeout {
+            return Step::Blocked {
+                hook: kind,
+                holders: held,
+                waited,
+            };
+        }
+        return Step::Wait {
+            after: input.hook_timeout - waited,
+            why: format!("{} hook: {}", kind.field(), held.join(", ")),
+        };
+    }
+    if view.facts.ready {
+        return Step::Wait {
+            after: POLL,
+            why: "the kubelet has not turned Ready False yet".into(),
+        };
+    }
+    let drained_for = elapsed(input.now, view.gate_since);
+    if drained_for < input.grace {
+        return Step::Wait {
+            after: input.grace - drained_for,
+            why: "gracePeriodSeconds".into(),
+        };
+    }
+    match (stage, input.path) {
+        (Stage::PreparingUpdate, Some(UpdatePath::InPlace(change))) => {
+            Step::StartInPlace(change.clone())
+        }
+        _ => Step::Delete,
+    }
+}
+
+fn updating(pod: &Pod, view: &PodView) -> Step {
+    if view.gate != Some(false) {
+        return Step::Gate(false);
+    }
+    let Some(record) = inplace::read_record(pod) else {
+        // Without the record nothing can be verified; the containers' readiness is all there
+        // is to go by.
+        return if view.containers_ready {
+            Step::Mark(Stage::Updated)
+        } else {
+            Step::Wait {
+                after: POLL,
+                why: "containers not ready".into(),
+            }
+        };
+    };
+    if let Some(body) = inplace::resize_patch(pod, &record) {
+        return Step::Resize(body);
+    }
+    match inplace::verify(pod, &record) {
+        Verification::Done if view.containers_ready => Step::Mark(Stage::Updated),
+        Verification::Done => Step::Wait {
+            after: POLL,
+            why: "containers not ready".into(),
+        },
+        Verification::Waiting(why) => Step::Wait { after: POLL, why },
+    }
+}
+
+fn updated(view: &PodView, input: &StepInputs<'_>) -> Step {
+    if !view.containers_ready {
+        if view.gate != Some(false) {
+            return Step::Gate(false);
+        }
+        return Step::Wait {
+            after: POLL,
+            why: "containers not ready".into(),
+        };
+    }
+    let ready_for = elapsed(input.now, view.containers_ready_since);
+    if ready_for < input.min_ready {
+        return Step::Wait {
+            after: input.min_ready - ready_for,
+            why: "minReadySeconds".into(),
+        };
+    }
+    if view.gate != Some(true) {
+        return Step::Gate(true);
+    }
+    Step::Mark(Stage::Normal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::labels::*;
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn pod(state: &str, conditions: Value, extra_meta: Value) -> Pod {
+        let mut meta = json!({
+            "name": "demo-x", "uid": "p", "resourceVersion": "7",
+            "creationTimestamp": "1970-01-01T00:00:00Z",
+            "labels": {LIFECYCLE_STATE: state, REVISION: "old"},
+            "annotations": {LIFECYCLE_SINCE: "1970-01-01T00:01:40Z"},
+        });
+        if let (Value::Object(m), Value::Object(extra)) = (&mut meta, extra_meta) {
+            for (k, v) in extra {
+                m.insert(k, v);
+            }
+        }
+        serde_json::from_value(json!({
+            "metadata": meta,
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "demo:1"}]},
+            "status": {"conditions": conditions,
+                       "containerStatuses": [{"name": "app", "image": "demo:1", "imageID": "i1",
+                           "containerID": "c1", "ready": true, "restartCount": 0}]},
+        }))
+        .unwrap()
+    }
+
+    fn cond(t: &str, s: &str, at: i64) -> Value {
+        json!({"type": t, "status": s, "lastTransitionTime": ts(at).to_string()})
+    }
+
+    fn in_place() -> UpdatePath {
+        UpdatePath::InPlace(InPlaceChange {
+            images: BTreeMap::from([("app".to_string(), "demo:2".to_string())]),
+            ..InPlaceChange::default()
+        })
+    }
+
+    fn inputs(path: Option<&UpdatePath>) -> StepInputs<'_> {
+        StepInputs {
+            path,
+            min_ready: Duration::from_secs(5),
+            grace: Duration::from_secs(3),
+            pre_update: None,
+            pre_delete: None,
+            hook_timeout: Duration::from_secs(60),
+            now: ts(110),
+        }
+    }
+
+    fn run(p: &Pod, input: &StepInputs<'_>) -> Step {
+        step(p, &PodView::of(p), input)
+    }
+
+    #[test]
+    fn normal_pods_get_their_gate_from_their_containers() {
+        let fresh = pod(STATE_NORMAL, json!([]), json!({}));
+        assert_eq!(run(&fresh, &inputs(None)), Step::Gate(false));
+        let ready = pod(
+            STATE_NORMAL,
+            json!([
+                cond("ContainersReady", "True", 0),
+                cond(READINESS_GATE, "False", 0)
+            ]),
+            json!({}),
+        );
+        assert_eq!(run(&ready, &inputs(None)), Step::Gate(true));
+    }
+
+    #[test]
+    fn preparing_update_turns_the_gate_false_first() {
+        let path = in_place();
+        let p = pod(
+            STATE_PREPARING_UPDATE,
+            json!([cond("Ready", "True", 0), cond(READINESS_GATE, "True", 0)]),
+            json!({}),
+        );
+        assert_eq!(run(&p, &inputs(Some(&path))), Step::Gate(false));
+    }
+
+    #[test]
+    fn preparing_update_waits_for_ready_false_and_the_grace_period() {
+        let path = in_place();
+        let still_ready = pod(
+            STATE_PREPARING_UPDATE,
+            json!([cond("Ready", "True", 0), cond(READINESS_GATE, "False", 108)]),
+            json!({}),
+        );
+        assert!(matches!(
+            run(&still_ready, &inputs(Some(&path))),
+            Step::Wait { .. }
+        ));
+        let in_grace = pod(
+            STATE_PREPARING_UPDATE,
+            json!([
+                cond("Ready", "False", 108),
+                cond(READINESS_GATE, "False", 108)
+            ]),
+            json!({}),
+        );
+        assert_eq!(
+            run(&in_grace, &inputs(Some(&path))),
+            Step::Wait {
+                after: Duration::from_secs(1),
+                why: "gracePeriodSeconds".into()
+            }
+        );
+        let drained = pod(
+            STATE_PREPARING_UPDATE,
+            json!([
+                cond("Ready", "False", 100),
+                cond(READINESS_GATE, "False", 100)
+            ]),
+            json!({}),
+        );
+        assert!(matches!(
+            run(&drained, &inputs(Some(&path))),
+            Step::StartInPlace(c) if c.images["app"] == "demo:2"
+        ));
+    }
+
+    #[test]
+    fn hooks_hold_the_pod_then_block_past_the_timeout() {
+        let path = in_place();
+        let hook = LifecycleHook {
+            finalizers_handler: vec!["example.com/drain".into()],
+            labels_handler: BTreeMap::from([("traffic".into(), "on".into())]),
+        };
+        let p = pod(
+            STATE_PREPARING_UPDATE,
+            json!([
+                cond("Ready", "False", 100),
+                cond(READINESS_GATE, "False", 100)
+            ]),
+            json!({"finalizers": ["example.com/drain"]}),
+        );
+        let mut input = inputs(Some(&path));
+        input.pre_update = Some(&hook);
+        assert_eq!(
+            run(&p, &input),
+            Step::Wait {
+                after: Duration::from_secs(50),
+                why: "preUpdate hook: finalizer example.com/drain".into()
+            }
+        );
+        input.now = ts(200);
+        assert_eq!(
+            run(&p, &input),
+            Step::Blocked {
+                hook: HookKind::PreUpdate,
+                holders: vec!["finalizer example.com/drain".into()],
+                waited: Duration::from_secs(100),
+            }
+        );
+        // The pre-delete hook does not hold an update.
+        input.pre_update = None;
+        input.pre_delete = Some(&hook);
+        assert!(matches!(run(&p, &input), Step::StartInPlace(_)));
+    }
+
+    #[test]
+    fn recreate_and_undo_while_preparing() {
+        let recreate = UpdatePath::Recreate { why: "env".into() };
+        let p = pod(
+            STATE_PREPARING_UPDATE,
+            json!([cond(READINESS_GATE, "False", 100)]),
+            json!({}),
+        );
+        assert_eq!(
+            run(&p, &inputs(Some(&recreate))),
+            Step::Mark(Stage::PreparingDelete)
+        );
+        assert_eq!(run(&p, &inputs(None)), Step::Mark(Stage::Normal));
+        let d = pod(
+            STATE_PREPARING_DELETE,
+            json!([cond(READINESS_GATE, "False", 100)]),
+            json!({}),
+        );
+        assert_eq!(run(&d, &inputs(Some(&recreate))), Step::Delete);
+    }
+
+    #[test]
+    fn updated_waits_min_ready_then_gate_then_normal() {
+        let young = pod(
+            STATE_UPDATED,
+            json!([
+                cond("ContainersReady", "True", 107),
+                cond(READINESS_GATE, "False", 100)
+            ]),
+            json!({}),
+        );
+        assert_eq!(
+            run(&young, &inputs(None)),
+            Step::Wait {
+                after: Duration::from_secs(2),
+                why: "minReadySeconds".into()
+            }
+        );
+        let ripe = pod(
+            STATE_UPDATED,
+            json!([
+                cond("ContainersReady", "True", 100),
+                cond(READINESS_GATE, "False", 100)
+            ]),
+            json!({}),
+        );
+        assert_eq!(run(&ripe, &inputs(None)), Step::Gate(true));
+        let gated = pod(
+            STATE_UPDATED,
+            json!([
+                cond("ContainersReady", "True", 100),
+                cond(READINESS_GATE, "True", 105)
+            ]),
+            json!({}),
+        );
+        assert_eq!(run(&gated, &inputs(None)), Step::Mark(Stage::Normal));
+    }
+
+    #[test]
+    fn updating_keeps_the_gate_false_until_verified() {
+        let p = pod(
+            STATE_UPDATING,
+            json!([
+                cond("ContainersReady", "True", 0),
+                cond(READINESS_GATE, "True", 0)
+            ]),
+            json!({}),
+        );
+        assert_eq!(run(&p, &inputs(None)), Step::Gate(false));
+    }
+
+    #[test]
+    fn deleting_pods_are_left_alone() {
+        let p = pod(
+            STATE_PREPARING_DELETE,
+            json!([]),
+            json!({"deletionTimestamp": "1970-01-01T00:01:50Z"}),
+        );
+        assert_eq!(run(&p, &inputs(None)), Step::Idle);
+    }
+}
