@@ -629,6 +629,28 @@ mod tests {
     }
 
     #[test]
+    fn the_desired_set_carries_the_hooks_grace_period_and_update_policy() {
+        let mut cd = deployment(10, &["DCA", "DCB"], json!({}));
+        cd.spec.strategy.grace_period_seconds = 7;
+        cd.spec.strategy.pod_update_policy = crate::api::PodUpdatePolicy::ReCreate;
+        cd.spec.lifecycle = Some(
+            serde_json::from_value(json!({
+                "preUpdate": {"finalizersHandler": ["example.com/traffic"]},
+                "preDelete": {"labelsHandler": {"traffic": "on"}},
+                "timeoutSeconds": 60,
+            }))
+            .unwrap(),
+        );
+        let set = desired_set(&cd, "DCA", 5);
+        assert_eq!(set.spec.strategy.grace_period_seconds, 7);
+        assert_eq!(
+            set.spec.strategy.pod_update_policy,
+            crate::api::PodUpdatePolicy::ReCreate
+        );
+        assert_eq!(set.spec.lifecycle, cd.spec.lifecycle);
+    }
+
+    #[test]
     fn nothing_is_written_when_the_members_already_match() {
         let cd = deployment(10, &["DCA", "DCB", "DCC"], json!({"DCA": 4, "DCB": "30%"}));
         let members = three();
