@@ -755,3 +755,120 @@ async fn killing_the_controller_at_every_step_upgrades_each_pod_exactly_once() {
     timeline.stop();
     member.stop().await;
 }
+
+#[tokio::test]
+async fn the_grace_period_passes_between_leaving_service_and_the_restart() {
+    let f = setup().await;
+    let member = spawn_member(f.client.clone());
+    f.sets
+        .create(
+            &PostParams::default(),
+            &inplaceset(
+                2,
+                template("demo:1"),
+                json!({"maxUnavailable": 2, "gracePeriodSeconds": 2}),
+                json!(null),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_all_serving(&f.pods, 2, "demo:1").await;
+    let timeline = Timeline::start(f.client.clone(), "default").await;
+    set_template(&f.sets, template("demo:2")).await;
+    let after = wait_all_serving(&f.pods, 2, "demo:2").await;
+    for p in &after {
+        let history = timeline.history(&p.uid().unwrap());
+        let drained = history
+            .iter()
+            .find(|s| s.gate == Some(false))
+            .expect("the gate went False")
+            .at;
+        let restarted = history
+            .iter()
+            .find(|s| s.images == ["demo:2"])
+            .expect("the image changed")
+            .at;
+        let gap = restarted.duration_since(drained);
+        // Watch delivery may shift either event by a little; without the grace period the gap
+        // is a few milliseconds.
+        assert!(
+            gap >= Duration::from_millis(1800),
+            "{}: only {gap:?} between leaving service and the update",
+            p.name_any()
+        );
+    }
+    timeline.stop();
+    member.stop().await;
+}
+
+#[tokio::test]
+async fn scale_down_waits_for_the_pre_delete_hook() {
+    let f = setup().await;
+    let member = spawn_member(f.client.clone());
+    let mut protected = template("demo:1");
+    protected["metadata"]["finalizers"] = json!([TRAFFIC]);
+    f.sets
+        .create(
+            &PostParams::default(),
+            &inplaceset(
+                3,
+                protected,
+                json!({}),
+                json!({"preDelete": {"finalizersHandler": [TRAFFIC]}, "timeoutSeconds": 1}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_all_serving(&f.pods, 3, "demo:1").await;
+    f.sets
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    // The chosen pod leaves service and waits for the traffic component past the timeout.
+    let (victim, message) = wait_for("the pre-delete hook timeout", WAIT, || async {
+        let ips = f.sets.get("demo").await.ok()?;
+        let c = ips
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "LifecycleBlocked" && c.reason == "PreDeleteHookTimeout")?;
+        let victim = live_pods(&f.pods)
+            .await
+            .into_iter()
+            .find(|p| state(p) == "PreparingDelete")?;
+        Some((victim, c.message))
+    })
+    .await;
+    assert!(message.contains(&victim.name_any()), "{message}");
+    let victim = f.pods.get(&victim.name_any()).await.unwrap();
+    assert!(
+        victim.metadata.deletion_timestamp.is_none(),
+        "not deleted yet"
+    );
+    assert_eq!(cond(&victim, READINESS_GATE), Some(false), "out of service");
+    assert_eq!(live_pods(&f.pods).await.len(), 3);
+    // Released: it goes, and no replacement comes.
+    f.pods
+        .patch(
+            &victim.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the victim gone", WAIT, || async {
+        let all = f
+            .pods
+            .list(&ListParams::default().labels("app=demo"))
+            .await
+            .ok()?
+            .items;
+        (all.len() == 2 && all.iter().all(|p| p.uid() != victim.uid())).then_some(())
+    })
+    .await;
+    member.stop().await;
+}

@@ -132,6 +132,17 @@ fn elapsed(now: Timestamp, since: Option<Timestamp>) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
+/// Condition times are written with second precision: a time without a fraction may stand for
+/// any instant in that second, so take its end, and a wait measured from it is never short.
+fn end_of_second(t: Timestamp) -> Timestamp {
+    if t.subsec_nanosecond() == 0 {
+        t.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1))
+            .unwrap_or(t)
+    } else {
+        t
+    }
+}
+
 /// The next step for `pod` (seen as `view`).
 pub fn step(pod: &Pod, view: &PodView, input: &StepInputs<'_>) -> Step {
     if view.facts.deleting {
@@ -197,7 +208,7 @@ fn preparing(pod: &Pod, view: &PodView, stage: Stage, input: &StepInputs<'_>) ->
             why: "the kubelet has not turned Ready False yet".into(),
         };
     }
-    let drained_for = elapsed(input.now, view.gate_since);
+    let drained_for = elapsed(input.now, view.gate_since.map(end_of_second));
     if drained_for < input.grace {
         return Step::Wait {
             after: input.grace - drained_for,
@@ -251,7 +262,7 @@ fn updated(view: &PodView, input: &StepInputs<'_>) -> Step {
             why: "containers not ready".into(),
         };
     }
-    let ready_for = elapsed(input.now, view.containers_ready_since);
+    let ready_for = elapsed(input.now, view.containers_ready_since.map(end_of_second));
     if ready_for < input.min_ready {
         return Step::Wait {
             after: input.min_ready - ready_for,
@@ -373,7 +384,7 @@ mod tests {
         assert_eq!(
             run(&in_grace, &inputs(Some(&path))),
             Step::Wait {
-                after: Duration::from_secs(1),
+                after: Duration::from_secs(2),
                 why: "gracePeriodSeconds".into()
             }
         );
@@ -464,7 +475,7 @@ mod tests {
         assert_eq!(
             run(&young, &inputs(None)),
             Step::Wait {
-                after: Duration::from_secs(2),
+                after: Duration::from_secs(3),
                 why: "minReadySeconds".into()
             }
         );

@@ -356,6 +356,26 @@ mod tests {
             prop_assert_eq!(uids.len(), n);
         }
 
+        /// Scale-down never keeps a pod that is more expendable than one it takes out: pods on
+        /// their way out first, then unscheduled, not ready, old revision, newest.
+        #[test]
+        fn scale_down_takes_the_most_expendable(pods in arb_pods(), replicas in 0..12usize) {
+            let p = plan(spec(replicas, 0, 1), &pods);
+            let key = |f: &PodUpdateFacts| (
+                f.stage != Stage::PreparingDelete, f.pod.scheduled, f.pod.ready, f.updated,
+            );
+            let removed: Vec<&PodUpdateFacts> = pods.iter()
+                .filter(|f| p.scale_down.iter().any(|d| d.uid == f.pod.uid)).collect();
+            for kept in pods.iter().filter(|f| !f.pod.deleting && !removed.contains(f)) {
+                if kept.stage == Stage::PreparingDelete {
+                    continue;
+                }
+                for r in &removed {
+                    prop_assert!(key(r) <= key(kept), "{:?} removed before {:?}", r, kept);
+                }
+            }
+        }
+
         /// Scale planning brings the pods that stay to exactly `replicas`.
         #[test]
         fn scale_reaches_replicas(pods in arb_pods(), replicas in 0..12usize) {

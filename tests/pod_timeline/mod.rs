@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE, REVISION};
 use futures::StreamExt;
@@ -36,6 +37,8 @@ pub struct Snap {
     pub deleting: bool,
     pub gone: bool,
     pub finalizers: Vec<String>,
+    /// When the watcher saw this state (the test's clock).
+    pub at: Instant,
 }
 
 impl Snap {
@@ -90,6 +93,7 @@ impl Snap {
             deleting: pod.metadata.deletion_timestamp.is_some(),
             gone,
             finalizers: pod.finalizers().to_vec(),
+            at: Instant::now(),
         }
     }
 
