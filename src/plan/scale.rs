@@ -80,7 +80,7 @@ mod tests {
 
     #[test]
     fn removes_unscheduled_then_not_ready_then_newest_then_by_name() {
-        let mut pods = vec![
+        let mut pods = [
             pod("old-ready", true, true, 1),
             pod("new-ready", true, true, 5),
             pod("not-ready", true, false, 2),
