@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cafe::api::InPlaceSet;
 use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE};
-use common::{client, install_crds, start_sim, wait_for};
+use common::{ONE_MEMBER, client, install_crds, spawn_member, start_sim, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -19,16 +19,6 @@ use kube::{Resource, ResourceExt};
 use pod_timeline::{Snap, Timeline, check_in_place};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-const MEMBER: &str = r#"
-kubelet: {startMillis: 50, restartMillis: 50}
-clusters:
-  - name: dca
-    role: member
-    units: {DataCenter: DCA}
-    nodes: [{count: 3, cpu: "8", memory: 16Gi, pods: 110}]
-"#;
 
 const WAIT: Duration = Duration::from_secs(30);
 const TRAFFIC: &str = "example.com/traffic";
@@ -57,34 +47,6 @@ fn inplaceset(replicas: i32, template: Value, strategy: Value, lifecycle: Value)
     .expect("an InPlaceSet")
 }
 
-struct Member {
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), cafe::member::MemberError>>,
-}
-
-fn spawn_member(client: kube::Client) -> Member {
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(cafe::member::run(client, shutdown.clone()));
-    Member { shutdown, task }
-}
-
-impl Member {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the member stops on cancel")
-            .expect("the member task does not panic")
-            .expect("the member stops cleanly");
-    }
-
-    /// Kills the controller wherever it is (no graceful shutdown), as a crash would.
-    async fn kill(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
-
 struct Fixture {
     client: kube::Client,
     sets: Api<InPlaceSet>,
@@ -93,7 +55,7 @@ struct Fixture {
 }
 
 async fn setup() -> Fixture {
-    let sim = start_sim(MEMBER).await;
+    let sim = start_sim(ONE_MEMBER).await;
     let c = client(&sim, "dca").await;
     install_crds(&c).await;
     Fixture {
@@ -101,6 +63,22 @@ async fn setup() -> Fixture {
         pods: Api::default_namespaced(c.clone()),
         client: c,
         _sim: sim,
+    }
+}
+
+impl Fixture {
+    /// Creates InPlaceSet demo and waits until all its pods serve its template's image.
+    async fn create_serving(&self, set: InPlaceSet) -> Vec<Pod> {
+        let replicas = usize::try_from(set.spec.replicas).unwrap();
+        let image = set.spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap();
+        self.sets
+            .create(&PostParams::default(), &set)
+            .await
+            .unwrap();
+        wait_all_serving(&self.pods, replicas, &image).await
     }
 }
 
@@ -192,19 +170,14 @@ async fn events(client: &kube::Client) -> Vec<Event> {
 async fn an_image_change_updates_every_pod_in_place_within_max_unavailable() {
     let f = setup().await;
     let member = spawn_member(f.client.clone());
-    f.sets
-        .create(
-            &PostParams::default(),
-            &inplaceset(
-                6,
-                template("demo:1"),
-                json!({"maxUnavailable": 2}),
-                json!(null),
-            ),
-        )
-        .await
-        .unwrap();
-    let before = wait_all_serving(&f.pods, 6, "demo:1").await;
+    let before = f
+        .create_serving(inplaceset(
+            6,
+            template("demo:1"),
+            json!({"maxUnavailable": 2}),
+            json!(null),
+        ))
+        .await;
     let timeline = Timeline::start(f.client.clone(), "default").await;
 
     set_template(&f.sets, template("demo:2")).await;
@@ -255,19 +228,13 @@ async fn an_image_change_updates_every_pod_in_place_within_max_unavailable() {
 async fn the_partition_keeps_old_pods_and_scale_up_creates_new_ones() {
     let f = setup().await;
     let member = spawn_member(f.client.clone());
-    f.sets
-        .create(
-            &PostParams::default(),
-            &inplaceset(
-                4,
-                template("demo:1"),
-                json!({"partition": 4, "maxUnavailable": 4}),
-                json!(null),
-            ),
-        )
-        .await
-        .unwrap();
-    wait_all_serving(&f.pods, 4, "demo:1").await;
+    f.create_serving(inplaceset(
+        4,
+        template("demo:1"),
+        json!({"partition": 4, "maxUnavailable": 4}),
+        json!(null),
+    ))
+    .await;
     // New template with the partition at 4: nothing is updated.
     f.sets
         .patch(
@@ -320,19 +287,14 @@ async fn the_partition_keeps_old_pods_and_scale_up_creates_new_ones() {
 async fn a_pre_update_finalizer_holds_its_pod_until_the_traffic_component_lets_go() {
     let f = setup().await;
     let member = spawn_member(f.client.clone());
-    f.sets
-        .create(
-            &PostParams::default(),
-            &inplaceset(
-                5,
-                template("demo:1"),
-                json!({"maxUnavailable": 2}),
-                json!({"preUpdate": {"finalizersHandler": [TRAFFIC]}, "timeoutSeconds": 2}),
-            ),
-        )
-        .await
-        .unwrap();
-    let pods = wait_all_serving(&f.pods, 5, "demo:1").await;
+    let pods = f
+        .create_serving(inplaceset(
+            5,
+            template("demo:1"),
+            json!({"maxUnavailable": 2}),
+            json!({"preUpdate": {"finalizersHandler": [TRAFFIC]}, "timeoutSeconds": 2}),
+        ))
+        .await;
     // The traffic component protects one pod.
     let held = pods[2].name_any();
     f.pods
@@ -473,19 +435,14 @@ async fn an_env_change_recreates_the_pods_through_the_pre_delete_hooks() {
         }
         t
     };
-    f.sets
-        .create(
-            &PostParams::default(),
-            &inplaceset(
-                3,
-                protected(None),
-                json!({"maxUnavailable": 1}),
-                json!({"preDelete": {"finalizersHandler": [TRAFFIC]}}),
-            ),
-        )
-        .await
-        .unwrap();
-    let before = wait_all_serving(&f.pods, 3, "demo:1").await;
+    let before = f
+        .create_serving(inplaceset(
+            3,
+            protected(None),
+            json!({"maxUnavailable": 1}),
+            json!({"preDelete": {"finalizersHandler": [TRAFFIC]}}),
+        ))
+        .await;
     let (traffic, released) = release_on(f.pods.clone(), "PreparingDelete", TRAFFIC);
     let timeline = Timeline::start(f.client.clone(), "default").await;
     set_template(&f.sets, protected(Some("blue"))).await;
@@ -537,19 +494,14 @@ async fn an_env_change_recreates_the_pods_through_the_pre_delete_hooks() {
 async fn a_cpu_request_change_resizes_in_place_without_a_restart() {
     let f = setup().await;
     let member = spawn_member(f.client.clone());
-    f.sets
-        .create(
-            &PostParams::default(),
-            &inplaceset(
-                3,
-                template("demo:1"),
-                json!({"maxUnavailable": 1}),
-                json!(null),
-            ),
-        )
-        .await
-        .unwrap();
-    let before = wait_all_serving(&f.pods, 3, "demo:1").await;
+    let before = f
+        .create_serving(inplaceset(
+            3,
+            template("demo:1"),
+            json!({"maxUnavailable": 1}),
+            json!(null),
+        ))
+        .await;
     let mut bigger = template("demo:1");
     bigger["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("250m");
     set_template(&f.sets, bigger).await;
@@ -599,19 +551,13 @@ async fn a_cpu_request_change_resizes_in_place_without_a_restart() {
 async fn an_image_that_never_gets_ready_stops_after_max_unavailable_pods() {
     let f = setup().await;
     let member = spawn_member(f.client.clone());
-    f.sets
-        .create(
-            &PostParams::default(),
-            &inplaceset(
-                5,
-                template("demo:1"),
-                json!({"maxUnavailable": 2}),
-                json!(null),
-            ),
-        )
-        .await
-        .unwrap();
-    wait_all_serving(&f.pods, 5, "demo:1").await;
+    f.create_serving(inplaceset(
+        5,
+        template("demo:1"),
+        json!({"maxUnavailable": 2}),
+        json!(null),
+    ))
+    .await;
     let timeline = Timeline::start(f.client.clone(), "default").await;
     set_template(&f.sets, template("demo:2-unready")).await;
     // The controller has seen two pods run the new image without getting ready (its status
@@ -672,19 +618,14 @@ async fn an_image_that_never_gets_ready_stops_after_max_unavailable_pods() {
 async fn killing_the_controller_at_every_step_upgrades_each_pod_exactly_once() {
     let f = setup().await;
     let mut member = spawn_member(f.client.clone());
-    f.sets
-        .create(
-            &PostParams::default(),
-            &inplaceset(
-                3,
-                template("demo:1"),
-                json!({"maxUnavailable": 1}),
-                json!(null),
-            ),
-        )
-        .await
-        .unwrap();
-    let before = wait_all_serving(&f.pods, 3, "demo:1").await;
+    let before = f
+        .create_serving(inplaceset(
+            3,
+            template("demo:1"),
+            json!({"maxUnavailable": 1}),
+            json!(null),
+        ))
+        .await;
     let timeline = Timeline::start(f.client.clone(), "default").await;
     set_template(&f.sets, template("demo:2")).await;
 
@@ -760,19 +701,13 @@ async fn killing_the_controller_at_every_step_upgrades_each_pod_exactly_once() {
 async fn the_grace_period_passes_between_leaving_service_and_the_restart() {
     let f = setup().await;
     let member = spawn_member(f.client.clone());
-    f.sets
-        .create(
-            &PostParams::default(),
-            &inplaceset(
-                2,
-                template("demo:1"),
-                json!({"maxUnavailable": 2, "gracePeriodSeconds": 2}),
-                json!(null),
-            ),
-        )
-        .await
-        .unwrap();
-    wait_all_serving(&f.pods, 2, "demo:1").await;
+    f.create_serving(inplaceset(
+        2,
+        template("demo:1"),
+        json!({"maxUnavailable": 2, "gracePeriodSeconds": 2}),
+        json!(null),
+    ))
+    .await;
     let timeline = Timeline::start(f.client.clone(), "default").await;
     set_template(&f.sets, template("demo:2")).await;
     let after = wait_all_serving(&f.pods, 2, "demo:2").await;
@@ -807,19 +742,13 @@ async fn scale_down_waits_for_the_pre_delete_hook() {
     let member = spawn_member(f.client.clone());
     let mut protected = template("demo:1");
     protected["metadata"]["finalizers"] = json!([TRAFFIC]);
-    f.sets
-        .create(
-            &PostParams::default(),
-            &inplaceset(
-                3,
-                protected,
-                json!({}),
-                json!({"preDelete": {"finalizersHandler": [TRAFFIC]}, "timeoutSeconds": 1}),
-            ),
-        )
-        .await
-        .unwrap();
-    wait_all_serving(&f.pods, 3, "demo:1").await;
+    f.create_serving(inplaceset(
+        3,
+        protected,
+        json!({}),
+        json!({"preDelete": {"finalizersHandler": [TRAFFIC]}, "timeoutSeconds": 1}),
+    ))
+    .await;
     f.sets
         .patch(
             "demo",

@@ -12,24 +12,13 @@ use cafe::api::InPlaceSet;
 use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE, REVISION};
 use cafe::plan::revision::revision_hash;
 use cafe_sim::sim::Sim;
-use common::{client, install_crds, start_sim, wait_for};
+use common::{Member, ONE_MEMBER, client, install_crds, spawn_member, start_sim, wait_for};
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-const MEMBER: &str = r#"
-kubelet: {startMillis: 50, restartMillis: 50}
-clusters:
-  - name: dca
-    role: member
-    units: {DataCenter: DCA}
-    nodes: [{count: 3, cpu: "8", memory: 16Gi, pods: 110}]
-"#;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -59,31 +48,9 @@ fn hash(template: &Value) -> String {
     revision_hash(&t)
 }
 
-struct Member {
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), cafe::member::MemberError>>,
-}
-
-fn spawn_member(client: kube::Client) -> Member {
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(cafe::member::run(client, shutdown.clone()));
-    Member { shutdown, task }
-}
-
-impl Member {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the member stops on cancel")
-            .expect("the member task does not panic")
-            .expect("the member stops cleanly");
-    }
-}
-
 /// A member cluster with the CRDs, its client, and a running member agent.
 async fn setup() -> (Sim, kube::Client, Member) {
-    let sim = start_sim(MEMBER).await;
+    let sim = start_sim(ONE_MEMBER).await;
     let c = client(&sim, "dca").await;
     install_crds(&c).await;
     let member = spawn_member(c.clone());
@@ -651,7 +618,7 @@ async fn a_restarted_controller_creates_and_deletes_nothing() {
 
 #[tokio::test]
 async fn no_over_creation_or_over_deletion_under_a_stale_pod_cache() {
-    let sim = start_sim(MEMBER).await;
+    let sim = start_sim(ONE_MEMBER).await;
     let c = client(&sim, "dca").await;
     install_crds(&c).await;
     // The controller's pod watch lags one second behind the API: every reconcile in that second
@@ -757,7 +724,7 @@ async fn a_rejected_pod_sets_replica_failure_naming_the_cause_until_fixed() {
 
 #[tokio::test]
 async fn the_agent_waits_for_the_crd_and_stops_on_cancel() {
-    let sim = start_sim(MEMBER).await;
+    let sim = start_sim(ONE_MEMBER).await;
     let c = client(&sim, "dca").await;
     let member = spawn_member(c.clone());
     // No CRD yet: the agent waits instead of failing.
@@ -777,7 +744,7 @@ async fn the_agent_waits_for_the_crd_and_stops_on_cancel() {
     member.stop().await;
 
     // Cancelled while still waiting for the CRD: returns Ok promptly.
-    let bare = start_sim(MEMBER).await;
+    let bare = start_sim(ONE_MEMBER).await;
     let waiting = spawn_member(client(&bare, "dca").await);
     waiting.stop().await;
 }

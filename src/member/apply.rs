@@ -248,6 +248,14 @@ impl PodWrite {
     }
 }
 
+fn update_error(pod: &str, write: &PodWrite, source: kube::Error) -> ApplyError {
+    ApplyError::Update {
+        pod: pod.to_string(),
+        action: write.action(),
+        source,
+    }
+}
+
 /// Performs `write` on `pod` (as the cache showed it) and records the version it produced, so
 /// the next reconcile waits until the cache shows it. A pod that changed meanwhile (409) or is
 /// gone (404) is left to the next reconcile, which reads it afresh.
@@ -273,36 +281,20 @@ pub async fn perform(t: &Target<'_>, pod: &Pod, write: &PodWrite) -> Result<(), 
                 "labels": {LIFECYCLE_STATE: label_of(*stage)},
                 "annotations": {LIFECYCLE_SINCE: Timestamp::now().to_string()},
             }}));
-            t.api
-                .patch(&name, &patch_params(), &patch)
-                .await
-                .map_err(|source| ApplyError::Update {
-                    pod: name.clone(),
-                    action: write.action(),
-                    source,
-                })
+            t.api.patch(&name, &patch_params(), &patch).await
         }
+        .map_err(|source| update_error(&name, write, source)),
         PodWrite::InPlace { change, from, to } => {
             let record = inplace::record(pod, change, from, to, Timestamp::now());
             let patch = Patch::Strategic(inplace::in_place_patch(pod, change, &record));
-            t.api
-                .patch(&name, &patch_params(), &patch)
-                .await
-                .map_err(|source| ApplyError::Update {
-                    pod: name.clone(),
-                    action: write.action(),
-                    source,
-                })
+            t.api.patch(&name, &patch_params(), &patch).await
         }
+        .map_err(|source| update_error(&name, write, source)),
         PodWrite::Resize(body) => t
             .api
             .patch_subresource("resize", &name, &patch_params(), &Patch::Strategic(body))
             .await
-            .map_err(|source| ApplyError::Update {
-                pod: name.clone(),
-                action: write.action(),
-                source,
-            }),
+            .map_err(|source| update_error(&name, write, source)),
     };
     let written = match written {
         Ok(p) => p,

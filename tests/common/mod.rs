@@ -9,8 +9,20 @@ use cafe_sim::config::SimConfig;
 use cafe_sim::sim::Sim;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// hub + dca + dcb with fast kubelets.
+/// One member cluster, DCA, with three roomy nodes and a fast kubelet.
+pub const ONE_MEMBER: &str = r#"
+kubelet: {startMillis: 50, restartMillis: 50}
+clusters:
+  - name: dca
+    role: member
+    units: {DataCenter: DCA}
+    nodes: [{count: 3, cpu: "8", memory: 16Gi, pods: 110}]
+"#;
+
 pub const TWO_MEMBERS: &str = r#"
 kubelet: {startMillis: 50, restartMillis: 50}
 clusters:
@@ -91,5 +103,34 @@ where
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The member agent running in this process.
+pub struct Member {
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), cafe::member::MemberError>>,
+}
+
+pub fn spawn_member(client: kube::Client) -> Member {
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(cafe::member::run(client, shutdown.clone()));
+    Member { shutdown, task }
+}
+
+impl Member {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the member stops on cancel")
+            .expect("the member task does not panic")
+            .expect("the member stops cleanly");
+    }
+
+    /// Kills the controller wherever it is (no graceful shutdown), as a crash would.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 }
