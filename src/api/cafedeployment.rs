@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -237,12 +237,18 @@ pub struct CafeDeploymentStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The rollout toward `revision`: its group plan, how far it got, and what it waits for. It is
+/// all the hub needs to resume after a restart.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     /// Progressing, WaitingForConfirm, Paused, Completed, Stalled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// The update revision this rollout drives every unit to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The group released last (1-based); 0 while none is.
     #[serde(default)]
     pub current_batch: i32,
     #[serde(default)]
@@ -250,8 +256,21 @@ pub struct RolloutStatus {
     /// "current/total", for the printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<String>,
+    /// The group plan: pods each group creates or updates in each unit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batches: Vec<BatchStatus>,
+    /// The work each unit had when the plan was made, and how much of it is done.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<RolloutUnit>,
+    /// When the current group was released (or resumed after a pause or a member outage): the
+    /// progress deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_started_at: Option<Time>,
+    /// The current group missed `progressDeadlineSeconds`; nothing proceeds until the user acts
+    /// (a new template, `cafe rollout undo`, or a pause).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deadline_exceeded: bool,
+    /// What the rollout waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -260,10 +279,34 @@ pub struct RolloutStatus {
 #[serde(rename_all = "camelCase")]
 pub struct BatchStatus {
     pub index: i32,
+    /// The Beta group: one pod in each unit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub beta: bool,
+    /// Pods this group creates or updates, per unit.
     #[serde(default)]
     pub units: BTreeMap<String, i32>,
+    /// Pending, Progressing, WaitingForConfirm, Completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+}
+
+/// One unit's part of a rollout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutUnit {
+    pub name: String,
+    /// The unit's replicas when the plan was made.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods to create at the new revision.
+    #[serde(default)]
+    pub create: i32,
+    /// Pods to update to the new revision.
+    #[serde(default)]
+    pub update: i32,
+    /// Of `create + update`, how many are on the new revision and available.
+    #[serde(default)]
+    pub done: i32,
 }
 
 /// One unit's share and state.

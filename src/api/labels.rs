@@ -41,3 +41,5 @@ pub const LIFECYCLE_SINCE: &str = "apps.cafe.io/lifecycle-since";
 pub const INPLACE_UPDATE_STATE: &str = "apps.cafe.io/inplace-update-state";
 /// The InPlaceSet a member ControllerRevision belongs to.
 pub const INPLACESET: &str = "apps.cafe.io/inplaceset";
+/// Template annotation `cafe rollout restart` sets: a change of it replaces the pods.
+pub const RESTARTED_AT: &str = "apps.cafe.io/restartedAt";

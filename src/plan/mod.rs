@@ -2,6 +2,7 @@
 //! floors and loans. Every function here is deterministic and tested on plain values.
 
 pub mod revision;
+pub mod rollout;
 pub mod scale;
 pub mod split;
 pub mod unit_status;

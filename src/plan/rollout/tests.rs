@@ -1,0 +1,603 @@
+use super::*;
+use crate::api::{IntOrPercent, PositiveIntOrPercent};
+use crate::plan::scale::PodFacts;
+use crate::plan::update::{self, PodUpdateFacts, Stage, UpdateSpec};
+use proptest::prelude::*;
+
+fn work(units: &[(&str, i32, i32)]) -> Vec<UnitWork> {
+    units
+        .iter()
+        .map(|(u, create, update)| UnitWork {
+            unit: u.to_string(),
+            replicas: create + update,
+            create: *create,
+            update: *update,
+        })
+        .collect()
+}
+
+fn quotas(plan: &[Group], units: &[&str]) -> Vec<Vec<i32>> {
+    plan.iter()
+        .map(|g| units.iter().map(|u| g.quota[*u]).collect())
+        .collect()
+}
+
+#[test]
+fn the_seed_example_is_one_plus_one_then_two_plus_two_twice() {
+    let w = work(&[("DCA", 0, 5), ("DCB", 0, 5)]);
+    let plan = groups(&UpgradeType::Beta, 4, &w);
+    assert_eq!(quotas(&plan, &["DCA", "DCB"]), [[1, 1], [2, 2], [2, 2]]);
+    assert!(plan[0].beta && !plan[1].beta);
+    // The same grouping when the pods are first created.
+    let created = groups(
+        &UpgradeType::Beta,
+        4,
+        &work(&[("DCA", 5, 0), ("DCB", 5, 0)]),
+    );
+    assert_eq!(created, plan);
+}
+
+#[test]
+fn uneven_units_split_each_group_in_proportion() {
+    let w = work(&[("DCA", 0, 7), ("DCB", 0, 3)]);
+    assert_eq!(
+        quotas(&groups(&UpgradeType::Beta, 4, &w), &["DCA", "DCB"]),
+        [[1, 1], [3, 1], [3, 1]]
+    );
+    assert_eq!(
+        quotas(&groups(&UpgradeType::Batch, 4, &w), &["DCA", "DCB"]),
+        [[3, 1], [3, 1], [1, 1]]
+    );
+}
+
+#[test]
+fn a_unit_without_work_gets_no_beta_pod() {
+    let w = work(&[("DCA", 0, 2), ("DCB", 0, 0)]);
+    assert_eq!(
+        quotas(&groups(&UpgradeType::Beta, 10, &w), &["DCA", "DCB"]),
+        [[1, 0], [1, 0]]
+    );
+    assert!(groups(&UpgradeType::Beta, 3, &work(&[("DCA", 0, 0)])).is_empty());
+}
+
+#[test]
+fn targets_create_first_then_update() {
+    let w = UnitWork::new("DCA", 5, 3, 1);
+    assert_eq!((w.create, w.update, w.already()), (2, 2, 1));
+    assert_eq!(
+        w.targets(0),
+        UnitTarget {
+            replicas: 3,
+            partition: 2
+        }
+    );
+    assert_eq!(
+        w.targets(1),
+        UnitTarget {
+            replicas: 4,
+            partition: 2
+        }
+    );
+    assert_eq!(
+        w.targets(3),
+        UnitTarget {
+            replicas: 5,
+            partition: 1
+        }
+    );
+    assert_eq!(
+        w.targets(4),
+        UnitTarget {
+            replicas: 5,
+            partition: 0
+        }
+    );
+    // A scale-in is not work: the extra pods go at once.
+    let w = UnitWork::new("DCA", 2, 5, 0);
+    assert_eq!((w.create, w.update), (0, 2));
+    assert_eq!(w.targets(0).replicas, 2);
+}
+
+#[test]
+fn batch_size_percent_rounds_up() {
+    let mut s = RolloutStrategy {
+        batch_size: PositiveIntOrPercent(IntOrPercent::Percent("25%".into())),
+        ..RolloutStrategy::default()
+    };
+    assert_eq!(batch_size(&s, 10), 3);
+    s.batch_size = PositiveIntOrPercent(IntOrPercent::Int(4));
+    assert_eq!(batch_size(&s, 10), 4);
+}
+
+fn arb_work() -> impl Strategy<Value = Vec<UnitWork>> {
+    prop::collection::vec((0..12i32, 0..12i32, 0..4i32), 1..5).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (create, update, already))| UnitWork {
+                unit: format!("U{i}"),
+                replicas: create + update + already,
+                create,
+                update,
+            })
+            .collect()
+    })
+}
+
+fn arb_upgrade() -> impl Strategy<Value = UpgradeType> {
+    prop_oneof![Just(UpgradeType::Beta), Just(UpgradeType::Batch)]
+}
+
+proptest! {
+    /// Every pod of work is in exactly one group; groups are never empty and never larger
+    /// than the batch size (the Beta group: at most one per unit).
+    #[test]
+    fn every_pod_is_in_exactly_one_group(w in arb_work(), up in arb_upgrade(), batch in 1..8i32) {
+        let plan = groups(&up, batch, &w);
+        for unit in &w {
+            let total: i32 = plan.iter().map(|g| g.quota[&unit.unit]).sum();
+            prop_assert_eq!(total, unit.need());
+        }
+        for g in &plan {
+            prop_assert!(g.total() >= 1);
+            if g.beta {
+                prop_assert!(g.quota.values().all(|n| *n <= 1));
+            } else {
+                prop_assert!(g.total() <= batch);
+            }
+            prop_assert!(g.quota.values().all(|n| *n >= 0));
+        }
+    }
+
+    /// After the Beta group the plan is memoryless: what follows any prefix of groups is the
+    /// plan of the work left, so a plan resumed after a restart is the plan made fresh.
+    #[test]
+    fn the_plan_after_any_prefix_is_the_plan_of_what_is_left(
+        w in arb_work(), up in arb_upgrade(), batch in 1..8i32, cut in 0..20usize,
+    ) {
+        let plan = groups(&up, batch, &w);
+        let first = usize::from(plan.first().is_some_and(|g| g.beta));
+        let cut = first + cut.min(plan.len().saturating_sub(first));
+        let left: Vec<UnitWork> = w.iter().map(|u| {
+            let done: i32 = plan[..cut].iter().map(|g| g.quota[&u.unit]).sum();
+            let create = (u.create - done).max(0);
+            UnitWork { unit: u.unit.clone(), replicas: u.replicas, create, update: u.need() - done - create }
+        }).collect();
+        prop_assert_eq!(&plan[cut..], &groups(&UpgradeType::Batch, batch, &left)[..]);
+    }
+}
+
+// ---- the whole rollout, simulated: the hub's step and each member's update planner ----
+
+#[derive(Clone, Debug)]
+struct SimPod {
+    id: usize,
+    new: bool,
+    available: bool,
+    /// Ticks left until an update in progress finishes.
+    updating: Option<u8>,
+    updates: u32,
+}
+
+#[derive(Clone, Debug)]
+struct SimUnit {
+    name: String,
+    target: i32,
+    max_unavailable: usize,
+    /// Pods down for other reasons at the start.
+    down_at_start: usize,
+    spec: Option<UnitTarget>,
+    pods: Vec<SimPod>,
+    next_id: usize,
+}
+
+impl SimUnit {
+    fn unavailable(&self, replicas: usize) -> usize {
+        replicas.saturating_sub(self.pods.iter().filter(|p| p.available).count())
+    }
+
+    /// One pass of the member: the update planner, then the pods move on.
+    fn tick(&mut self, slow: bool) {
+        let Some(spec) = self.spec else { return };
+        let facts: Vec<PodUpdateFacts> = self
+            .pods
+            .iter()
+            .map(|p| PodUpdateFacts {
+                pod: PodFacts {
+                    name: format!("p{:03}", p.id),
+                    uid: p.id.to_string(),
+                    scheduled: true,
+                    ready: p.available,
+                    created: Timestamp::UNIX_EPOCH,
+                    deleting: false,
+                },
+                updated: p.new,
+                stage: if p.updating.is_some() {
+                    Stage::Updating
+                } else {
+                    Stage::Normal
+                },
+                available: p.available && p.updating.is_none(),
+                hooked: false,
+                recreate: false,
+            })
+            .collect();
+        let plan = update::plan(
+            UpdateSpec {
+                replicas: usize::try_from(spec.replicas).unwrap(),
+                partition: usize::try_from(spec.partition).unwrap(),
+                max_unavailable: self.max_unavailable,
+            },
+            &facts,
+        );
+        for id in &plan.update_in_place {
+            let p = self
+                .pods
+                .iter_mut()
+                .find(|p| p.id.to_string() == id.uid)
+                .unwrap();
+            p.available = false;
+            p.updating = Some(if slow { 2 } else { 1 });
+            p.updates += 1;
+            p.new = true;
+        }
+        self.pods
+            .retain(|p| !plan.scale_down.iter().any(|d| d.uid == p.id.to_string()));
+        for _ in 0..plan.create {
+            self.next_id += 1;
+            self.pods.push(SimPod {
+                id: self.next_id,
+                new: true,
+                available: false,
+                updating: Some(1),
+                updates: 0,
+            });
+        }
+        for p in &mut self.pods {
+            match p.updating {
+                Some(0) | Some(1) => {
+                    p.updating = None;
+                    p.available = true;
+                }
+                Some(n) => p.updating = Some(n - 1),
+                None => {}
+            }
+        }
+    }
+
+    fn observed(&self, revision: &str) -> SetObserved {
+        let spec = self.spec.unwrap_or(UnitTarget {
+            replicas: 0,
+            partition: 0,
+        });
+        let count = |f: &dyn Fn(&SimPod) -> bool| {
+            i32::try_from(self.pods.iter().filter(|p| f(p)).count()).unwrap()
+        };
+        SetObserved {
+            replicas: spec.replicas,
+            partition: spec.partition,
+            synced: true,
+            update_revision: Some(revision.to_string()),
+            status_replicas: count(&|_| true),
+            updated: count(&|p| p.new),
+            updated_available: count(&|p| p.new && p.available),
+        }
+    }
+}
+
+fn arb_units() -> impl Strategy<Value = Vec<SimUnit>> {
+    prop::collection::vec((0..9i32, 0..9i32, 1..3usize, 0..3usize), 1..4).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (target, existing, max_unavailable, down))| {
+                let pods: Vec<SimPod> = (0..usize::try_from(existing).unwrap())
+                    .map(|id| SimPod {
+                        id,
+                        new: false,
+                        available: id >= down,
+                        updating: None,
+                        updates: 0,
+                    })
+                    .collect();
+                SimUnit {
+                    name: format!("U{i}"),
+                    target,
+                    max_unavailable,
+                    down_at_start: down.min(pods.len()),
+                    spec: (existing > 0).then_some(UnitTarget {
+                        replicas: existing,
+                        partition: existing,
+                    }),
+                    next_id: pods.len(),
+                    pods,
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Drives whole rollouts: every pod is updated at most once and every unit ends on the new
+    /// revision with its replicas; no unit ever has more pods down than its floor allows (or than
+    /// were down before); one confirmation releases exactly one group; a hub restart (the status
+    /// read back from JSON) at any tick changes nothing.
+    #[test]
+    fn rollouts_complete_within_the_floors_one_group_per_confirmation(
+        mut units in arb_units(),
+        up in arb_upgrade(),
+        batch in 1..6i32,
+        confirm in any::<bool>(),
+        noise in prop::collection::vec(any::<u8>(), 64),
+    ) {
+        let strategy = RolloutStrategy {
+            upgrade_type: up,
+            batch_size: PositiveIntOrPercent(IntOrPercent::Int(batch)),
+            need_waiting_for_confirm: confirm,
+            progress_deadline_seconds: 100_000,
+            ..RolloutStrategy::default()
+        };
+        let replicas: i32 = units.iter().map(|u| u.target).sum();
+        let revision = "new";
+        let mut status: Option<RolloutStatus> = None;
+        let mut confirmed: Option<String> = None;
+        let mut releases_since_confirm = 0;
+        let mut completed = false;
+        for tick in 0..400usize {
+            let bits = noise[tick % noise.len()].rotate_left(u32::try_from(tick % 8).unwrap());
+            let observed: Vec<UnitObserved> = units.iter().map(|u| UnitObserved {
+                unit: u.name.clone(),
+                cluster: u.name.to_lowercase(),
+                target: u.target,
+                unreachable: None,
+                set: u.spec.map(|_| u.observed(revision)),
+            }).collect();
+            let before = status.as_ref().map(|s| s.current_batch);
+            let d = step(&RolloutInput {
+                name: "demo",
+                strategy: &strategy,
+                replicas,
+                revision,
+                confirmed: confirmed.as_deref(),
+                previous: status.as_ref(),
+                units: &observed,
+                now: Timestamp::UNIX_EPOCH,
+            });
+            if d.reset_confirmation {
+                confirmed = Some("false".into());
+            }
+            if before.is_some_and(|b| d.status.current_batch == b + 1) && b_needs_confirm(&d, confirm) {
+                releases_since_confirm += 1;
+                prop_assert!(releases_since_confirm <= 1, "one confirmation released two groups");
+            }
+            // A restart: the status is all the hub keeps.
+            let round_trip: RolloutStatus =
+                serde_json::from_value(serde_json::to_value(&d.status).unwrap()).unwrap();
+            prop_assert_eq!(&round_trip, &d.status);
+            status = Some(round_trip);
+            if d.status.phase.as_deref() == Some(PHASE_COMPLETED) {
+                completed = true;
+                break;
+            }
+            if d.status.phase.as_deref() == Some(PHASE_WAITING_FOR_CONFIRM) && bits % 3 == 0 {
+                confirmed = Some("true".into());
+                releases_since_confirm = 0;
+            }
+            for u in &mut units {
+                if let Some(t) = d.targets.get(&u.name) {
+                    u.spec = Some(*t);
+                }
+                u.tick(bits % 2 == 0);
+                let spec = u.spec.unwrap();
+                let floor = u.max_unavailable.max(u.down_at_start);
+                prop_assert!(
+                    u.unavailable(usize::try_from(spec.replicas.min(i32::try_from(u.pods.len()).unwrap())).unwrap()) <= floor,
+                    "unit {} below its floor", u.name
+                );
+            }
+        }
+        prop_assert!(completed, "the rollout completes");
+        for u in &units {
+            prop_assert_eq!(u.pods.len(), usize::try_from(u.target).unwrap());
+            prop_assert!(u.pods.iter().all(|p| p.new && p.available && p.updates <= 1));
+        }
+    }
+}
+
+/// Whether the release just made needed a confirmation (any group after the first).
+fn b_needs_confirm(d: &RolloutDecision, confirm: bool) -> bool {
+    confirm && d.status.current_batch > 1
+}
+
+#[test]
+fn a_stale_confirmation_never_skips_a_group() {
+    let strategy = RolloutStrategy {
+        need_waiting_for_confirm: true,
+        batch_size: PositiveIntOrPercent(IntOrPercent::Int(2)),
+        ..RolloutStrategy::default()
+    };
+    let unit = |updated_available: i32, spec: UnitTarget| UnitObserved {
+        unit: "DCA".into(),
+        cluster: "dca".into(),
+        target: 4,
+        unreachable: None,
+        set: Some(SetObserved {
+            replicas: spec.replicas,
+            partition: spec.partition,
+            synced: true,
+            update_revision: Some("new".into()),
+            status_replicas: 4,
+            updated: updated_available,
+            updated_available,
+        }),
+    };
+    let input = |units: &[UnitObserved], prev: Option<&RolloutStatus>, confirmed: Option<&str>| {
+        step(&RolloutInput {
+            name: "demo",
+            strategy: &strategy,
+            replicas: 4,
+            revision: "new",
+            confirmed,
+            previous: prev,
+            units,
+            now: Timestamp::UNIX_EPOCH,
+        })
+    };
+    let start = [unit(
+        0,
+        UnitTarget {
+            replicas: 4,
+            partition: 4,
+        },
+    )];
+    // Beta (1), then 2, then 1.
+    let d = input(&start, None, Some("true"));
+    assert_eq!(d.status.current_batch, 1);
+    assert_eq!(
+        d.targets["DCA"],
+        UnitTarget {
+            replicas: 4,
+            partition: 3
+        }
+    );
+    // Beta done while a stale "true" is still set: it waits, and resets the annotation.
+    let beta_done = [unit(1, d.targets["DCA"])];
+    let d = input(&beta_done, Some(&d.status), Some("true"));
+    assert_eq!(d.status.phase.as_deref(), Some(PHASE_WAITING_FOR_CONFIRM));
+    assert!(d.reset_confirmation);
+    assert_eq!(d.status.current_batch, 1);
+    // "false": still waiting; "true": exactly the next group.
+    let d2 = input(&beta_done, Some(&d.status), Some("false"));
+    assert_eq!(d2.status.current_batch, 1);
+    assert!(!d2.reset_confirmation);
+    let d3 = input(&beta_done, Some(&d2.status), Some("true"));
+    assert_eq!(d3.status.current_batch, 2);
+    assert_eq!(d3.status.phase.as_deref(), Some(PHASE_PROGRESSING));
+    assert_eq!(
+        d3.targets["DCA"],
+        UnitTarget {
+            replicas: 4,
+            partition: 1
+        }
+    );
+    // Looking again with the same "true" before the group completes releases nothing more.
+    let d4 = input(
+        &[unit(1, d3.targets["DCA"])],
+        Some(&d3.status),
+        Some("true"),
+    );
+    assert_eq!(d4.status.current_batch, 2);
+}
+
+#[test]
+fn a_missed_deadline_stalls_until_the_user_acts() {
+    let strategy = RolloutStrategy {
+        progress_deadline_seconds: 10,
+        ..RolloutStrategy::default()
+    };
+    let units = [UnitObserved {
+        unit: "DCA".into(),
+        cluster: "dca".into(),
+        target: 2,
+        unreachable: None,
+        set: Some(SetObserved {
+            replicas: 2,
+            partition: 1,
+            synced: true,
+            update_revision: Some("new".into()),
+            status_replicas: 2,
+            updated: 1,
+            updated_available: 0,
+        }),
+    }];
+    let at = |s: i64| Timestamp::from_second(s).unwrap();
+    let run = |prev: Option<&RolloutStatus>, now: Timestamp, pause: bool| {
+        let strategy = RolloutStrategy {
+            pause,
+            ..strategy.clone()
+        };
+        step(&RolloutInput {
+            name: "demo",
+            strategy: &strategy,
+            replicas: 2,
+            revision: "new",
+            confirmed: None,
+            previous: prev,
+            units: &units,
+            now,
+        })
+    };
+    let mut first = run(None, at(100), false).status;
+    // The plan was made from a unit with one updated pod (not yet available).
+    first.current_batch = 1;
+    let d = run(Some(&first), at(105), false);
+    assert_eq!(d.status.phase.as_deref(), Some(PHASE_PROGRESSING));
+    let d = run(Some(&d.status), at(120), false);
+    assert_eq!(d.status.phase.as_deref(), Some(PHASE_STALLED));
+    assert_eq!(d.progressing.reason, "ProgressDeadlineExceeded");
+    assert!(d.progressing.message.contains("cafe rollout undo demo"));
+    assert!(
+        d.events
+            .iter()
+            .any(|(r, _)| *r == "ProgressDeadlineExceeded")
+    );
+    // Sticky.
+    let d = run(Some(&d.status), at(121), false);
+    assert!(d.status.deadline_exceeded);
+    // Pausing clears it; resuming restarts the clock.
+    let d = run(Some(&d.status), at(122), true);
+    assert_eq!(d.status.phase.as_deref(), Some(PHASE_PAUSED));
+    let d = run(Some(&d.status), at(130), false);
+    assert_eq!(d.status.phase.as_deref(), Some(PHASE_PROGRESSING));
+}
+
+#[test]
+fn an_unreachable_member_freezes_the_rollout() {
+    let strategy = RolloutStrategy::default();
+    let mut units = vec![
+        UnitObserved {
+            unit: "DCA".into(),
+            cluster: "dca".into(),
+            target: 2,
+            unreachable: None,
+            set: None,
+        },
+        UnitObserved {
+            unit: "DCB".into(),
+            cluster: "dcb".into(),
+            target: 2,
+            unreachable: None,
+            set: None,
+        },
+    ];
+    let d = step(&RolloutInput {
+        name: "demo",
+        strategy: &strategy,
+        replicas: 4,
+        revision: "r1",
+        confirmed: None,
+        previous: None,
+        units: &units,
+        now: Timestamp::UNIX_EPOCH,
+    });
+    assert_eq!(d.status.current_batch, 1);
+    units[1].unreachable = Some("connection refused".into());
+    let d = step(&RolloutInput {
+        name: "demo",
+        strategy: &strategy,
+        replicas: 4,
+        revision: "r1",
+        confirmed: None,
+        previous: Some(&d.status),
+        units: &units,
+        now: Timestamp::UNIX_EPOCH,
+    });
+    assert_eq!(d.status.phase.as_deref(), Some(PHASE_STALLED));
+    assert_eq!(d.progressing.reason, "MemberUnavailable");
+    assert!(d.progressing.message.contains("dcb"));
+    assert_eq!(d.status.current_batch, 1);
+    assert!(
+        !d.targets.contains_key("DCB"),
+        "the unreachable member is left alone"
+    );
+}
