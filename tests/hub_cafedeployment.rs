@@ -63,7 +63,7 @@ async fn units_get_their_share_in_the_right_members_and_status_adds_them_up() {
         .wait_status("status ready 10 and progress complete", |cd| {
             let s = cd.status.clone().unwrap_or_default();
             s.ready_replicas == 10
-                && condition(cd, "Progressing").is_some_and(|c| c.reason == "UnitsAvailable")
+                && condition(cd, "Progressing").is_some_and(|c| c.reason == "RolloutCompleted")
         })
         .await;
     let status = cd.status.clone().unwrap();
@@ -123,6 +123,7 @@ async fn units_get_their_share_in_the_right_members_and_status_adds_them_up() {
 #[tokio::test]
 async fn scaling_to_13_and_to_5_updates_the_member_inplacesets() {
     let mut h = Hub::start().await;
+    let _members = h.fake_members().drop_guard();
     h.run_hub();
     h.wait_members_ready().await;
     create(&h, &example()).await;
@@ -181,6 +182,7 @@ async fn deleting_the_cafedeployment_removes_its_inplacesets_from_every_member()
 #[tokio::test]
 async fn removing_a_unit_from_values_deletes_its_inplaceset() {
     let mut h = Hub::start().await;
+    let _members = h.fake_members().drop_guard();
     h.run_hub();
     h.wait_members_ready().await;
     create(&h, &deployment(9, &["DCA", "DCB", "DCC"], json!({}))).await;

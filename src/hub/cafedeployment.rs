@@ -24,7 +24,7 @@ use super::membership::{Membership, TriggerStreams};
 use super::projection::{self, MemberView, Observed, ObservedSet, Write};
 use super::status_patch::replace_status;
 use crate::api::labels::{
-    CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, CLEANUP_FINALIZER, HUB_MANAGER,
+    CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, CLEANUP_FINALIZER, HUB_MANAGER, UPGRADE_CONFIRMED,
 };
 use crate::api::{CafeDeployment, CafeDeploymentStatus, MemberCluster};
 use crate::plan::unit_status::{CLEANED_UP, REPLICA_FAILURE, UNITS_RESOLVED};
@@ -37,6 +37,13 @@ pub enum CafeDeploymentError {
     Write(#[from] WriteError),
     #[error("writing status of CafeDeployment {namespace}/{name}: {source}")]
     WriteStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("resetting the confirmation annotation of CafeDeployment {namespace}/{name}: {source}")]
+    Confirmation {
         namespace: String,
         name: String,
         #[source]
@@ -55,6 +62,7 @@ impl CafeDeploymentError {
             CafeDeploymentError::Unnamespaced => "unnamespaced",
             CafeDeploymentError::Write(e) => e.category(),
             CafeDeploymentError::WriteStatus { .. } => "write_status",
+            CafeDeploymentError::Confirmation { .. } => "confirmation",
             CafeDeploymentError::CleanupBlocked(_) => "cleanup_blocked",
             CafeDeploymentError::Finalizer(e) => match &**e {
                 finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
@@ -170,15 +178,48 @@ async fn apply(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploym
         sets: &sets,
         now: now(),
     });
-    let outcome = execute(cd, plan.writes, &sets, ctx).await;
-    write_status(cd, &plan.status, ctx).await?;
-    outcome?;
-    Ok(if plan.waiting.is_empty() {
-        Action::requeue(ctx.options.resync_interval)
+    // A "true" left from the last confirmation goes before the status says a group waits, so it
+    // can never release the next one.
+    let mut version = cd.resource_version();
+    if plan.reset_confirmation {
+        version = reset_confirmation(cd, ctx).await?;
+    }
+    // The rollout state is written before the member writes it calls for: after a restart the
+    // hub resumes from what the status says, never from writes it cannot see.
+    write_status(cd, &plan.status, version, ctx).await?;
+    for event in &plan.events {
+        publish(cd, ctx, EventType::Normal, (event.0, event.1.clone())).await;
+    }
+    execute(cd, plan.writes, &sets, ctx).await?;
+    let next = if plan.waiting.is_empty() {
+        ctx.options.resync_interval
     } else {
         tracing::debug!(cafedeployment = %cd.name_any(), waiting = ?plan.waiting, "waiting for members");
-        Action::requeue(ctx.options.member_wait)
-    })
+        ctx.options.member_wait
+    };
+    Ok(Action::requeue(plan.recheck.map_or(next, |r| r.min(next))))
+}
+
+/// Sets `apps.cafe.io/upgrade-confirmed: "false"`; returns the resourceVersion it produced.
+async fn reset_confirmation(
+    cd: &CafeDeployment,
+    ctx: &Context,
+) -> Result<Option<String>, CafeDeploymentError> {
+    let (name, namespace) = (cd.name_any(), cd.namespace().unwrap_or_default());
+    let api: Api<CafeDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": cd.resource_version(),
+        "annotations": {UPGRADE_CONFIRMED: "false"},
+    }});
+    let written = api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(|source| CafeDeploymentError::Confirmation {
+            namespace,
+            name,
+            source,
+        })?;
+    Ok(written.resource_version())
 }
 
 /// A CafeDeployment being deleted: delete its InPlaceSets everywhere, or keep the finalizer and
@@ -208,7 +249,7 @@ async fn cleanup(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeplo
         message,
         &now(),
     );
-    write_status(cd, &status, ctx).await?;
+    write_status(cd, &status, cd.resource_version(), ctx).await?;
     Err(CafeDeploymentError::CleanupBlocked(plan.blocked.join("; ")))
 }
 
@@ -298,9 +339,13 @@ fn event_of(w: &Write) -> (&'static str, String) {
 
 /// Writes `status` when it differs from what the CafeDeployment shows; a condition newly going
 /// bad is also published as a Warning Event.
+///
+/// `version` is a precondition: a status decided from a stale cache is refused (409) rather than
+/// written over a newer one, so a rollout never steps back.
 async fn write_status(
     cd: &CafeDeployment,
     status: &CafeDeploymentStatus,
+    version: Option<String>,
     ctx: &Context,
 ) -> Result<(), CafeDeploymentError> {
     let previous = cd.status.clone().unwrap_or_default();
@@ -311,17 +356,15 @@ async fn write_status(
     let api: Api<CafeDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let old = serde_json::to_value(&cd.status).unwrap_or_default();
     let new = serde_json::to_value(status).unwrap_or_default();
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(replace_status(&old, &new)),
-    )
-    .await
-    .map_err(|source| CafeDeploymentError::WriteStatus {
-        namespace,
-        name,
-        source,
-    })?;
+    let mut body = replace_status(&old, &new);
+    body["metadata"] = serde_json::json!({"resourceVersion": version});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
+        .await
+        .map_err(|source| CafeDeploymentError::WriteStatus {
+            namespace,
+            name,
+            source,
+        })?;
     for (type_, bad) in [
         (UNITS_RESOLVED, "False"),
         (REPLICA_FAILURE, "True"),

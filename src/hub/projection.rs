@@ -10,15 +10,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time
 use kube::ResourceExt;
 
 use super::membership::MemberState;
-use crate::api::labels::{CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, UNIT, unit_label};
+use crate::api::labels::{
+    CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, UNIT, UPGRADE_CONFIRMED, unit_label,
+};
 use crate::api::{
     CafeDeployment, CafeDeploymentStatus, InPlaceSet, InPlaceSetSpec, InPlaceSetStrategy,
     IntOrPercent, PodSetType,
 };
 use crate::plan::revision::revision_hash;
+use crate::plan::rollout::{self, RolloutInput, SetObserved, UnitObserved, UnitTarget};
 use crate::plan::split;
 use crate::plan::unit_status::{
-    self, CLEANED_UP, REPLICA_FAILURE, StatusInput, UNITS_RESOLVED, UnitObservation,
+    self, CLEANED_UP, PROGRESSING, REPLICA_FAILURE, StatusInput, UNITS_RESOLVED, UnitObservation,
     remove_condition, set_condition,
 };
 
@@ -95,6 +98,12 @@ pub struct Projection {
     pub status: CafeDeploymentStatus,
     /// Work left undone until a member becomes usable or a move completes: look again soon.
     pub waiting: Vec<String>,
+    /// Set `apps.cafe.io/upgrade-confirmed: "false"` before anything else is written.
+    pub reset_confirmation: bool,
+    /// Rollout transitions to publish as Events: (reason, note).
+    pub events: Vec<(&'static str, String)>,
+    /// When the rollout wants to look again (its progress deadline).
+    pub recheck: Option<std::time::Duration>,
 }
 
 /// Why units cannot be mapped to members, one entry per offending unit.
@@ -166,8 +175,10 @@ pub fn unit_max_unavailable(cd: &CafeDeployment, unit_replicas: i32) -> i32 {
 }
 
 /// The InPlaceSet a unit should have: named and namespaced like the CafeDeployment, with the
-/// ownership labels, the CafeDeployment's selector and template narrowed to the unit.
-pub fn desired_set(cd: &CafeDeployment, unit: &str, replicas: i32) -> InPlaceSet {
+/// ownership labels, the CafeDeployment's selector and template narrowed to the unit, and the
+/// replicas and partition the rollout has released.
+pub fn desired_set(cd: &CafeDeployment, unit: &str, target: UnitTarget) -> InPlaceSet {
+    let replicas = target.replicas;
     let name = cd.name_any();
     let namespace = cd.namespace().unwrap_or_default();
     let labels = BTreeMap::from([
@@ -200,7 +211,7 @@ pub fn desired_set(cd: &CafeDeployment, unit: &str, replicas: i32) -> InPlaceSet
             template,
             min_ready_seconds: cd.spec.min_ready_seconds,
             strategy: InPlaceSetStrategy {
-                partition: 0,
+                partition: target.partition,
                 max_unavailable: IntOrPercent::Int(unit_max_unavailable(cd, replicas)),
                 pod_update_policy: cd.spec.strategy.pod_update_policy.clone(),
                 grace_period_seconds: cd.spec.strategy.grace_period_seconds,
@@ -239,6 +250,9 @@ pub fn project(o: &Observed) -> Projection {
             &previous, generation, type_, status, reason, message, &o.now,
         ),
         waiting: vec![],
+        reset_confirmation: false,
+        events: vec![],
+        recheck: None,
     };
 
     if cd.spec.pod_set_type != PodSetType::InPlaceSet {
@@ -277,6 +291,39 @@ pub fn project(o: &Observed) -> Projection {
         .map(|(u, m)| (u.as_str(), m.as_str()))
         .collect();
 
+    let revision = revision_hash(&cd.spec.template);
+    let observed_units: Vec<UnitObserved> = shares
+        .iter()
+        .map(|share| {
+            let member = member_of
+                .get(share.unit.as_str())
+                .copied()
+                .unwrap_or_default();
+            UnitObserved {
+                unit: share.unit.clone(),
+                cluster: member.to_string(),
+                target: share.replicas,
+                unreachable: match member_state(o.members, member) {
+                    MemberState::Ready => None,
+                    MemberState::NotReady(problem) => Some(problem.to_string()),
+                },
+                set: find_set(o.sets, member, &share.unit)
+                    .filter(|c| !c.deleting())
+                    .map(|c| set_observed(&c.set)),
+            }
+        })
+        .collect();
+    let decision = rollout::step(&RolloutInput {
+        name: &cd.name_any(),
+        strategy: &cd.spec.strategy,
+        replicas: cd.spec.replicas,
+        revision: &revision,
+        confirmed: cd.annotations().get(UPGRADE_CONFIRMED).map(String::as_str),
+        previous: previous.rollout.as_ref(),
+        units: &observed_units,
+        now: o.now.0,
+    });
+
     let mut writes = vec![];
     let mut waiting = vec![];
     let mut rows = vec![];
@@ -286,16 +333,19 @@ pub fn project(o: &Observed) -> Projection {
             .copied()
             .unwrap_or_default();
         let state = member_state(o.members, member);
-        let desired = desired_set(cd, &share.unit, share.replicas);
         let current = find_set(o.sets, member, &share.unit);
-        match (&state, current) {
-            (MemberState::Ready, Some(c)) if c.deleting() => {
+        let desired = decision
+            .targets
+            .get(&share.unit)
+            .map(|t| desired_set(cd, &share.unit, *t));
+        match (&state, current, desired) {
+            (MemberState::Ready, Some(c), _) if c.deleting() => {
                 waiting.push(format!(
                     "unit {}: InPlaceSet still being deleted",
                     share.unit
                 ));
             }
-            (MemberState::Ready, current) => {
+            (MemberState::Ready, current, Some(desired)) => {
                 if current.is_none_or(|c| differs(&desired, &c.set)) {
                     writes.push(Write::Apply {
                         member: member.to_string(),
@@ -306,9 +356,10 @@ pub fn project(o: &Observed) -> Projection {
                     });
                 }
             }
-            (MemberState::NotReady(problem), _) => {
+            (MemberState::NotReady(problem), _, _) => {
                 waiting.push(format!("unit {} (member {member}): {problem}", share.unit));
             }
+            (MemberState::Ready, _, None) => {}
         }
         rows.push((share, member, state == MemberState::Ready, current));
     }
@@ -360,7 +411,7 @@ pub fn project(o: &Observed) -> Projection {
     let mut status = unit_status::aggregate(&StatusInput {
         generation,
         previous: &previous,
-        update_revision: revision_hash(&cd.spec.template),
+        update_revision: revision.clone(),
         selector: Some(unit_status::selector_string(&cd.spec.selector)),
         units,
         now: o.now.clone(),
@@ -382,10 +433,42 @@ pub fn project(o: &Observed) -> Projection {
     );
     remove_condition(&mut status.conditions, REPLICA_FAILURE);
     remove_condition(&mut status.conditions, CLEANED_UP);
+    // The rollout, not the unit totals, says whether the CafeDeployment is progressing.
+    let progress = &decision.progressing;
+    set_condition(
+        &mut status.conditions,
+        Condition {
+            type_: PROGRESSING.into(),
+            status: progress.status.into(),
+            reason: progress.reason.into(),
+            message: progress.message.clone(),
+            observed_generation: generation,
+            last_transition_time: o.now.clone(),
+        },
+    );
+    status.rollout = Some(decision.status);
     Projection {
         writes,
         status,
         waiting,
+        reset_confirmation: decision.reset_confirmation,
+        events: decision.events,
+        recheck: decision.recheck,
+    }
+}
+
+/// The rollout's view of a unit's InPlaceSet.
+fn set_observed(set: &InPlaceSet) -> SetObserved {
+    let status = set.status.clone().unwrap_or_default();
+    SetObserved {
+        replicas: set.spec.replicas,
+        partition: set.spec.strategy.partition,
+        synced: set.metadata.generation.is_some()
+            && status.observed_generation == set.metadata.generation,
+        update_revision: status.update_revision,
+        status_replicas: status.replicas,
+        updated: status.updated_replicas,
+        updated_available: status.updated_available_replicas,
     }
 }
 
@@ -506,7 +589,9 @@ mod tests {
                 "template": {"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [{"name": "app", "image": "demo:1"}]}},
                 "minReadySeconds": 5,
                 "topology": {"unitType": "DataCenter", "values": values, "unitReplicas": unit_replicas},
-                "strategy": {"maxUnavailablePerUnit": "25%"},
+                // One group with everything: these tests are about the projection; the
+                // rollout's groups have their own tests.
+                "strategy": {"maxUnavailablePerUnit": "25%", "upgradeType": "Batch", "batchSize": "100%"},
             },
         }))
         .unwrap();
@@ -536,7 +621,14 @@ mod tests {
     }
 
     fn observed_from(cd: &CafeDeployment, member: &str, unit: &str, replicas: i32) -> ObservedSet {
-        let mut set = desired_set(cd, unit, replicas);
+        let mut set = desired_set(
+            cd,
+            unit,
+            UnitTarget {
+                replicas,
+                partition: 0,
+            },
+        );
         set.metadata.uid = Some(format!("{member}-uid"));
         set.metadata.generation = Some(1);
         set.status = Some(InPlaceSetStatus {
@@ -546,6 +638,8 @@ mod tests {
             available_replicas: replicas,
             updated_replicas: replicas,
             updated_ready_replicas: replicas,
+            updated_available_replicas: replicas,
+            update_revision: Some(revision_hash(&cd.spec.template)),
             ..Default::default()
         });
         ObservedSet {
@@ -604,7 +698,14 @@ mod tests {
     #[test]
     fn the_desired_set_carries_labels_selector_template_and_strategy() {
         let cd = deployment(10, &["DCA", "DCB"], json!({}));
-        let set = desired_set(&cd, "DCA", 8);
+        let set = desired_set(
+            &cd,
+            "DCA",
+            UnitTarget {
+                replicas: 8,
+                partition: 0,
+            },
+        );
         assert_eq!(set.metadata.name.as_deref(), Some("demo"));
         assert_eq!(set.metadata.namespace.as_deref(), Some("shop"));
         let labels = set.metadata.labels.clone().unwrap();
@@ -623,7 +724,17 @@ mod tests {
         // 25% of 8 = 2; of 2 it would be 0, raised to 1.
         assert_eq!(set.spec.strategy.max_unavailable, IntOrPercent::Int(2));
         assert_eq!(
-            desired_set(&cd, "DCA", 2).spec.strategy.max_unavailable,
+            desired_set(
+                &cd,
+                "DCA",
+                UnitTarget {
+                    replicas: 2,
+                    partition: 0
+                }
+            )
+            .spec
+            .strategy
+            .max_unavailable,
             IntOrPercent::Int(1)
         );
     }
@@ -641,7 +752,14 @@ mod tests {
             }))
             .unwrap(),
         );
-        let set = desired_set(&cd, "DCA", 5);
+        let set = desired_set(
+            &cd,
+            "DCA",
+            UnitTarget {
+                replicas: 5,
+                partition: 0,
+            },
+        );
         assert_eq!(set.spec.strategy.grace_period_seconds, 7);
         assert_eq!(
             set.spec.strategy.pod_update_policy,
@@ -799,8 +917,12 @@ mod tests {
             sets: &sets,
             now: now(),
         });
-        assert_eq!(applied(&p), vec![("dca".into(), "DCA".into(), 6)]);
+        // A member down freezes the rollout, a scale-out included: DCA keeps its 5.
+        assert_eq!(applied(&p), vec![]);
         assert_eq!(p.waiting.len(), 2, "{:?}", p.waiting);
+        let rollout = p.status.rollout.clone().unwrap();
+        assert_eq!(rollout.phase.as_deref(), Some("Stalled"));
+        assert!(rollout.message.unwrap().contains("dcb"));
         assert!(!p.status.units[1].reachable);
     }
 

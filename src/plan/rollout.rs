@@ -622,7 +622,7 @@ fn fresh_plan(input: &RolloutInput<'_>) -> RolloutStatus {
 
 /// Before a plan can be made: every member must be reachable and report on the new revision.
 /// Until then each reachable member gets the new template with nothing released (its pods
-/// keep their revision), and unreachable ones are left alone.
+/// keep their revision), and unreachable ones are left alone: a scale-out waits too.
 fn planning(
     input: &RolloutInput<'_>,
     previous: &RolloutStatus,
@@ -643,14 +643,23 @@ fn planning(
         .iter()
         .filter(|u| u.unreachable.is_none())
         .map(|u| {
-            let replicas = u.set.as_ref().map_or(0, |s| s.replicas);
-            (
-                u.unit.clone(),
-                UnitTarget {
-                    replicas,
-                    partition: replicas,
+            let target = match &u.set {
+                // Already on this revision: nothing to hold back.
+                Some(s) if u.reports(input.revision) => UnitTarget {
+                    replicas: s.replicas,
+                    partition: s.partition,
                 },
-            )
+                // The new template arrives with every pod held on its revision.
+                Some(s) => UnitTarget {
+                    replicas: s.replicas,
+                    partition: s.replicas,
+                },
+                None => UnitTarget {
+                    replicas: 0,
+                    partition: 0,
+                },
+            };
+            (u.unit.clone(), target)
         })
         .collect();
     let frozen = !unreachable.is_empty();

@@ -238,11 +238,57 @@ impl Hub {
             &Patch::Merge(json!({"status": {
                 "observedGeneration": set.meta().generation,
                 "replicas": n, "readyReplicas": n, "availableReplicas": n,
-                "updatedReplicas": n, "updatedReadyReplicas": n,
+                "updatedReplicas": n, "updatedReadyReplicas": n, "updatedAvailableReplicas": n,
+                "updateRevision": cafe::plan::revision::revision_hash(&set.spec.template),
             }})),
         )
         .await
         .unwrap();
+    }
+
+    /// Plays every member's InPlaceSet controller, instantly: whenever an InPlaceSet's status
+    /// is behind its generation, reports all its replicas ready, available and updated. Stops
+    /// when the returned token is cancelled.
+    pub fn fake_members(&self) -> CancellationToken {
+        let token = CancellationToken::new();
+        for client in self.members.values() {
+            let api: Api<InPlaceSet> = Api::namespaced(client.clone(), "default");
+            let token = token.clone();
+            tokio::spawn(async move {
+                loop {
+                    for set in api
+                        .list(&Default::default())
+                        .await
+                        .map(|l| l.items)
+                        .unwrap_or_default()
+                    {
+                        let behind = set.status.as_ref().and_then(|s| s.observed_generation)
+                            != set.meta().generation;
+                        if behind {
+                            let n = set.spec.replicas;
+                            let _ = api
+                                .patch_status(
+                                    &set.name_any(),
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({"status": {
+                                        "observedGeneration": set.meta().generation,
+                                        "replicas": n, "readyReplicas": n, "availableReplicas": n,
+                                        "updatedReplicas": n, "updatedReadyReplicas": n,
+                                        "updatedAvailableReplicas": n,
+                                        "updateRevision": cafe::plan::revision::revision_hash(&set.spec.template),
+                                    }})),
+                                )
+                                .await;
+                        }
+                    }
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            });
+        }
+        token
     }
 
     /// Waits until the CafeDeployment's status satisfies `check`.
@@ -308,7 +354,9 @@ pub fn deployment(replicas: i32, values: &[&str], unit_replicas: Value) -> CafeD
                     "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
             },
             "topology": {"unitType": "DataCenter", "values": values, "unitReplicas": unit_replicas},
-            "strategy": {"maxUnavailablePerUnit": "25%"},
+            // One group with every pod: these tests are about placement; the rollout's groups
+            // are tested in hub_rollout.
+            "strategy": {"maxUnavailablePerUnit": "25%", "upgradeType": "Batch", "batchSize": "100%"},
         },
     }))
     .expect("a CafeDeployment")
