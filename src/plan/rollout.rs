@@ -576,10 +576,12 @@ fn fresh_plan(input: &RolloutInput<'_>) -> RolloutStatus {
         .units
         .iter()
         .map(|u| {
+            // What the unit already has is what its InPlaceSet asks for: a pod being replaced
+            // right now is not new work.
             let (observed, updated) = u
                 .set
                 .as_ref()
-                .map_or((0, 0), |s| (s.status_replicas, s.updated));
+                .map_or((0, 0), |s| (s.replicas, s.updated));
             UnitWork::new(&u.unit, u.target, observed, updated)
         })
         .collect();

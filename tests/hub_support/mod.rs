@@ -116,6 +116,26 @@ impl Hub {
         result.expect("the hub stops without error");
     }
 
+    /// Kills the hub wherever it is (no graceful shutdown), as a crash would.
+    pub async fn kill_hub(&mut self) {
+        let (_, task) = self.running.take().expect("the hub is running");
+        task.abort();
+        let _ = task.await;
+    }
+
+    /// Runs the member agent (InPlaceSet controller) of each named member in this process;
+    /// they stop when the returned token is cancelled.
+    pub fn run_member_agents(&self, members: &[&str]) -> CancellationToken {
+        let token = CancellationToken::new();
+        for member in members {
+            tokio::spawn(cafe::member::run(
+                self.members[*member].clone(),
+                token.child_token(),
+            ));
+        }
+        token
+    }
+
     /// Stores `kubeconfig` in Secret `<name>-kubeconfig` in cafe-system and creates MemberCluster
     /// `name` labelled `unit.apps.cafe.io/DataCenter=<unit>`.
     pub async fn register(&self, name: &str, unit: &str, kubeconfig: &str) {

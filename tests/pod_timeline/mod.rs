@@ -167,6 +167,27 @@ impl Timeline {
         worst
     }
 
+    /// The pods at the first instant with the most pods not serving (for failure messages).
+    pub fn worst_instant(&self, replicas: usize) -> Vec<Snap> {
+        let mut now: BTreeMap<String, Snap> = BTreeMap::new();
+        let mut started = false;
+        let mut worst = (0, vec![]);
+        for s in self.snaps() {
+            if s.gone {
+                now.remove(&s.uid);
+            } else {
+                now.insert(s.uid.clone(), s);
+            }
+            let serving = now.values().filter(|s| s.serving()).count();
+            started |= serving >= replicas;
+            let down = replicas.saturating_sub(serving);
+            if started && down > worst.0 {
+                worst = (down, now.values().cloned().collect());
+            }
+        }
+        worst.1
+    }
+
     /// Every recorded state of one pod, in order.
     pub fn history(&self, uid: &str) -> Vec<Snap> {
         self.snaps().into_iter().filter(|s| s.uid == uid).collect()

@@ -601,3 +601,4 @@ fn an_unreachable_member_freezes_the_rollout() {
         "the unreachable member is left alone"
     );
 }
+
