@@ -21,7 +21,8 @@ use serde_json::{Map, Value, json};
 
 use crate::api::PodUpdatePolicy;
 use crate::api::labels::{
-    INPLACE_UPDATE_STATE, LIFECYCLE_SINCE, LIFECYCLE_STATE, REVISION, STATE_UPDATING, UNIT,
+    INPLACE_UPDATE_STATE, LIFECYCLE_SINCE, LIFECYCLE_STATE, RESTARTED_AT, REVISION, STATE_UPDATING,
+    UNIT,
 };
 
 /// Labels and annotations the controllers write themselves; a template difference in them is
@@ -92,6 +93,10 @@ fn change(
         annotations: map_diff(from_meta.annotations.as_ref(), to_meta.annotations.as_ref()),
         ..InPlaceChange::default()
     };
+    // Kubernetes has no call that restarts a container in place; a restart means new pods.
+    if change.annotations.contains_key(RESTARTED_AT) {
+        return Err("a restart was requested (`cafe rollout restart`)".to_string());
+    }
 
     let spec_json = |t: &PodTemplateSpec| match serde_json::to_value(&t.spec) {
         Ok(Value::Object(map)) => Ok(normalize_map(map)),
@@ -806,6 +811,17 @@ mod tests {
             why(update_path(&t, &t, &PodUpdatePolicy::ReCreate, true)),
             "podUpdatePolicy is ReCreate"
         );
+    }
+
+    #[test]
+    fn a_restart_request_recreates() {
+        let from = app(json!({}));
+        let mut to = app(json!({}));
+        to.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([(
+            RESTARTED_AT.to_string(),
+            "2026-11-27T18:00:00Z".to_string(),
+        )]));
+        assert!(why(path(&from, &to)).contains("cafe rollout restart"));
     }
 
     #[test]
