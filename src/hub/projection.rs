@@ -768,6 +768,95 @@ mod tests {
         assert_eq!(set.spec.lifecycle, cd.spec.lifecycle);
     }
 
+    fn with_beta_groups(mut cd: CafeDeployment, confirm: bool) -> CafeDeployment {
+        cd.spec.strategy = serde_json::from_value(json!({
+            "upgradeType": "Beta", "batchSize": 4, "needWaitingForConfirm": confirm,
+            "maxUnavailablePerUnit": 1,
+        }))
+        .unwrap();
+        cd
+    }
+
+    fn replicas_and_partitions(p: &Projection) -> Vec<(String, i32, i32)> {
+        p.writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Apply { unit, set, .. } => Some((
+                    unit.clone(),
+                    set.spec.replicas,
+                    set.spec.strategy.partition,
+                )),
+                Write::Delete { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_deployment_creates_its_pods_group_by_group() {
+        let cd = with_beta_groups(deployment(10, &["DCA", "DCB"], json!({})), true);
+        let members = three();
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &[],
+            now: now(),
+        });
+        // The Beta group: one pod in each unit.
+        assert_eq!(
+            replicas_and_partitions(&p),
+            vec![("DCA".into(), 1, 0), ("DCB".into(), 1, 0)]
+        );
+        let rollout = p.status.rollout.clone().unwrap();
+        assert_eq!(rollout.current_batch, 1);
+        assert_eq!(rollout.total_batches, 3);
+        assert!(!p.reset_confirmation);
+        assert!(p.events.iter().any(|(r, _)| *r == "GroupStarted"));
+
+        // The members report the Beta pods available: the group waits for confirmation, the
+        // annotation is reset first, nothing else is written.
+        let mut cd = cd;
+        cd.status = Some(p.status.clone());
+        let sets = vec![
+            observed_from(&cd, "dca", "DCA", 1),
+            observed_from(&cd, "dcb", "DCB", 1),
+        ];
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &sets,
+            now: now(),
+        });
+        assert!(p.writes.is_empty(), "{:?}", p.writes);
+        assert!(p.reset_confirmation);
+        let rollout = p.status.rollout.clone().unwrap();
+        assert_eq!(rollout.phase.as_deref(), Some("WaitingForConfirm"));
+        let progressing = p
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == PROGRESSING)
+            .unwrap();
+        assert_eq!(progressing.reason, "WaitingForConfirm");
+        assert!(progressing.message.contains("cafe rollout confirm demo"));
+
+        // Confirmed: the next group (2 + 2) goes out.
+        cd.status = Some(p.status.clone());
+        cd.metadata.annotations = Some(BTreeMap::from([(
+            UPGRADE_CONFIRMED.to_string(),
+            "true".to_string(),
+        )]));
+        let p = project(&Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &sets,
+            now: now(),
+        });
+        assert_eq!(
+            replicas_and_partitions(&p),
+            vec![("DCA".into(), 3, 0), ("DCB".into(), 3, 0)]
+        );
+    }
+
     #[test]
     fn nothing_is_written_when_the_members_already_match() {
         let cd = deployment(10, &["DCA", "DCB", "DCC"], json!({"DCA": 4, "DCB": "30%"}));
