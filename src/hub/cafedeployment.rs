@@ -145,8 +145,32 @@ async fn reconcile(
     result
 }
 
-/// Exponential backoff per CafeDeployment: `retry_min`, doubling, capped at `retry_max`.
+impl CafeDeploymentError {
+    /// The status was decided from a cache older than the object: routine with optimistic
+    /// concurrency; the watch is about to deliver the newer object.
+    fn is_stale_read(&self) -> bool {
+        let conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409);
+        match self {
+            CafeDeploymentError::WriteStatus { source, .. }
+            | CafeDeploymentError::Confirmation { source, .. } => conflict(source),
+            CafeDeploymentError::Finalizer(e) => match &**e {
+                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
+                    inner.is_stale_read()
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// Exponential backoff per CafeDeployment: `retry_min`, doubling, capped at `retry_max`. A
+/// write refused because the cache was behind is retried at once, quietly.
 fn error_policy(cd: Arc<CafeDeployment>, error: &CafeDeploymentError, ctx: Arc<Context>) -> Action {
+    if error.is_stale_read() {
+        tracing::debug!(cafedeployment = %cd.name_any(), %error, "stale read; retrying");
+        return Action::requeue(ctx.options.retry_min.min(std::time::Duration::from_millis(200)));
+    }
     let failures = {
         let mut map = lock(&ctx.failures);
         let n = map.entry(ObjectRef::from_obj(&*cd)).or_insert(0);
