@@ -5,6 +5,8 @@ pub mod crds;
 pub mod dev;
 pub mod hub;
 pub mod member;
+pub mod plan;
+pub mod rollout;
 pub mod status;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +33,10 @@ pub enum Command {
     Cluster(cluster::ClusterArgs),
     /// Show a CafeDeployment (or all of them) from the hub.
     Status(status::StatusArgs),
+    /// Steer a CafeDeployment's rollout: confirm the next group, pause, resume, restart, undo.
+    Rollout(rollout::RolloutArgs),
+    /// Print the unit split and rollout groups of a CafeDeployment manifest (no cluster needed).
+    Plan(plan::PlanArgs),
     /// Print (or write with --out) the CRD YAML generated from the API types.
     Crds(crds::CrdsArgs),
 }
@@ -50,6 +56,10 @@ pub enum CliError {
     #[error(transparent)]
     Status(#[from] status::StatusError),
     #[error(transparent)]
+    Rollout(#[from] rollout::RolloutError),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
     Dev(#[from] dev::DevError),
 }
 
@@ -61,6 +71,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Member(args) => Ok(member::run(args).await?),
         Command::Cluster(args) => Ok(cluster::run(args).await?),
         Command::Status(args) => Ok(status::run(args).await?),
+        Command::Rollout(args) => Ok(rollout::run(args).await?),
+        Command::Plan(args) => Ok(plan::run(args)?),
         Command::Crds(args) => Ok(crds::run(args)?),
     }
 }

@@ -1,4 +1,5 @@
-//! `cafe status [NAME] [-n NS | -A] [-w] [-o json]`: CafeDeployments as the hub reports them.
+//! `cafe status [NAME] [-n NS | -A] [-w] [-o json]`: CafeDeployments as the hub reports them,
+//! with the group-by-group progress of a rollout.
 //!
 //! Reading (and watching) is I/O; turning objects into text is done by the pure `render_*`
 //! functions below, which the tests call with plain values.
@@ -17,10 +18,12 @@ use crate::api::CafeDeployment;
 use crate::runtime::kubeconfig::{KubeconfigArgs, KubeconfigError};
 
 mod render;
+mod rollout;
 
 pub use render::{
     format_age, render, render_json_list, render_json_one, render_list, render_one, render_table,
 };
+pub use rollout::{group_name, render_rollout};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::HubOptions;
 use super::expectations::Expectations;
+use super::history::{self, HistoryError};
 use super::member_writes::{MemberWriter, WriteError};
 use super::membership::{Membership, TriggerStreams};
 use super::projection::{self, MemberView, Observed, ObservedSet, Write};
@@ -27,6 +28,7 @@ use crate::api::labels::{
     CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, CLEANUP_FINALIZER, HUB_MANAGER, UPGRADE_CONFIRMED,
 };
 use crate::api::{CafeDeployment, CafeDeploymentStatus, MemberCluster};
+use crate::plan::revision::revision_hash;
 use crate::plan::unit_status::{CLEANED_UP, REPLICA_FAILURE, UNITS_RESOLVED};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,8 @@ pub enum CafeDeploymentError {
         #[source]
         source: kube::Error,
     },
+    #[error(transparent)]
+    History(#[from] HistoryError),
     #[error("deletion waits for members: {0}")]
     CleanupBlocked(String),
     #[error(transparent)]
@@ -63,6 +67,7 @@ impl CafeDeploymentError {
             CafeDeploymentError::Write(e) => e.category(),
             CafeDeploymentError::WriteStatus { .. } => "write_status",
             CafeDeploymentError::Confirmation { .. } => "confirmation",
+            CafeDeploymentError::History(e) => e.category(),
             CafeDeploymentError::CleanupBlocked(_) => "cleanup_blocked",
             CafeDeploymentError::Finalizer(e) => match &**e {
                 finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
@@ -169,7 +174,11 @@ impl CafeDeploymentError {
 fn error_policy(cd: Arc<CafeDeployment>, error: &CafeDeploymentError, ctx: Arc<Context>) -> Action {
     if error.is_stale_read() {
         tracing::debug!(cafedeployment = %cd.name_any(), %error, "stale read; retrying");
-        return Action::requeue(ctx.options.retry_min.min(std::time::Duration::from_millis(200)));
+        return Action::requeue(
+            ctx.options
+                .retry_min
+                .min(std::time::Duration::from_millis(200)),
+        );
     }
     let failures = {
         let mut map = lock(&ctx.failures);
@@ -202,6 +211,16 @@ async fn apply(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploym
         sets: &sets,
         now: now(),
     });
+    // A new revision is kept in the history before the rollout toward it starts, so that
+    // `cafe rollout undo` can always come back.
+    let recorded = cd
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .and_then(|r| r.revision.as_deref());
+    if recorded != Some(revision_hash(&cd.spec.template).as_str()) {
+        history::record(&ctx.client, cd).await?;
+    }
     // A "true" left from the last confirmation goes before the status says a group waits, so it
     // can never release the next one.
     let mut version = cd.resource_version();

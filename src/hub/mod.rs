@@ -13,6 +13,7 @@ pub mod cafedeployment;
 pub mod capacity;
 pub mod crds;
 pub mod expectations;
+pub mod history;
 pub mod member_writes;
 pub mod membercluster;
 pub mod membership;

@@ -781,11 +781,9 @@ mod tests {
         p.writes
             .iter()
             .filter_map(|w| match w {
-                Write::Apply { unit, set, .. } => Some((
-                    unit.clone(),
-                    set.spec.replicas,
-                    set.spec.strategy.partition,
-                )),
+                Write::Apply { unit, set, .. } => {
+                    Some((unit.clone(), set.spec.replicas, set.spec.strategy.partition))
+                }
                 Write::Delete { .. } => None,
             })
             .collect()

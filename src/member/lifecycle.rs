@@ -153,6 +153,10 @@ pub fn step(pod: &Pod, view: &PodView, input: &StepInputs<'_>) -> Step {
         stage @ (Stage::PreparingUpdate | Stage::PreparingDelete) => {
             preparing(pod, view, stage, input)
         }
+        // A pod caught mid-update by a newer template (an undo of a revision that never got
+        // ready, say) is out of service already: it starts over toward the newest revision
+        // instead of waiting for one nobody wants any more.
+        Stage::Updating if input.path.is_some() => Step::Mark(Stage::PreparingUpdate),
         Stage::Updating => updating(pod, view),
         Stage::Updated => updated(view, input),
     }
@@ -510,6 +514,23 @@ mod tests {
             json!({}),
         );
         assert_eq!(run(&p, &inputs(None)), Step::Gate(false));
+    }
+
+    #[test]
+    fn a_pod_updating_toward_an_abandoned_revision_starts_over() {
+        let p = pod(
+            STATE_UPDATING,
+            json!([
+                cond("ContainersReady", "False", 0),
+                cond(READINESS_GATE, "False", 0)
+            ]),
+            json!({}),
+        );
+        let path = in_place();
+        assert_eq!(
+            run(&p, &inputs(Some(&path))),
+            Step::Mark(Stage::PreparingUpdate)
+        );
     }
 
     #[test]

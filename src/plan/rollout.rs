@@ -578,10 +578,7 @@ fn fresh_plan(input: &RolloutInput<'_>) -> RolloutStatus {
         .map(|u| {
             // What the unit already has is what its InPlaceSet asks for: a pod being replaced
             // right now is not new work.
-            let (observed, updated) = u
-                .set
-                .as_ref()
-                .map_or((0, 0), |s| (s.replicas, s.updated));
+            let (observed, updated) = u.set.as_ref().map_or((0, 0), |s| (s.replicas, s.updated));
             UnitWork::new(&u.unit, u.target, observed, updated)
         })
         .collect();

@@ -111,18 +111,7 @@ pub fn render_one(cd: &CafeDeployment) -> String {
 
     out.push('\n');
     let rollout = status.rollout.clone().unwrap_or_default();
-    let mut line = format!("Rollout:     {}", rollout.phase.as_deref().unwrap_or("-"));
-    if rollout.total_batches > 0 {
-        line.push_str(&format!(
-            ", batch {}/{}",
-            rollout.current_batch, rollout.total_batches
-        ));
-    }
-    if let Some(message) = rollout.message.as_deref().filter(|m| !m.is_empty()) {
-        line.push_str(&format!(": {message}"));
-    }
-    out.push_str(&line);
-    out.push('\n');
+    out.push_str(&super::rollout::render_rollout(&rollout));
 
     let not_true: Vec<_> = status
         .conditions
@@ -378,6 +367,50 @@ mod tests {
             "True conditions are not listed: {out}"
         );
         assert!(!out.contains("Note:"), "status is current: {out}");
+    }
+
+    #[test]
+    fn one_with_a_group_plan_shows_each_group_per_unit() {
+        let mut status = progressing();
+        status["rollout"] = json!({
+            "phase": "WaitingForConfirm", "revision": "def", "currentBatch": 1, "totalBatches": 2,
+            "batches": [
+                {"index": 1, "beta": true, "units": {"DCA": 1, "DCB": 1}, "state": "WaitingForConfirm"},
+                {"index": 2, "units": {"DCA": 2, "DCB": 2}, "state": "Pending"},
+            ],
+            "units": [
+                {"name": "DCA", "replicas": 3, "update": 3, "done": 1},
+                {"name": "DCB", "replicas": 3, "update": 3, "done": 1},
+            ],
+            "message": "group 1/2 (Beta) complete; waiting for confirmation: `cafe rollout confirm demo`",
+        });
+        let out = render_one(&demo(status));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            out.contains("Rollout:     WaitingForConfirm, revision def, group 1/2\n"),
+            "{out}"
+        );
+        let header = lines
+            .iter()
+            .position(|l| l.starts_with("GROUP"))
+            .expect(&out);
+        assert_eq!(
+            cells(lines[header + 1]),
+            ["1", "(Beta)", "WaitingForConfirm", "1/1", "1/1", "2/2"]
+        );
+        assert_eq!(
+            cells(lines[header + 2]),
+            ["2", "Pending", "0/2", "0/2", "0/4"]
+        );
+        assert_eq!(cells(lines[header + 3]), ["all", "-", "1/3", "1/3", "2/6"]);
+        assert!(
+            out.contains("Message:     group 1/2 (Beta) complete; waiting for confirmation"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Progressing=False"),
+            "conditions still follow: {out}"
+        );
     }
 
     #[test]

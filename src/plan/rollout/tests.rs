@@ -601,4 +601,3 @@ fn an_unreachable_member_freezes_the_rollout() {
         "the unreachable member is left alone"
     );
 }
-
