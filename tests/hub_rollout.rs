@@ -331,10 +331,41 @@ async fn uneven_units_split_every_group_in_proportion_and_complete() {
     r.wait_serving("dcb", &[("demo:1", 3)]).await;
     let dca = Timeline::start(r.h.members["dca"].clone(), "default").await;
     let dcb = Timeline::start(r.h.members["dcb"].clone(), "default").await;
+    // `cafe status demo -w` redraws as the rollout moves through its groups.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_cafe"))
+        .args(["status", "demo", "-w", "--kubeconfig"])
+        .arg(&r.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let screen = screen.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut s = screen.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        })
+    };
     r.set_image("demo:2").await;
     let cd = r.wait_completed("demo:2").await;
     let rollout = cd.status.unwrap().rollout.unwrap();
     assert_eq!(quotas(&rollout), [(1, 1), (3, 1), (3, 1)]);
+    let new = rollout.revision.clone().unwrap();
+    wait_for("cafe status -w to draw every group", WAIT, || async {
+        let text = screen.lock().unwrap().clone();
+        let drew = |k: i32| text.contains(&format!("revision {new}, group {k}/3"));
+        (drew(1) && drew(2) && drew(3) && text.contains("Completed, revision")).then_some(())
+    })
+    .await;
+    let _ = watch.kill().await;
+    reader.abort();
     assert!(
         rollout
             .batches
