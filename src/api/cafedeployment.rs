@@ -233,8 +233,40 @@ pub struct CafeDeploymentStatus {
     pub rollout: Option<RolloutStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<UnitStatus>,
+    /// Replicas one unit runs for another: kept here so they survive a hub restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loans: Vec<Loan>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Replicas of unit `from` that unit `to` runs while `from` cannot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Loan {
+    pub from: String,
+    pub to: String,
+    pub replicas: i32,
+    /// Unschedulable (the lender had no room) or Failover (the lender's member was lost).
+    pub reason: String,
+    pub since: Time,
+    /// Why, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The lender has had room since then (move back waits for the stabilisation period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_since: Option<Time>,
+    /// The replicas are on their way back: the lender runs them again, the borrower still
+    /// does until the lender's are available.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub returning: bool,
+    /// Returns that failed (the lender ran out of room again); each doubles the wait.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_returns: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// The rollout toward `revision`: its group plan, how far it got, and what it waits for. It is
