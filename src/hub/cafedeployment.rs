@@ -322,10 +322,17 @@ fn observe(cd: &CafeDeployment, ctx: &Context) -> (Vec<MemberView>, Vec<Observed
                     }),
             );
         }
+        let status = mc.status.as_ref();
         members.push(MemberView {
             state: ctx.membership.state(&member),
             labels: mc.metadata.labels.clone().unwrap_or_default(),
             deleting: mc.metadata.deletion_timestamp.is_some(),
+            not_ready_since: status
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .filter(|c| c.status != "True")
+                .map(|c| c.last_transition_time.clone()),
+            cordoned: mc.spec.unschedulable,
+            capacity: status.and_then(|s| s.capacity.clone()),
             name: member,
         });
     }

@@ -42,6 +42,30 @@ pub fn capacity(nodes: &[Node], pods: &[Pod]) -> Capacity {
     }
 }
 
+/// How many more pods requesting `(cpu_millis, memory_bytes)` fit in `capacity`: its free
+/// CPU, memory and pod slots, summed over nodes (fragmentation across nodes is not seen, so
+/// this is an upper bound the scheduler has the last word on).
+pub fn room_for(capacity: &Capacity, (cpu, memory): (i64, i64)) -> i32 {
+    let free = |alloc: i64, used: i64| (alloc - used).max(0);
+    let fits = |free: i64, each: i64| if each > 0 { free / each } else { i64::MAX };
+    let n = fits(
+        free(
+            capacity.allocatable.cpu_millis,
+            capacity.requested.cpu_millis,
+        ),
+        cpu,
+    )
+    .min(fits(
+        free(
+            capacity.allocatable.memory_bytes,
+            capacity.requested.memory_bytes,
+        ),
+        memory,
+    ))
+    .min(free(capacity.allocatable.pods, capacity.requested.pods));
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
 /// Ready=True and `spec.unschedulable` unset: the scheduler's view of a node it may use.
 /// https://kubernetes.io/docs/concepts/architecture/nodes/#condition
 fn is_usable(node: &Node) -> bool {
@@ -73,9 +97,11 @@ fn is_active_on(pod: &Pod, nodes: &BTreeSet<&str>) -> bool {
 /// container, plus overhead.
 /// https://kubernetes.io/docs/concepts/workloads/pods/init-containers/#resource-sharing-within-containers
 fn pod_requests(pod: &Pod) -> (i64, i64) {
-    let Some(spec) = pod.spec.as_ref() else {
-        return (0, 0);
-    };
+    pod.spec.as_ref().map_or((0, 0), spec_requests)
+}
+
+/// What one pod of `spec` requests: (CPU millis, memory bytes), as [`pod_requests`] counts it.
+pub fn spec_requests(spec: &k8s_openapi::api::core::v1::PodSpec) -> (i64, i64) {
     let of = |c: &Container, key: &str| -> Option<Quantity> {
         let r = c.resources.as_ref()?;
         r.requests

@@ -17,6 +17,7 @@ use crate::api::{
     CafeDeployment, CafeDeploymentStatus, InPlaceSet, InPlaceSetSpec, InPlaceSetStrategy,
     IntOrPercent, PodSetType,
 };
+use crate::plan::loans::{self, UnitFacts};
 use crate::plan::revision::revision_hash;
 use crate::plan::rollout::{self, RolloutInput, SetObserved, UnitObserved, UnitTarget};
 use crate::plan::split;
@@ -33,6 +34,12 @@ pub struct MemberView {
     /// The MemberCluster is being deleted: no unit resolves to it.
     pub deleting: bool,
     pub state: MemberState,
+    /// Since when the MemberCluster's Ready condition has not been True.
+    pub not_ready_since: Option<Time>,
+    /// `spec.unschedulable`: nothing new goes there.
+    pub cordoned: bool,
+    /// The member's capacity from its last probe.
+    pub capacity: Option<crate::api::Capacity>,
 }
 
 /// An InPlaceSet owned by the CafeDeployment, as a member's cache shows it.
@@ -292,6 +299,9 @@ pub fn project(o: &Observed) -> Projection {
         .collect();
 
     let revision = revision_hash(&cd.spec.template);
+    let current_loans = loans::deltas(&previous.loans);
+    let loan_of =
+        |deltas: &BTreeMap<String, i32>, unit: &str| deltas.get(unit).copied().unwrap_or(0);
     let observed_units: Vec<UnitObserved> = shares
         .iter()
         .map(|share| {
@@ -310,6 +320,7 @@ pub fn project(o: &Observed) -> Projection {
                 set: find_set(o.sets, member, &share.unit)
                     .filter(|c| !c.deleting())
                     .map(|c| set_observed(&c.set)),
+                loan: loan_of(&current_loans, &share.unit),
             }
         })
         .collect();
@@ -324,6 +335,54 @@ pub fn project(o: &Observed) -> Projection {
         now: o.now.0,
     });
 
+    // Loans: capacity comes first, whatever the rollout is doing.
+    let requests = cd
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .map_or((0, 0), super::capacity::spec_requests);
+    let facts: Vec<UnitFacts> = shares
+        .iter()
+        .zip(&observed_units)
+        .map(|(share, u)| {
+            let view = o.members.iter().find(|m| m.name == u.cluster);
+            let set = find_set(o.sets, &u.cluster, &share.unit).filter(|c| !c.deleting());
+            let status = set.and_then(|c| c.set.status.clone()).unwrap_or_default();
+            // The member has acted on what the hub asks of it now, loans included.
+            let asked = decision
+                .targets
+                .get(&share.unit)
+                .map(|t| rollout::with_loan(*t, u.loan).replicas);
+            let settled = u
+                .set
+                .as_ref()
+                .is_some_and(|s| s.synced && Some(s.replicas) == asked);
+            UnitFacts {
+                unit: share.unit.clone(),
+                base: share.replicas,
+                not_ready_since: match (
+                    &u.unreachable,
+                    view.and_then(|v| v.not_ready_since.clone()),
+                ) {
+                    (Some(_), Some(since)) => Some(since.0),
+                    (Some(_), None) => Some(o.now.0),
+                    (None, _) => None,
+                },
+                cordoned: view.is_some_and(|v| v.cordoned),
+                room: view
+                    .and_then(|v| v.capacity.as_ref())
+                    .map_or(0, |c| super::capacity::room_for(c, requests)),
+                unschedulable: status.unschedulable_replicas,
+                unschedulable_since: status.unschedulable_since.map(|t| t.0),
+                available: status.available_replicas,
+                settled,
+            }
+        })
+        .collect();
+    let loan_plan = loans::plan(&loan_policy(cd), &facts, &previous.loans, o.now.0);
+    let new_loans = loans::deltas(&loan_plan.loans);
+
     let mut writes = vec![];
     let mut waiting = vec![];
     let mut rows = vec![];
@@ -334,10 +393,13 @@ pub fn project(o: &Observed) -> Projection {
             .unwrap_or_default();
         let state = member_state(o.members, member);
         let current = find_set(o.sets, member, &share.unit);
-        let desired = decision
-            .targets
-            .get(&share.unit)
-            .map(|t| desired_set(cd, &share.unit, *t));
+        let desired = decision.targets.get(&share.unit).map(|t| {
+            desired_set(
+                cd,
+                &share.unit,
+                rollout::with_loan(*t, loan_of(&new_loans, &share.unit)),
+            )
+        });
         match (&state, current, desired) {
             (MemberState::Ready, Some(c), _) if c.deleting() => {
                 waiting.push(format!(
@@ -447,15 +509,110 @@ pub fn project(o: &Observed) -> Projection {
         },
     );
     status.rollout = Some(decision.status);
+    for row in &mut status.units {
+        row.lent_replicas = loan_plan
+            .loans
+            .iter()
+            .filter(|l| l.from == row.name)
+            .map(|l| l.replicas)
+            .sum();
+        row.borrowed_replicas = loan_plan
+            .loans
+            .iter()
+            .filter(|l| l.to == row.name)
+            .map(|l| l.replicas)
+            .sum();
+    }
+    set_rescheduled(&mut status.conditions, &loan_plan.loans, generation, &o.now);
+    status.loans = loan_plan.loans;
+    let mut events = decision.events;
+    events.extend(loan_plan.events);
+    // Loans wait on time (initial delay, stabilisation, toleration) and on capacity the probes
+    // refresh: while one may be due, look again soon.
+    let policy = loan_policy(cd);
+    let pending = facts
+        .iter()
+        .any(|f| f.unschedulable > 0 || f.not_ready_since.is_some())
+        || !status.loans.is_empty();
+    let recheck = (pending && (policy.reschedule.is_some() || policy.failover.is_some()))
+        .then_some(std::time::Duration::from_secs(1));
     Projection {
         writes,
         status,
         waiting,
         reset_confirmation: decision.reset_confirmation,
-        events: decision.events,
-        recheck: decision.recheck,
+        events,
+        recheck: [decision.recheck, recheck].into_iter().flatten().min(),
     }
 }
+
+/// The reschedule and failover rules of a CafeDeployment.
+fn loan_policy(cd: &CafeDeployment) -> loans::Policy {
+    let secs = |s: i32| std::time::Duration::from_secs(u64::try_from(s).unwrap_or(0));
+    let topology = &cd.spec.topology;
+    loans::Policy {
+        reschedule: topology
+            .auto_reschedule
+            .as_ref()
+            .filter(|r| r.enable)
+            .map(|r| loans::Reschedule {
+                initial_delay: secs(r.initial_delay_seconds),
+                move_back: r.move_back,
+                stabilization: secs(r.stabilization_seconds),
+            }),
+        failover: topology
+            .failover
+            .as_ref()
+            .filter(|f| f.enable)
+            .map(|f| secs(f.toleration_seconds)),
+    }
+}
+
+/// `Rescheduled`: True while some unit runs replicas for another, saying which and why.
+fn set_rescheduled(
+    conditions: &mut Vec<Condition>,
+    loans: &[crate::api::Loan],
+    generation: Option<i64>,
+    now: &Time,
+) {
+    if loans.is_empty() {
+        remove_condition(conditions, RESCHEDULED);
+        return;
+    }
+    let reason = if loans.iter().any(|l| l.reason == loans::FAILOVER) {
+        "Failover"
+    } else {
+        "Unschedulable"
+    };
+    let message = loans
+        .iter()
+        .map(|l| {
+            format!(
+                "{} runs {} of {}'s replicas ({}{})",
+                l.to,
+                l.replicas,
+                l.from,
+                l.reason,
+                if l.returning { ", returning" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    set_condition(
+        conditions,
+        Condition {
+            type_: RESCHEDULED.into(),
+            status: "True".into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        },
+    );
+}
+
+/// Condition type set while replicas run in another unit than their own.
+pub const RESCHEDULED: &str = "Rescheduled";
 
 /// The rollout's view of a unit's InPlaceSet.
 fn set_observed(set: &InPlaceSet) -> SetObserved {
@@ -601,6 +758,9 @@ mod tests {
 
     fn member(name: &str, unit: &str) -> MemberView {
         MemberView {
+            not_ready_since: None,
+            cordoned: false,
+            capacity: None,
             name: name.into(),
             labels: BTreeMap::from([(unit_label("DataCenter"), unit.to_string())]),
             deleting: false,

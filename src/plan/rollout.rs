@@ -205,6 +205,23 @@ pub struct UnitObserved {
     /// Why the member is not usable; `None` when it is Ready.
     pub unreachable: Option<String>,
     pub set: Option<SetObserved>,
+    /// Replicas the unit runs beyond (+) or below (-) its share for loans (see `plan::loans`);
+    /// its InPlaceSet is asked for [`with_loan`] of the rollout's target.
+    pub loan: i32,
+}
+
+/// A unit's target adjusted by its loan: borrowed replicas are extra pods (created at the
+/// update revision); lent ones are pods the unit does not run, taken from the old ones it would
+/// have kept first, so the groups it still owes stay as they were.
+pub fn with_loan(target: UnitTarget, loan: i32) -> UnitTarget {
+    UnitTarget {
+        replicas: (target.replicas + loan).max(0),
+        partition: if loan < 0 {
+            (target.partition + loan).max(0)
+        } else {
+            target.partition
+        },
+    }
 }
 
 impl UnitObserved {
@@ -554,13 +571,17 @@ fn unit_progress(status: &RolloutStatus, k: i32) -> String {
 fn group_complete(status: &RolloutStatus, input: &RolloutInput<'_>, k: i32) -> bool {
     status.units.iter().zip(input.units).all(|(row, u)| {
         let work = work_of(row);
-        let want = work.targets(released(&status.batches, &row.name, k));
+        let want = with_loan(
+            work.targets(released(&status.batches, &row.name, k)),
+            u.loan,
+        );
         let applied = u.set.as_ref().is_some_and(|s| {
             s.replicas == want.replicas
                 && s.partition == want.partition
                 && s.status_replicas == want.replicas
         });
-        let needed = work.already() + released(&status.batches, &row.name, k);
+        // Lent pods run elsewhere: a unit cannot show more than it runs.
+        let needed = (work.already() + released(&status.batches, &row.name, k)).min(want.replicas);
         let nothing_to_do = want.replicas == 0 && u.set.is_none();
         nothing_to_do
             || (applied
@@ -576,9 +597,12 @@ fn fresh_plan(input: &RolloutInput<'_>) -> RolloutStatus {
         .units
         .iter()
         .map(|u| {
-            // What the unit already has is what its InPlaceSet asks for: a pod being replaced
-            // right now is not new work.
-            let (observed, updated) = u.set.as_ref().map_or((0, 0), |s| (s.replicas, s.updated));
+            // What the unit already has is what its InPlaceSet asks for, less what it runs for
+            // loans: a pod being replaced right now is not new work.
+            let (observed, updated) = u
+                .set
+                .as_ref()
+                .map_or((0, 0), |s| ((s.replicas - u.loan).max(0), s.updated));
             UnitWork::new(&u.unit, u.target, observed, updated)
         })
         .collect();
@@ -645,12 +669,12 @@ fn planning(
             let target = match &u.set {
                 // Already on this revision: nothing to hold back.
                 Some(s) if u.reports(input.revision) => UnitTarget {
-                    replicas: s.replicas,
+                    replicas: (s.replicas - u.loan).max(0),
                     partition: s.partition,
                 },
                 // The new template arrives with every pod held on its revision.
                 Some(s) => UnitTarget {
-                    replicas: s.replicas,
+                    replicas: (s.replicas - u.loan).max(0),
                     partition: s.replicas,
                 },
                 None => UnitTarget {
@@ -699,7 +723,8 @@ fn planning(
     }
 }
 
-/// Each reachable unit's InPlaceSet replicas and partition for the groups released so far.
+/// Each reachable unit's InPlaceSet replicas and partition for the groups released so far,
+/// before loans.
 fn targets(status: &RolloutStatus, input: &RolloutInput<'_>) -> BTreeMap<String, UnitTarget> {
     status
         .units

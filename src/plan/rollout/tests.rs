@@ -350,6 +350,7 @@ proptest! {
                 cluster: u.name.to_lowercase(),
                 target: u.target,
                 unreachable: None,
+                loan: 0,
                 set: u.spec.map(|_| u.observed(revision)),
             }).collect();
             let before = status.as_ref().map(|s| s.current_batch);
@@ -421,6 +422,7 @@ fn a_stale_confirmation_never_skips_a_group() {
         cluster: "dca".into(),
         target: 4,
         unreachable: None,
+        loan: 0,
         set: Some(SetObserved {
             replicas: spec.replicas,
             partition: spec.partition,
@@ -500,6 +502,7 @@ fn a_missed_deadline_stalls_until_the_user_acts() {
         cluster: "dca".into(),
         target: 2,
         unreachable: None,
+        loan: 0,
         set: Some(SetObserved {
             replicas: 2,
             partition: 1,
@@ -560,6 +563,7 @@ fn an_unreachable_member_freezes_the_rollout() {
             cluster: "dca".into(),
             target: 2,
             unreachable: None,
+            loan: 0,
             set: None,
         },
         UnitObserved {
@@ -567,6 +571,7 @@ fn an_unreachable_member_freezes_the_rollout() {
             cluster: "dcb".into(),
             target: 2,
             unreachable: None,
+            loan: 0,
             set: None,
         },
     ];
