@@ -12,27 +12,27 @@
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::CafeDeployment;
 use crate::api::labels::{CAFEDEPLOYMENT, HUB_MANAGER, REVISION};
 use crate::plan::revision::revision_hash;
+use crate::runtime::api_cause;
+use crate::runtime::controller_revision::{self, DeleteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("CafeDeployment {0} has no namespace or uid; it was not read from the API")]
     NotFromApi(String),
-    #[error("listing the ControllerRevisions of CafeDeployment {cd}: {}", cause(.source))]
+    #[error("listing the ControllerRevisions of CafeDeployment {cd}: {}", api_cause(.source))]
     List {
         cd: String,
         #[source]
         source: kube::Error,
     },
-    #[error("creating ControllerRevision {name}: {}", cause(.source))]
+    #[error("creating ControllerRevision {name}: {}", api_cause(.source))]
     Create {
         name: String,
         #[source]
@@ -43,13 +43,13 @@ pub enum HistoryError {
          one left by a deleted namesake goes with garbage collection, anything else: delete it"
     )]
     Taken { name: String, cd: String },
-    #[error("renumbering ControllerRevision {name}: {}", cause(.source))]
+    #[error("renumbering ControllerRevision {name}: {}", api_cause(.source))]
     Renumber {
         name: String,
         #[source]
         source: kube::Error,
     },
-    #[error("deleting ControllerRevision {name}: {}", cause(.source))]
+    #[error("deleting ControllerRevision {name}: {}", api_cause(.source))]
     Delete {
         name: String,
         #[source]
@@ -86,14 +86,6 @@ impl HistoryError {
     }
 }
 
-/// The API server's own words for a failed request (its Status message), else the error.
-fn cause(err: &kube::Error) -> String {
-    match err {
-        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// The name of the ControllerRevision holding template `hash` of CafeDeployment `cd`.
 pub fn revision_name(cd: &str, hash: &str) -> String {
     format!("{cd}-{hash}")
@@ -113,26 +105,18 @@ fn key(cd: &CafeDeployment) -> String {
 /// when `cd` lacks a namespace or uid (it was not read from the API).
 pub fn snapshot(cd: &CafeDeployment, number: i64) -> Option<ControllerRevision> {
     let hash = revision_hash(&cd.spec.template);
-    // blockOwnerDeletion: a foreground deletion of the CafeDeployment waits for its history.
-    let owner = OwnerReference {
-        block_owner_deletion: Some(true),
-        ..cd.controller_owner_ref(&())?
-    };
     let labels = [
         (CAFEDEPLOYMENT.to_string(), cd.name_any()),
         (REVISION.to_string(), hash.clone()),
     ];
-    Some(ControllerRevision {
-        metadata: ObjectMeta {
-            name: Some(revision_name(&cd.name_any(), &hash)),
-            namespace: Some(cd.namespace()?),
-            labels: Some(labels.into()),
-            owner_references: Some(vec![owner]),
-            ..ObjectMeta::default()
-        },
-        data: Some(RawExtension(json!({ "template": cd.spec.template }))),
-        revision: number,
-    })
+    Some(controller_revision::build(
+        cd.controller_owner_ref(&())?,
+        &cd.namespace()?,
+        &revision_name(&cd.name_any(), &hash),
+        labels.into(),
+        &cd.spec.template,
+        number,
+    ))
 }
 
 /// What keeping template `hash` in the history takes.
@@ -233,10 +217,7 @@ pub fn template_of(cr: &ControllerRevision) -> Result<serde_json::Value, History
         name: cr.name_any(),
         problem,
     };
-    let template = cr
-        .data
-        .as_ref()
-        .and_then(|d| d.0.get("template"))
+    let template = controller_revision::stored_template(cr)
         .cloned()
         .ok_or_else(|| bad("no data.template".into()))?;
     serde_json::from_value::<PodTemplateSpec>(template.clone()).map_err(|e| bad(e.to_string()))?;
@@ -321,36 +302,17 @@ pub async fn record(client: &Client, cd: &CafeDeployment) -> Result<(), HistoryE
             history.push(renumbered);
         }
     }
-    for name in to_prune(&history, &hash, cd.spec.history_limit) {
-        let exactly = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: history
-                    .iter()
-                    .find(|cr| cr.name_any() == name)
-                    .and_then(|cr| cr.uid()),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &exactly).await {
-            Ok(_) => tracing::info!(revision = %format!("{namespace}/{name}"),
-                                    "deleted a revision beyond historyLimit"),
-            // Gone already, or the name holds another object now (uid precondition).
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(source) => {
-                return Err(HistoryError::Delete {
-                    name: format!("{namespace}/{name}"),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
+    let doomed = to_prune(&history, &hash, cd.spec.history_limit);
+    let logged_as = "deleted a revision beyond historyLimit";
+    controller_revision::delete_listed(&api, &namespace, &history, doomed, logged_as)
+        .await
+        .map_err(|DeleteError { name, source }| HistoryError::Delete { name, source })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 
     fn cd(image: &str) -> CafeDeployment {
         serde_json::from_value(json!({

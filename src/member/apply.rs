@@ -20,32 +20,33 @@ use super::lifecycle::label_of;
 use crate::api::labels::{LIFECYCLE_SINCE, LIFECYCLE_STATE, MEMBER_MANAGER, READINESS_GATE};
 use crate::plan::scale::{PodId, slow_start_batches};
 use crate::plan::update::Stage;
+use crate::runtime::api_cause;
 
 /// Pod writes in flight at once for one InPlaceSet.
 const PARALLEL_WRITES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("creating a pod for InPlaceSet {inplaceset}: {}", cause(.source))]
+    #[error("creating a pod for InPlaceSet {inplaceset}: {}", api_cause(.source))]
     Create {
         inplaceset: String,
         #[source]
         source: kube::Error,
     },
-    #[error("deleting pod {pod}: {}", cause(.source))]
+    #[error("deleting pod {pod}: {}", api_cause(.source))]
     Delete {
         pod: String,
         #[source]
         source: kube::Error,
     },
-    #[error("setting readiness gate {READINESS_GATE}={value} on pod {pod}: {}", cause(.source))]
+    #[error("setting readiness gate {READINESS_GATE}={value} on pod {pod}: {}", api_cause(.source))]
     Gate {
         pod: String,
         value: bool,
         #[source]
         source: kube::Error,
     },
-    #[error("{action} pod {pod}: {}", cause(.source))]
+    #[error("{action} pod {pod}: {}", api_cause(.source))]
     Update {
         pod: String,
         action: String,
@@ -73,14 +74,6 @@ impl ApplyError {
             Self::Gate { .. } => "FailedReadinessGate",
             Self::Update { .. } => "FailedUpdate",
         }
-    }
-}
-
-/// The API server's own words for an API error; the error's text otherwise.
-pub fn cause(err: &kube::Error) -> String {
-    match err {
-        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        other => other.to_string(),
     }
 }
 

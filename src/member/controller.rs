@@ -17,7 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{self, ApplyError, PodWrite, Target, cause};
+use super::apply::{self, ApplyError, PodWrite, Target};
 use super::expectations::{self, Expectations, Seen};
 use super::inplace::{self, InPlaceChange, UpdatePath};
 use super::pod::{self, PodView};
@@ -28,6 +28,7 @@ use crate::api::InPlaceSet;
 use crate::api::labels::{MEMBER_MANAGER, REVISION};
 use crate::plan::revision::revision_hash;
 use crate::plan::update::Stage;
+use crate::runtime::api_cause;
 
 /// Look again at every InPlaceSet this often even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -48,7 +49,7 @@ pub enum ReconcileError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Revision(#[from] RevisionError),
-    #[error("writing the status of InPlaceSet {inplaceset}: {}", cause(.source))]
+    #[error("writing the status of InPlaceSet {inplaceset}: {}", api_cause(.source))]
     Status {
         inplaceset: String,
         #[source]

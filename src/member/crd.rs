@@ -52,7 +52,7 @@ pub async fn wait_established(
                     source: kube::Error::Api(s),
                 });
             }
-            Err(e) => format!("not readable yet ({})", super::apply::cause(&e)),
+            Err(e) => format!("not readable yet ({})", crate::runtime::api_cause(&e)),
         };
         let now = tokio::time::Instant::now();
         if last_log.is_none_or(|t| now.duration_since(t) >= REMIND) {
@@ -79,7 +79,7 @@ pub async fn resize_supported(client: &kube::Client, shutdown: &CancellationToke
             }
             Err(e) => tracing::info!(
                 "reading API discovery for pods/resize: {}; retrying",
-                super::apply::cause(&e)
+                crate::runtime::api_cause(&e)
             ),
         }
         tokio::select! {

@@ -27,7 +27,7 @@ pub enum MemberError {
     #[error(
         "checking that CRD {crd} is installed: {}; the member agent needs `get` on \
          customresourcedefinitions and a reachable API server",
-        apply::cause(.source)
+        crate::runtime::api_cause(.source)
     )]
     CrdCheck {
         crd: String,

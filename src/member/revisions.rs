@@ -15,29 +15,27 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 
-use super::apply::cause;
 use crate::api::InPlaceSet;
 use crate::api::labels::{INPLACESET, MEMBER_MANAGER, REVISION};
+use crate::runtime::api_cause;
+use crate::runtime::controller_revision::{self, DeleteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RevisionError {
     #[error("InPlaceSet {0} has no namespace or uid; it was not read from the API")]
     NotFromApi(String),
-    #[error("creating ControllerRevision {name}: {}", cause(.source))]
+    #[error("creating ControllerRevision {name}: {}", api_cause(.source))]
     Create {
         name: String,
         #[source]
         source: kube::Error,
     },
-    #[error("reading ControllerRevision {name}, which already exists: {}", cause(.source))]
+    #[error("reading ControllerRevision {name}, which already exists: {}", api_cause(.source))]
     Read {
         name: String,
         #[source]
@@ -50,14 +48,14 @@ pub enum RevisionError {
     Foreign { name: String },
     #[error(
         "replacing ControllerRevision {name}, left by an earlier InPlaceSet of the same name: {}",
-        cause(.source)
+        api_cause(.source)
     )]
     Replace {
         name: String,
         #[source]
         source: kube::Error,
     },
-    #[error("deleting ControllerRevision {name}: {}", cause(.source))]
+    #[error("deleting ControllerRevision {name}: {}", api_cause(.source))]
     Delete {
         name: String,
         #[source]
@@ -144,37 +142,24 @@ pub fn template_of(
     if !belongs_to(&cr, ips) || cr.labels().get(REVISION).map(String::as_str) != Some(revision) {
         return None;
     }
-    let template = cr.data.as_ref()?.0.get("template")?.clone();
-    serde_json::from_value(template).ok()
+    controller_revision::template(&cr)
 }
 
 /// The ControllerRevision holding the current template of `ips` as `revision`, numbered
 /// `number`; `None` when `ips` lacks a uid or namespace (it was not read from the API).
 pub fn build(ips: &InPlaceSet, revision: &str, number: i64) -> Option<ControllerRevision> {
-    // blockOwnerDeletion: foreground deletion of the InPlaceSet waits for its history, as for
-    // a StatefulSet's.
-    let owner = OwnerReference {
-        block_owner_deletion: Some(true),
-        ..ips.controller_owner_ref(&())?
-    };
-    let template = serde_json::to_value(&ips.spec.template).ok()?;
-    Some(ControllerRevision {
-        metadata: ObjectMeta {
-            name: Some(name(&ips.name_any(), revision)),
-            namespace: Some(ips.namespace()?),
-            labels: Some(
-                [
-                    (INPLACESET.to_string(), ips.name_any()),
-                    (REVISION.to_string(), revision.to_string()),
-                ]
-                .into(),
-            ),
-            owner_references: Some(vec![owner]),
-            ..ObjectMeta::default()
-        },
-        data: Some(RawExtension(json!({ "template": template }))),
-        revision: number,
-    })
+    let labels = [
+        (INPLACESET.to_string(), ips.name_any()),
+        (REVISION.to_string(), revision.to_string()),
+    ];
+    Some(controller_revision::build(
+        ips.controller_owner_ref(&())?,
+        &ips.namespace()?,
+        &name(&ips.name_any(), revision),
+        labels.into(),
+        &ips.spec.template,
+        number,
+    ))
 }
 
 fn params() -> PostParams {
@@ -229,15 +214,13 @@ pub async fn ensure(
         return Err(RevisionError::Foreign { name: key });
     }
     // Left by a deleted InPlaceSet of the same name: its garbage collection may not have
-    // reached it yet. The uid precondition deletes exactly the object read.
-    let exactly_that = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: existing.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&name, &exactly_that).await {
+    // reached it yet. The uid precondition deletes exactly the object read; unlike
+    // `controller_revision::delete_exactly`, a 409 (the name holds yet another object) is an
+    // error here, as there is then nothing this InPlaceSet may replace.
+    match api
+        .delete(&name, &controller_revision::exactly(existing.uid()))
+        .await
+    {
         Ok(_) => {}
         Err(e) if is_status(&e, 404) => {}
         Err(source) => return Err(RevisionError::Replace { name: key, source }),
@@ -295,38 +278,18 @@ pub async fn prune(
     let owned = owned(cache, ips);
     let doomed = prunable(owned.iter().map(AsRef::as_ref), in_use, revision, keep);
     let namespace = ips.namespace().unwrap_or_default();
-    for name in doomed {
-        let uid = owned
-            .iter()
-            .find(|cr| cr.name_any() == name)
-            .and_then(|cr| cr.uid());
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid,
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => tracing::info!(revision = %format!("{namespace}/{name}"),
-                                    "deleted an old ControllerRevision"),
-            // Gone already, or the name now holds another object (uid precondition).
-            Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
-            Err(source) => {
-                return Err(RevisionError::Delete {
-                    name: format!("{namespace}/{name}"),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
+    let logged_as = "deleted an old ControllerRevision";
+    controller_revision::delete_listed(api, &namespace, &owned, doomed, logged_as)
+        .await
+        .map_err(|DeleteError { name, source }| RevisionError::Delete { name, source })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
     use kube::runtime::watcher::Event;
+    use serde_json::json;
 
     fn ips(uid: &str) -> InPlaceSet {
         serde_json::from_value(json!({

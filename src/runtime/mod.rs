@@ -1,5 +1,42 @@
-//! Cross-cutting parts of every long-running command: logging, kubeconfigs, shutdown.
+//! Cross-cutting parts of every command: logging, kubeconfigs, shutdown, ControllerRevisions,
+//! and the wording of API errors.
 
+pub mod controller_revision;
 pub mod kubeconfig;
 pub mod logging;
 pub mod shutdown;
+
+/// The API server's own words for a failed request (its Status message), else the error's
+/// text: the Status message says what was refused and why, where the error's own text wraps it
+/// in details of the transport.
+pub fn api_cause(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    #[test]
+    fn api_cause_prefers_the_servers_message() {
+        let refused = kube::Error::Api(
+            Status::failure("controllerrevisions \"x\" already exists", "AlreadyExists")
+                .with_code(409)
+                .boxed(),
+        );
+        assert_eq!(
+            api_cause(&refused),
+            "controllerrevisions \"x\" already exists"
+        );
+
+        let silent = kube::Error::Api(Status::failure("", "InternalError").with_code(500).boxed());
+        assert_eq!(api_cause(&silent), silent.to_string());
+
+        let other = kube::Error::LinesCodecMaxLineLengthExceeded;
+        assert_eq!(api_cause(&other), other.to_string());
+    }
+}

@@ -68,10 +68,15 @@ impl Hub {
     /// Sim up, CRDs on the hub (CafeDeployment, MemberCluster) and every member (InPlaceSet),
     /// members registered (not yet Ready: no hub runs).
     pub async fn start() -> Hub {
-        let sim = start_sim(THREE_MEMBERS).await;
+        Hub::start_with(THREE_MEMBERS, &MEMBERS).await
+    }
+
+    /// As [`Hub::start`], with the clusters of `config` and its `members` (name, unit).
+    pub async fn start_with(config: &str, members_of: &[(&str, &str)]) -> Hub {
+        let sim = start_sim(config).await;
         let hub = client(&sim, "hub").await;
         let mut members = BTreeMap::new();
-        for (name, _) in MEMBERS {
+        for (name, _) in members_of {
             members.insert(name.to_string(), client(&sim, name).await);
         }
         // Only the CRDs each side serves, all clusters at once: CRD creation is the slow part of
@@ -87,7 +92,7 @@ impl Hub {
             members,
             running: None,
         };
-        for (name, unit) in MEMBERS {
+        for (name, unit) in members_of {
             let kubeconfig = fixture.sim.kubeconfig(Some(name));
             fixture.register(name, unit, &kubeconfig).await;
         }
@@ -212,7 +217,7 @@ impl Hub {
     }
 
     pub async fn wait_members_ready(&self) {
-        for (name, _) in MEMBERS {
+        for name in self.members.keys() {
             self.wait_member(name, "True", "Probed").await;
         }
     }
