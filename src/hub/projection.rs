@@ -354,10 +354,11 @@ pub fn project(o: &Observed) -> Projection {
                 .targets
                 .get(&share.unit)
                 .map(|t| rollout::with_loan(*t, u.loan).replicas);
-            let settled = u
-                .set
-                .as_ref()
-                .is_some_and(|s| s.synced && Some(s.replicas) == asked);
+            // Pods on their way out (a scale-in) still show until they are deleted: only once
+            // the unit runs what it is asked do its unschedulable pods mean a shortage.
+            let settled = u.set.as_ref().is_some_and(|s| {
+                s.synced && Some(s.replicas) == asked && Some(s.status_replicas) == asked
+            });
             UnitFacts {
                 unit: share.unit.clone(),
                 base: share.replicas,

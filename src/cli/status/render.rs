@@ -93,18 +93,40 @@ pub fn render_one(cd: &CafeDeployment) -> String {
             ]);
         }
         out.push_str(&render_table(&rows));
-        for u in &status.units {
-            if u.lent_replicas > 0 {
-                out.push_str(&format!(
-                    "{} lends {} replica(s) to other units\n",
-                    u.name, u.lent_replicas
-                ));
-            }
-            if u.borrowed_replicas > 0 {
-                out.push_str(&format!(
-                    "{} runs {} replica(s) borrowed from other units\n",
-                    u.name, u.borrowed_replicas
-                ));
+        // Each loan, and why: what a reader needs to tell a reschedule from a failover.
+        for loan in &status.loans {
+            out.push_str(&format!(
+                "{} lent {} to {}: {}{} since {}{}\n",
+                loan.from,
+                loan.replicas,
+                loan.to,
+                loan.reason,
+                if loan.returning {
+                    ", on its way back"
+                } else {
+                    ""
+                },
+                loan.since.0,
+                loan.message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default(),
+            ));
+        }
+        if status.loans.is_empty() {
+            for u in &status.units {
+                if u.lent_replicas > 0 {
+                    out.push_str(&format!(
+                        "{} lends {} replica(s) to other units\n",
+                        u.name, u.lent_replicas
+                    ));
+                }
+                if u.borrowed_replicas > 0 {
+                    out.push_str(&format!(
+                        "{} runs {} replica(s) borrowed from other units\n",
+                        u.name, u.borrowed_replicas
+                    ));
+                }
             }
         }
     }

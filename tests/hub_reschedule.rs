@@ -1,0 +1,358 @@
+//! Capacity follows demand, end to end with real pods: a unit short of room lends its
+//! unschedulable replicas to a unit with room and takes them back when room returns (the
+//! borrower lets go only after the lender's pods serve); a member lost for longer than its
+//! toleration has its replicas carried by the others; loans survive a hub restart.
+
+mod common;
+mod hub_support;
+mod pod_timeline;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE, UNIT};
+use cafe::api::{CafeDeployment, Loan, MemberCluster};
+use common::wait_for;
+use hub_support::{Hub, condition, ready_of};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Resource, ResourceExt};
+use pod_timeline::{Snap, Timeline};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// DCA has room for 10 pods of 100m CPU, DCB's node for only 2.
+const SHORT_DCB: &str = r#"
+kubelet: {startMillis: 50, restartMillis: 50}
+clusters:
+  - name: hub
+    role: hub
+  - name: dca
+    role: member
+    units: {DataCenter: DCA}
+    nodes: [{count: 1, cpu: "1", memory: 16Gi, pods: 110}]
+  - name: dcb
+    role: member
+    units: {DataCenter: DCB}
+    nodes: [{count: 1, cpu: "200m", memory: 16Gi, pods: 110}]
+"#;
+
+const ROOMY: &str = r#"
+kubelet: {startMillis: 50, restartMillis: 50}
+clusters:
+  - name: hub
+    role: hub
+  - name: dca
+    role: member
+    units: {DataCenter: DCA}
+    nodes: [{count: 2, cpu: "8", memory: 16Gi, pods: 110}]
+  - name: dcb
+    role: member
+    units: {DataCenter: DCB}
+    nodes: [{count: 2, cpu: "8", memory: 16Gi, pods: 110}]
+"#;
+
+const UNITS: [(&str, &str); 2] = [("dca", "DCA"), ("dcb", "DCB")];
+
+fn deployment(replicas: i32, topology: Value) -> CafeDeployment {
+    let mut t = json!({"unitType": "DataCenter", "values": ["DCA", "DCB"]});
+    for (k, v) in topology.as_object().unwrap() {
+        t[k] = v.clone();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "apps.cafe.io/v1alpha1",
+        "kind": "CafeDeployment",
+        "metadata": {"name": "demo", "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "demo"}},
+            "template": {
+                "metadata": {"labels": {"app": "demo"}},
+                "spec": {"containers": [{"name": "app", "image": "demo:1",
+                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
+            },
+            "topology": t,
+            "strategy": {"upgradeType": "Batch", "batchSize": "100%", "maxUnavailablePerUnit": 1},
+        },
+    }))
+    .expect("a CafeDeployment")
+}
+
+async fn start(config: &str, cd: &CafeDeployment) -> (Hub, tokio_util::sync::CancellationToken) {
+    let mut h = Hub::start_with(config, &UNITS).await;
+    let agents = h.run_member_agents(&["dca", "dcb"]);
+    h.run_hub();
+    h.wait_members_ready().await;
+    h.deployments()
+        .create(&PostParams::default(), cd)
+        .await
+        .unwrap();
+    (h, agents)
+}
+
+fn serving(p: &Pod) -> bool {
+    let conds = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let is = |t: &str| conds.iter().any(|c| c.type_ == t && c.status == "True");
+    is("Ready")
+        && is(READINESS_GATE)
+        && p.metadata.deletion_timestamp.is_none()
+        && p.labels().get(LIFECYCLE_STATE).map(String::as_str) == Some("Normal")
+}
+
+async fn serving_in(h: &Hub, member: &str) -> usize {
+    let pods: Api<Pod> = Api::namespaced(h.members[member].clone(), "default");
+    pods.list(&ListParams::default().labels(UNIT))
+        .await
+        .map(|l| l.items.iter().filter(|p| serving(p)).count())
+        .unwrap_or(0)
+}
+
+/// Waits until DCA and DCB serve exactly these numbers of pods.
+async fn wait_serving(h: &Hub, dca: usize, dcb: usize) {
+    wait_for(
+        &format!("DCA {dca} and DCB {dcb} serving"),
+        WAIT,
+        || async {
+            (serving_in(h, "dca").await == dca && serving_in(h, "dcb").await == dcb).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn loans(h: &Hub) -> Vec<Loan> {
+    h.deployments()
+        .get("demo")
+        .await
+        .ok()
+        .and_then(|cd| cd.status)
+        .map(|s| s.loans)
+        .unwrap_or_default()
+}
+
+async fn set_replicas(h: &Hub, member: &str) -> i32 {
+    h.sets(member).get("demo").await.unwrap().spec.replicas
+}
+
+/// The fewest pods serving across both members at any instant both timelines saw, from the
+/// first instant at which `floor` served.
+fn fewest_serving(timelines: &[&Timeline], floor: usize) -> usize {
+    let mut all: Vec<Snap> = timelines.iter().flat_map(|t| t.snaps()).collect();
+    all.sort_by_key(|s| s.at);
+    let mut now: BTreeMap<String, Snap> = BTreeMap::new();
+    let mut started = false;
+    let mut fewest = usize::MAX;
+    for s in all {
+        if s.gone {
+            now.remove(&s.uid);
+        } else {
+            now.insert(s.uid.clone(), s);
+        }
+        let serving = now.values().filter(|s| s.serving()).count();
+        started |= serving >= floor;
+        if started {
+            fewest = fewest.min(serving);
+        }
+    }
+    fewest
+}
+
+#[tokio::test]
+async fn a_unit_short_of_room_lends_its_replicas_and_takes_them_back_when_a_node_arrives() {
+    let cd = deployment(
+        10,
+        json!({"autoReschedule": {"enable": true, "initialDelaySeconds": 2, "stabilizationSeconds": 2}}),
+    );
+    let (mut h, agents) = start(SHORT_DCB, &cd).await;
+
+    // DCB fits 2 of its 5; after 2 s its other 3 run in DCA.
+    wait_serving(&h, 8, 2).await;
+    let lent = loans(&h).await;
+    assert_eq!(lent.len(), 1, "{lent:?}");
+    assert_eq!(
+        (lent[0].from.as_str(), lent[0].to.as_str(), lent[0].replicas),
+        ("DCB", "DCA", 3)
+    );
+    assert_eq!(lent[0].reason, "Unschedulable");
+    let cd = h.deployments().get("demo").await.unwrap();
+    let units = cd.status.clone().unwrap().units;
+    assert_eq!((units[1].name.as_str(), units[1].lent_replicas), ("DCB", 3));
+    assert_eq!(
+        (units[0].name.as_str(), units[0].borrowed_replicas),
+        ("DCA", 3)
+    );
+    assert!(condition(&cd, "Rescheduled").is_some_and(|c| c.status == "True"));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cafe"))
+        .args(["status", "demo", "--kubeconfig"])
+        .arg(
+            h.sim
+                .publish(
+                    &std::env::temp_dir().join(format!("cafe-resched-{}", std::process::id())),
+                    Some("hub"),
+                )
+                .await
+                .unwrap(),
+        )
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("DCB lent 3"),
+        "cafe status shows the loan: {text}"
+    );
+
+    // A hub restart neither forgets nor repeats the loan. A harmless spec change (a new
+    // generation) proves the new hub has reconciled the CafeDeployment.
+    let writes = (h.set_writes("dca"), h.set_writes("dcb"));
+    h.kill_hub().await;
+    h.run_hub();
+    let changed = h
+        .deployments()
+        .patch(
+            "demo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"strategy": {"progressDeadlineSeconds": 601}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the new hub to observe the new generation",
+        WAIT,
+        || async {
+            let cd = h.deployments().get("demo").await.ok()?;
+            (cd.status?.observed_generation == changed.meta().generation).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(loans(&h).await, lent, "the same loan after the restart");
+    assert_eq!(
+        (set_replicas(&h, "dca").await, set_replicas(&h, "dcb").await),
+        (8, 2)
+    );
+    assert_eq!(
+        (h.set_writes("dca"), h.set_writes("dcb")),
+        writes,
+        "the restarted hub wrote no InPlaceSet"
+    );
+
+    // A Node joins DCB: the 3 go back, DCB first, DCA only once DCB's serve.
+    let dca = Timeline::start(h.members["dca"].clone(), "default").await;
+    let dcb = Timeline::start(h.members["dcb"].clone(), "default").await;
+    let nodes: Api<Node> = Api::all(h.members["dcb"].clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "dcb-node-2"}})).unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    wait_serving(&h, 5, 5).await;
+    wait_for("the loan ended", WAIT, || async {
+        loans(&h).await.is_empty().then_some(())
+    })
+    .await;
+    let fewest = fewest_serving(&[&dca, &dcb], 10);
+    assert!(
+        fewest >= 10,
+        "only {fewest} pods served at some instant during the return"
+    );
+    let cd = h.deployments().get("demo").await.unwrap();
+    assert!(condition(&cd, "Rescheduled").is_none());
+    dca.stop();
+    dcb.stop();
+    h.stop_hub().await;
+    agents.cancel();
+}
+
+#[tokio::test]
+async fn a_member_lost_past_its_toleration_has_its_replicas_carried_until_it_returns() {
+    let cd = deployment(
+        6,
+        json!({"failover": {"enable": true, "tolerationSeconds": 3}}),
+    );
+    let (mut h, agents) = start(ROOMY, &cd).await;
+    wait_serving(&h, 3, 3).await;
+    let dcb_generation = h.sets("dcb").get("demo").await.unwrap().meta().generation;
+    let dca = Timeline::start(h.members["dca"].clone(), "default").await;
+
+    h.sim
+        .cluster("dcb")
+        .unwrap()
+        .faults
+        .outage(Duration::from_secs(15));
+    // DCA carries DCB's 3.
+    wait_for("DCA runs 6", WAIT, || async {
+        (serving_in(&h, "dca").await == 6).then_some(())
+    })
+    .await;
+    let carried = loans(&h).await;
+    assert_eq!(carried.len(), 1);
+    assert_eq!(
+        (carried[0].reason.as_str(), carried[0].replicas),
+        ("Failover", 3)
+    );
+
+    // DCB comes back with its pods: the extra replicas in DCA go.
+    let mcs: Api<MemberCluster> = Api::all(h.hub.clone());
+    wait_for("dcb Ready again", WAIT, || async {
+        ready_of(&mcs.get("dcb").await.ok()?)
+            .is_some_and(|c| c.status == "True")
+            .then_some(())
+    })
+    .await;
+    wait_for("the failover ended", WAIT, || async {
+        loans(&h).await.is_empty().then_some(())
+    })
+    .await;
+    wait_serving(&h, 3, 3).await;
+    assert_eq!(
+        h.sets("dcb").get("demo").await.unwrap().meta().generation,
+        dcb_generation,
+        "the lost member was never written to"
+    );
+    let min_dca = fewest_serving(&[&dca], 3);
+    assert!(
+        min_dca >= 3,
+        "DCA never dropped below its own share ({min_dca})"
+    );
+    dca.stop();
+    h.stop_hub().await;
+    agents.cancel();
+}
+
+#[tokio::test]
+async fn an_outage_shorter_than_the_toleration_moves_nothing() {
+    let cd = deployment(
+        6,
+        json!({"failover": {"enable": true, "tolerationSeconds": 30}}),
+    );
+    let (mut h, agents) = start(ROOMY, &cd).await;
+    wait_serving(&h, 3, 3).await;
+    let mcs: Api<MemberCluster> = Api::all(h.hub.clone());
+    h.sim
+        .cluster("dcb")
+        .unwrap()
+        .faults
+        .outage(Duration::from_secs(4));
+    wait_for("dcb seen NotReady", WAIT, || async {
+        ready_of(&mcs.get("dcb").await.ok()?)
+            .is_some_and(|c| c.status != "True")
+            .then_some(())
+    })
+    .await;
+    // Until it is back, no loan appears and DCA keeps its 3.
+    wait_for("dcb Ready again", WAIT, || async {
+        assert!(loans(&h).await.is_empty(), "a short outage moved replicas");
+        assert_eq!(set_replicas(&h, "dca").await, 3);
+        ready_of(&mcs.get("dcb").await.ok()?)
+            .is_some_and(|c| c.status == "True")
+            .then_some(())
+    })
+    .await;
+    assert!(loans(&h).await.is_empty());
+    wait_serving(&h, 3, 3).await;
+    h.stop_hub().await;
+    agents.cancel();
+}
