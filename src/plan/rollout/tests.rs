@@ -606,3 +606,77 @@ fn an_unreachable_member_freezes_the_rollout() {
         "the unreachable member is left alone"
     );
 }
+
+#[test]
+fn loans_adjust_the_targets_but_not_the_groups_owed() {
+    // A unit that lends 2 of its 5 runs 3 and keeps 2 fewer old pods; one that borrows 2 runs 2
+    // more (new pods, at the update revision) and keeps the same old ones.
+    let target = UnitTarget {
+        replicas: 5,
+        partition: 3,
+    };
+    assert_eq!(
+        with_loan(target, -2),
+        UnitTarget {
+            replicas: 3,
+            partition: 1
+        }
+    );
+    assert_eq!(
+        with_loan(target, 2),
+        UnitTarget {
+            replicas: 7,
+            partition: 3
+        }
+    );
+    assert_eq!(with_loan(target, -9).replicas, 0);
+
+    // The plan is made on the units' shares: a loan does not re-plan the rollout, and a group
+    // completes in a lending unit once what it still runs is done.
+    let strategy = RolloutStrategy {
+        upgrade_type: UpgradeType::Batch,
+        batch_size: PositiveIntOrPercent(IntOrPercent::Percent("100%".into())),
+        ..RolloutStrategy::default()
+    };
+    let unit = |loan: i32, replicas: i32, partition: i32, ready: i32| UnitObserved {
+        unit: "DCB".into(),
+        cluster: "dcb".into(),
+        target: 5,
+        unreachable: None,
+        loan,
+        set: Some(SetObserved {
+            replicas,
+            partition,
+            synced: true,
+            update_revision: Some("new".into()),
+            status_replicas: replicas,
+            updated: ready,
+            updated_available: ready,
+        }),
+    };
+    let step_with = |units: &[UnitObserved], prev: Option<&RolloutStatus>| {
+        step(&RolloutInput {
+            name: "demo",
+            strategy: &strategy,
+            replicas: 5,
+            revision: "new",
+            confirmed: None,
+            previous: prev,
+            units,
+            now: Timestamp::UNIX_EPOCH,
+        })
+    };
+    // Planned while lending 2: the work is the unit's 5, as if it ran them.
+    let d = step_with(&[unit(-2, 3, 3, 0)], None);
+    assert_eq!(d.status.units[0].update, 5);
+    assert_eq!(
+        d.targets["DCB"],
+        UnitTarget {
+            replicas: 5,
+            partition: 0
+        }
+    );
+    // It runs 3 (5 less the 2 lent) all updated: the group is done.
+    let d = step_with(&[unit(-2, 3, 0, 3)], Some(&d.status));
+    assert_eq!(d.status.phase.as_deref(), Some(PHASE_COMPLETED));
+}
