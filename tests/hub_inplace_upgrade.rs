@@ -8,27 +8,18 @@ mod pod_timeline;
 
 use std::collections::BTreeSet;
 
-use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE, UNIT};
+use cafe::api::labels::UNIT;
 use common::wait_for;
 use hub_support::{Hub, WAIT, deployment};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use pod_timeline::{Timeline, check_in_place};
+use pod_timeline::{Timeline, check_in_place, serving};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn serving_on(pod: &Pod, image: &str) -> bool {
-    let conds = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let is = |t: &str| conds.iter().any(|c| c.type_ == t && c.status == "True");
-    pod.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image)
-        && is("Ready")
-        && is(READINESS_GATE)
-        && pod.labels().get(LIFECYCLE_STATE).map(String::as_str) == Some("Normal")
+    pod.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image) && serving(pod)
 }
 
 /// Waits until `member` runs exactly `n` pods, all serving `image`.

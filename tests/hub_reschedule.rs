@@ -10,14 +10,14 @@ mod pod_timeline;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE, UNIT};
+use cafe::api::labels::UNIT;
 use cafe::api::{CafeDeployment, Loan, MemberCluster};
 use common::wait_for;
 use hub_support::{Hub, condition, ready_of};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
-use kube::{Resource, ResourceExt};
-use pod_timeline::{Snap, Timeline};
+use kube::Resource;
+use pod_timeline::{Snap, Timeline, serving};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -89,19 +89,6 @@ async fn start(config: &str, cd: &CafeDeployment) -> (Hub, tokio_util::sync::Can
         .await
         .unwrap();
     (h, agents)
-}
-
-fn serving(p: &Pod) -> bool {
-    let conds = p
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let is = |t: &str| conds.iter().any(|c| c.type_ == t && c.status == "True");
-    is("Ready")
-        && is(READINESS_GATE)
-        && p.metadata.deletion_timestamp.is_none()
-        && p.labels().get(LIFECYCLE_STATE).map(String::as_str) == Some("Normal")
 }
 
 async fn serving_in(h: &Hub, member: &str) -> usize {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE, UNIT, UPGRADE_CONFIRMED};
+use cafe::api::labels::{UNIT, UPGRADE_CONFIRMED};
 use cafe::api::{CafeDeployment, RolloutStatus};
 use cafe::plan::revision::revision_hash;
 use common::wait_for;
@@ -19,7 +19,7 @@ use hub_support::{Hub, condition};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use pod_timeline::{Timeline, check_in_place};
+use pod_timeline::{Timeline, check_in_place, serving};
 use serde_json::{Value, json};
 
 /// Rollouts wait on real pods in two members; generous for a loaded 2-core machine.
@@ -208,19 +208,6 @@ fn image_of(p: &Pod) -> String {
         .image
         .clone()
         .unwrap_or_default()
-}
-
-fn serving(p: &Pod) -> bool {
-    let conds = p
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let is = |t: &str| conds.iter().any(|c| c.type_ == t && c.status == "True");
-    is("Ready")
-        && is(READINESS_GATE)
-        && p.metadata.deletion_timestamp.is_none()
-        && p.labels().get(LIFECYCLE_STATE).map(String::as_str) == Some("Normal")
 }
 
 fn quotas(r: &RolloutStatus) -> Vec<(i32, i32)> {

@@ -103,6 +103,13 @@ impl Snap {
     }
 }
 
+/// A pod that serves traffic: Ready (the gate included), the gate True, back in Normal, not
+/// terminating.
+pub fn serving(pod: &Pod) -> bool {
+    let s = Snap::of(pod, false);
+    s.serving() && s.state == "Normal"
+}
+
 /// Records pods carrying the revision label in one namespace of one cluster.
 pub struct Timeline {
     log: Arc<Mutex<Vec<Snap>>>,
