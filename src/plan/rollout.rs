@@ -349,7 +349,10 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutDecision {
     let k = status.current_batch.clamp(0, total);
     // Group 0 is "nothing released": group 1 may start at once; a plan without groups is done
     // once the members show it (a scale-in, say).
-    let complete = (k == 0 && total > 0) || group_complete(&status, input, k);
+    // A rollout that completed stays completed: a member lost later, or a pod dying, is the
+    // Available condition's business, not a rollout's (nothing is released any more).
+    let finished = same_plan && k == total && previous.phase.as_deref() == Some(PHASE_COMPLETED);
+    let complete = finished || (k == 0 && total > 0) || group_complete(&status, input, k);
     let pause = input.strategy.pause;
     let mut events = vec![];
     let mut recheck = None;
@@ -489,7 +492,7 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutDecision {
     };
 
     let k = status.current_batch;
-    let complete_now = (k == 0 && total > 0) || group_complete(&status, input, k);
+    let complete_now = finished || (k == 0 && total > 0) || group_complete(&status, input, k);
     for b in &mut status.batches {
         b.state = Some(
             match b.index.cmp(&k) {

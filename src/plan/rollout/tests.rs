@@ -680,3 +680,43 @@ fn loans_adjust_the_targets_but_not_the_groups_owed() {
     let d = step_with(&[unit(-2, 3, 0, 3)], Some(&d.status));
     assert_eq!(d.status.phase.as_deref(), Some(PHASE_COMPLETED));
 }
+
+#[test]
+fn a_completed_rollout_stays_completed_when_a_member_is_lost_later() {
+    let strategy = RolloutStrategy::default();
+    let mut units = vec![UnitObserved {
+        unit: "DCA".into(),
+        cluster: "dca".into(),
+        target: 1,
+        unreachable: None,
+        loan: 0,
+        set: Some(SetObserved {
+            replicas: 1,
+            partition: 0,
+            synced: true,
+            update_revision: Some("r1".into()),
+            status_replicas: 1,
+            updated: 1,
+            updated_available: 1,
+        }),
+    }];
+    let run = |units: &[UnitObserved], prev: Option<&RolloutStatus>| {
+        step(&RolloutInput {
+            name: "demo",
+            strategy: &strategy,
+            replicas: 1,
+            revision: "r1",
+            confirmed: None,
+            previous: prev,
+            units,
+            now: Timestamp::UNIX_EPOCH,
+        })
+    };
+    let d = run(&units, None);
+    let d = run(&units, Some(&d.status));
+    assert_eq!(d.status.phase.as_deref(), Some(PHASE_COMPLETED));
+    units[0].unreachable = Some("connection refused".into());
+    let d = run(&units, Some(&d.status));
+    assert_eq!(d.status.phase.as_deref(), Some(PHASE_COMPLETED));
+    assert!(d.events.is_empty(), "no second RolloutCompleted");
+}
