@@ -15,8 +15,8 @@ use cafe::api::{CafeDeployment, Loan, MemberCluster};
 use common::wait_for;
 use hub_support::{Hub, condition, ready_of};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams, PostParams};
 use kube::Resource;
+use kube::api::{Api, ListParams, PostParams};
 use pod_timeline::{Snap, Timeline, serving};
 use serde_json::{Value, json};
 

@@ -12,6 +12,7 @@ mod expectations;
 mod inplace;
 mod lifecycle;
 mod pod;
+mod resize;
 mod revisions;
 mod status;
 mod work;
