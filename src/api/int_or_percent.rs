@@ -51,6 +51,13 @@ impl IntOrPercent {
         }
     }
 
+    /// A budget of pods that may be down at once: the value against `total` (percents round
+    /// down, as Kubernetes does for maxUnavailable), at least 1, since with no surge a budget of
+    /// 0 would never let a pod be updated. A malformed value (the schema rejects those) counts 1.
+    pub fn budget(&self, total: i32) -> i32 {
+        self.resolve(total).unwrap_or(1).max(1)
+    }
+
     pub fn is_percent(&self) -> bool {
         matches!(self, IntOrPercent::Percent(_))
     }

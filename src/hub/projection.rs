@@ -176,9 +176,7 @@ pub fn unit_max_unavailable(cd: &CafeDeployment, unit_replicas: i32) -> i32 {
     cd.spec
         .strategy
         .max_unavailable_per_unit
-        .resolve(unit_replicas)
-        .unwrap_or(1)
-        .max(1)
+        .budget(unit_replicas)
 }
 
 /// The InPlaceSet a unit should have: named and namespaced like the CafeDeployment, with the
@@ -777,6 +775,20 @@ mod tests {
         ]
     }
 
+    /// `project` of `cd` over `members` and `sets`, now.
+    fn project_now(
+        cd: &CafeDeployment,
+        members: &[MemberView],
+        sets: &[ObservedSet],
+    ) -> Projection {
+        project(&Observed {
+            deployment: cd,
+            members,
+            sets,
+            now: now(),
+        })
+    }
+
     fn now() -> Time {
         Time(Timestamp::from_second(1_000).unwrap())
     }
@@ -829,12 +841,7 @@ mod tests {
     fn each_unit_gets_its_share_in_its_member() {
         let cd = deployment(10, &["DCA", "DCB", "DCC"], json!({"DCA": 4, "DCB": "30%"}));
         let members = three();
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &[],
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &[]);
         assert_eq!(
             applied(&p),
             vec![
@@ -954,12 +961,7 @@ mod tests {
     fn a_new_deployment_creates_its_pods_group_by_group() {
         let cd = with_beta_groups(deployment(10, &["DCA", "DCB"], json!({})), true);
         let members = three();
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &[],
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &[]);
         // The Beta group: one pod in each unit.
         assert_eq!(
             replicas_and_partitions(&p),
@@ -979,12 +981,7 @@ mod tests {
             observed_from(&cd, "dca", "DCA", 1),
             observed_from(&cd, "dcb", "DCB", 1),
         ];
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &sets,
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &sets);
         assert!(p.writes.is_empty(), "{:?}", p.writes);
         assert!(p.reset_confirmation);
         let rollout = p.status.rollout.clone().unwrap();
@@ -1004,12 +1001,7 @@ mod tests {
             UPGRADE_CONFIRMED.to_string(),
             "true".to_string(),
         )]));
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &sets,
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &sets);
         assert_eq!(
             replicas_and_partitions(&p),
             vec![("DCA".into(), 3, 0), ("DCB".into(), 3, 0)]
@@ -1025,12 +1017,7 @@ mod tests {
             observed_from(&cd, "dcb", "DCB", 3),
             observed_from(&cd, "dcc", "DCC", 3),
         ];
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &sets,
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &sets);
         assert!(p.writes.is_empty(), "{:?}", p.writes);
         assert_eq!(p.status.ready_replicas, 10);
         assert_eq!(condition(&p.status, "Available").status, "True");
@@ -1044,20 +1031,10 @@ mod tests {
             observed_from(&cd, "dca", "DCA", 6),
             observed_from(&cd, "dcb", "DCB", 5),
         ];
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &sets,
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &sets);
         assert!(p.writes.is_empty());
         let cd = deployment(13, &["DCA", "DCB"], json!({}));
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &sets,
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &sets);
         assert_eq!(
             applied(&p),
             vec![
@@ -1076,12 +1053,7 @@ mod tests {
     fn a_unit_without_a_member_writes_nothing_and_names_it() {
         let cd = deployment(10, &["DCA", "DCX"], json!({}));
         let members = three();
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &[],
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &[]);
         assert!(p.writes.is_empty());
         let c = condition(&p.status, UNITS_RESOLVED);
         assert_eq!(
@@ -1101,12 +1073,7 @@ mod tests {
         let cd = deployment(10, &["DCA", "DCB"], json!({}));
         let mut members = three();
         members.push(member("dca2", "DCA"));
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &[],
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &[]);
         assert!(p.writes.is_empty());
         let c = condition(&p.status, UNITS_RESOLVED);
         assert_eq!(c.reason, "SeveralMembersForUnit");
@@ -1117,12 +1084,7 @@ mod tests {
     fn a_split_error_writes_nothing() {
         let cd = deployment(5, &["DCA", "DCB"], json!({"DCA": 6}));
         let members = three();
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &[],
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &[]);
         assert!(p.writes.is_empty());
         let c = condition(&p.status, UNITS_RESOLVED);
         assert_eq!(c.reason, "UnitReplicasExceedReplicas");
@@ -1138,12 +1100,7 @@ mod tests {
             observed_from(&cd, "dcb", "DCB", 5),
             observed_from(&cd, "dcc", "DCC", 3),
         ];
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &sets,
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &sets);
         assert_eq!(
             p.writes,
             vec![Write::Delete {
@@ -1159,12 +1116,7 @@ mod tests {
         members[1].state =
             MemberState::NotReady(Problem::new(ProblemReason::Unreachable, "refused"));
         let cd = deployment(12, &["DCA", "DCB"], json!({}));
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &sets,
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &sets);
         // A member down freezes the rollout, a scale-out included: DCA keeps its 5.
         assert_eq!(applied(&p), vec![]);
         assert_eq!(p.waiting.len(), 2, "{:?}", p.waiting);
@@ -1179,21 +1131,11 @@ mod tests {
         let cd = deployment(4, &["DCA"], json!({}));
         let members = vec![member("old", "X"), member("new", "DCA")];
         let old = observed_from(&cd, "old", "DCA", 4);
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: std::slice::from_ref(&old),
-            now: now(),
-        });
+        let p = project_now(&cd, &members, std::slice::from_ref(&old));
         assert_eq!(applied(&p), vec![("new".into(), "DCA".into(), 4)]);
         assert!(!p.writes.iter().any(|w| matches!(w, Write::Delete { .. })));
         let new = observed_from(&cd, "new", "DCA", 4);
-        let p = project(&Observed {
-            deployment: &cd,
-            members: &members,
-            sets: &[old, new],
-            now: now(),
-        });
+        let p = project_now(&cd, &members, &[old, new]);
         assert!(matches!(p.writes.as_slice(), [Write::Delete { member, .. }] if member == "old"));
     }
 

@@ -179,16 +179,7 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
         .map_err(|_| ReconcileError::CacheClosed)?;
 
     // observe
-    let pods: Vec<(Arc<Pod>, PodView)> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| pod::is_controlled_by(p, &uid))
-        .map(|p| {
-            let view = PodView::of(&p);
-            (p, view)
-        })
-        .collect();
+    let pods = owned_pods(&ctx, &uid);
     let views: Vec<PodView> = pods.iter().map(|(_, v)| v.clone()).collect();
     let revision = revision_hash(&ips.spec.template);
     let pending = ctx.expectations.pending(&uid, Instant::now());
@@ -197,24 +188,11 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
     // compared with a later template.
     revisions::ensure(&revision_api, &ctx.revisions, &ips, &revision).await?;
 
-    // decide
+    // decide: nothing while writes of ours are not in the cache yet
     let work = match pending {
         Some(_) => Work::default(),
-        None => {
-            let paths = update_paths(&ctx, &ips, &revision, &views);
-            work::decide(&Observed {
-                ips: &ips,
-                update_revision: &revision,
-                pods: &pods,
-                paths: &paths,
-                now: Timestamp::now(),
-            })
-        }
+        None => decide(&ctx, &ips, &revision, &pods, &views),
     };
-
-    if work.held_back > 0 {
-        tracing::debug!(inplaceset = %key, pods = work.held_back, "updates held back by maxUnavailable");
-    }
 
     // perform
     let target = Target {
@@ -226,25 +204,10 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
         expectations: &ctx.expectations,
     };
     let template = pod::new_pod(&ips, &revision).ok_or(ReconcileError::NotFromApi(key.clone()))?;
-    let created = apply::create_pods(&target, work.create, &template).await;
-    if let Err(err) = &created {
-        publish_warning(&ctx, &ips, err).await;
-    }
-    let written = perform_writes(&ctx, &ips, &target, &work.writes).await;
-    if let Err(err) = &written {
-        publish_warning(&ctx, &ips, err).await;
-    }
-    announce_blocked(&ctx, &ips, &work.blocked).await;
+    let (created, written) = perform(&ctx, &ips, &target, &work, &template).await;
 
     // status
-    let failure = match (&created, &written, pending) {
-        (Err(err), _, _) | (_, Err(err @ ApplyError::Delete { .. }), _) => ReplicaFailure::Failed {
-            reason: err.reason().to_string(),
-            message: err.to_string(),
-        },
-        (Ok(()), _, Some(_)) => ReplicaFailure::Unknown,
-        _ => ReplicaFailure::None,
-    };
+    let failure = replica_failure(&created, &written, pending.is_some());
     let recheck = write_status(
         &ctx,
         &ips,
@@ -276,6 +239,79 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
         .flatten()
         .fold(RESYNC, Duration::min);
     Ok(Action::requeue(next))
+}
+
+/// The pods the InPlaceSet with uid `owner_uid` controls, as the cache shows them.
+fn owned_pods(ctx: &Context, owner_uid: &str) -> Vec<(Arc<Pod>, PodView)> {
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| pod::is_controlled_by(p, owner_uid))
+        .map(|p| {
+            let view = PodView::of(&p);
+            (p, view)
+        })
+        .collect()
+}
+
+/// This reconcile's work: the update paths of the pods' revisions, then the pure decision.
+fn decide(
+    ctx: &Context,
+    ips: &InPlaceSet,
+    revision: &str,
+    pods: &[(Arc<Pod>, PodView)],
+    views: &[PodView],
+) -> Work {
+    let paths = update_paths(ctx, ips, revision, views);
+    let work = work::decide(&Observed {
+        ips,
+        update_revision: revision,
+        pods,
+        paths: &paths,
+        now: Timestamp::now(),
+    });
+    if work.held_back > 0 {
+        tracing::debug!(inplaceset = %ips.name_any(), pods = work.held_back, "updates held back by maxUnavailable");
+    }
+    work
+}
+
+/// Creates the new pods and performs the pod writes, publishing a Warning Event for a failure
+/// and one for each pod newly blocked by a hook; returns both outcomes.
+async fn perform(
+    ctx: &Context,
+    ips: &InPlaceSet,
+    target: &Target<'_>,
+    work: &Work,
+    template: &Pod,
+) -> (Result<(), ApplyError>, Result<(), ApplyError>) {
+    let created = apply::create_pods(target, work.create, template).await;
+    if let Err(err) = &created {
+        publish_warning(ctx, ips, err).await;
+    }
+    let written = perform_writes(ctx, ips, target, &work.writes).await;
+    if let Err(err) = &written {
+        publish_warning(ctx, ips, err).await;
+    }
+    announce_blocked(ctx, ips, &work.blocked).await;
+    (created, written)
+}
+
+/// What the ReplicaFailure condition should say: pods that could not be created or deleted set
+/// it; waiting on the cache leaves it; success clears it.
+fn replica_failure(
+    created: &Result<(), ApplyError>,
+    written: &Result<(), ApplyError>,
+    pending: bool,
+) -> ReplicaFailure {
+    match (created, written) {
+        (Err(err), _) | (_, Err(err @ ApplyError::Delete { .. })) => ReplicaFailure::Failed {
+            reason: err.reason().to_string(),
+            message: err.to_string(),
+        },
+        _ if pending => ReplicaFailure::Unknown,
+        _ => ReplicaFailure::None,
+    }
 }
 
 /// For each revision the pods run besides `update`: how its pods reach the current template.

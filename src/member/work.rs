@@ -54,18 +54,10 @@ fn sooner(a: Option<Duration>, b: Duration) -> Option<Duration> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-/// `maxUnavailable` resolved against the replicas (percents round down, as for Deployments), at
-/// least 1: with no maxSurge, 0 would mean no pod could ever be updated.
+/// `maxUnavailable` resolved against the replicas (see [`crate::api::IntOrPercent::budget`]).
 pub fn max_unavailable(ips: &InPlaceSet) -> usize {
-    let replicas = ips.spec.replicas;
-    let n = ips
-        .spec
-        .strategy
-        .max_unavailable
-        .resolve(replicas)
-        .unwrap_or(1)
-        .max(1);
-    usize::try_from(n).unwrap_or(1)
+    let budget = ips.spec.strategy.max_unavailable.budget(ips.spec.replicas);
+    usize::try_from(budget).unwrap_or(1)
 }
 
 pub fn decide(o: &Observed<'_>) -> Work {
