@@ -330,8 +330,10 @@ pub fn project(o: &Observed) -> Projection {
         confirmed: cd.annotations().get(UPGRADE_CONFIRMED).map(String::as_str),
         previous: previous.rollout.as_ref(),
         units: &observed_units,
+        loans: &previous.loans,
         now: o.now.0,
     });
+    let asked_now = rollout::lend(&decision.targets, &previous.loans);
 
     // Loans: capacity comes first, whatever the rollout is doing.
     let requests = cd
@@ -348,10 +350,7 @@ pub fn project(o: &Observed) -> Projection {
             let set = find_set(o.sets, &u.cluster, &share.unit).filter(|c| !c.deleting());
             let status = set.and_then(|c| c.set.status.clone()).unwrap_or_default();
             // The member has acted on what the hub asks of it now, loans included.
-            let asked = decision
-                .targets
-                .get(&share.unit)
-                .map(|t| rollout::with_loan(*t, u.loan).replicas);
+            let asked = asked_now.get(&share.unit).map(|t| t.replicas);
             // Pods on their way out (a scale-in) still show until they are deleted: only once
             // the unit runs what it is asked do its unschedulable pods mean a shortage.
             let settled = u.set.as_ref().is_some_and(|s| {
@@ -380,7 +379,7 @@ pub fn project(o: &Observed) -> Projection {
         })
         .collect();
     let loan_plan = loans::plan(&loan_policy(cd), &facts, &previous.loans, o.now.0);
-    let new_loans = loans::deltas(&loan_plan.loans);
+    let asked = rollout::lend(&decision.targets, &loan_plan.loans);
 
     let mut writes = vec![];
     let mut waiting = vec![];
@@ -392,13 +391,9 @@ pub fn project(o: &Observed) -> Projection {
             .unwrap_or_default();
         let state = member_state(o.members, member);
         let current = find_set(o.sets, member, &share.unit);
-        let desired = decision.targets.get(&share.unit).map(|t| {
-            desired_set(
-                cd,
-                &share.unit,
-                rollout::with_loan(*t, loan_of(&new_loans, &share.unit)),
-            )
-        });
+        let desired = asked
+            .get(&share.unit)
+            .map(|t| desired_set(cd, &share.unit, *t));
         match (&state, current, desired) {
             (MemberState::Ready, Some(c), _) if c.deleting() => {
                 waiting.push(format!(

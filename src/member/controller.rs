@@ -204,7 +204,12 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
         expectations: &ctx.expectations,
     };
     let template = pod::new_pod(&ips, &revision).ok_or(ReconcileError::NotFromApi(key.clone()))?;
-    let (created, written) = perform(&ctx, &ips, &target, &work, &template).await;
+    let old_template = match work.create_old {
+        0 => None,
+        _ => old_pod(&ctx, &ips, &revision).ok_or(ReconcileError::NotFromApi(key.clone()))?,
+    };
+    let (created, written) =
+        perform(&ctx, &ips, &target, &work, &template, old_template.as_ref()).await;
 
     // status
     let failure = replica_failure(&created, &written, pending.is_some());
@@ -276,16 +281,32 @@ fn decide(
     work
 }
 
-/// Creates the new pods and performs the pod writes, publishing a Warning Event for a failure
-/// and one for each pod newly blocked by a hook; returns both outcomes.
+/// A new pod at the revision the partition keeps, `Ok(None)` when the InPlaceSet never had
+/// another template (then the pods are made at the update revision: there is nothing older).
+/// `Err` when the InPlaceSet was not read from the API.
+fn old_pod(ctx: &Context, ips: &InPlaceSet, update: &str) -> Option<Option<Pod>> {
+    match revisions::old_revision(&ctx.revisions, ips, update) {
+        Some((revision, template)) => pod::new_pod_from(ips, &revision, &template).map(Some),
+        None => Some(None),
+    }
+}
+
+/// Creates the new pods (those the partition keeps old from the old template) and performs the
+/// pod writes, publishing a Warning Event for a failure and one for each pod newly blocked by a
+/// hook; returns both outcomes.
 async fn perform(
     ctx: &Context,
     ips: &InPlaceSet,
     target: &Target<'_>,
     work: &Work,
     template: &Pod,
+    old_template: Option<&Pod>,
 ) -> (Result<(), ApplyError>, Result<(), ApplyError>) {
-    let created = apply::create_pods(target, work.create, template).await;
+    let mut created = apply::create_pods(target, work.create, template).await;
+    if created.is_ok() && work.create_old > 0 {
+        created =
+            apply::create_pods(target, work.create_old, old_template.unwrap_or(template)).await;
+    }
     if let Err(err) = &created {
         publish_warning(ctx, ips, err).await;
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodReadinessGate, PodSpec};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodReadinessGate, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -19,6 +19,12 @@ use crate::plan::scale::PodFacts;
 /// and lifecycle labels, and the readiness gate. `None` when `ips` lacks a uid or namespace
 /// (it was not read from the API).
 pub fn new_pod(ips: &InPlaceSet, revision: &str) -> Option<Pod> {
+    new_pod_from(ips, revision, &ips.spec.template)
+}
+
+/// A new pod for `ips` as [`new_pod`], made from `template`, the template of `revision` (an
+/// older one when the partition keeps pods on it).
+pub fn new_pod_from(ips: &InPlaceSet, revision: &str, template: &PodTemplateSpec) -> Option<Pod> {
     // blockOwnerDeletion: foreground deletion of the InPlaceSet waits for its pods, as for
     // ReplicaSets (https://kubernetes.io/docs/concepts/architecture/garbage-collection/).
     let owner = OwnerReference {
@@ -26,7 +32,6 @@ pub fn new_pod(ips: &InPlaceSet, revision: &str) -> Option<Pod> {
         ..ips.controller_owner_ref(&())?
     };
     let namespace = ips.namespace()?;
-    let template = &ips.spec.template;
     let template_meta = template.metadata.clone().unwrap_or_default();
     let mut labels: BTreeMap<String, String> = template_meta.labels.unwrap_or_default();
     labels.insert(REVISION.to_string(), revision.to_string());

@@ -145,6 +145,31 @@ pub fn template_of(
     controller_revision::template(&cr)
 }
 
+/// The revision (and its template) at which pods the partition keeps on the old revision are
+/// created: the InPlaceSet's current revision when it is not `update` and its template is
+/// recorded, else the newest recorded revision other than `update`. `None` when none is
+/// recorded: the InPlaceSet never had another template, so there is nothing older to keep.
+pub fn old_revision(
+    cache: &Store<ControllerRevision>,
+    ips: &InPlaceSet,
+    update: &str,
+) -> Option<(String, PodTemplateSpec)> {
+    let current = ips
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.as_deref())
+        .filter(|r| *r != update);
+    if let Some(template) = current.and_then(|r| template_of(cache, ips, r)) {
+        return current.map(|r| (r.to_string(), template));
+    }
+    let mut others = owned(cache, ips);
+    others.sort_by_key(|cr| std::cmp::Reverse(cr.revision));
+    others.iter().find_map(|cr| {
+        let revision = cr.labels().get(REVISION).filter(|r| *r != update)?;
+        Some((revision.clone(), template_of(cache, ips, revision)?))
+    })
+}
+
 /// The ControllerRevision holding the current template of `ips` as `revision`, numbered
 /// `number`; `None` when `ips` lacks a uid or namespace (it was not read from the API).
 pub fn build(ips: &InPlaceSet, revision: &str, number: i64) -> Option<ControllerRevision> {

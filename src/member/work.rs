@@ -37,6 +37,8 @@ pub struct Observed<'a> {
 pub struct Work {
     /// New pods to create at the update revision.
     pub create: usize,
+    /// New pods to create at the old revision (the partition keeps more old pods than run).
+    pub create_old: usize,
     pub writes: Vec<(Arc<Pod>, PodWrite)>,
     /// Pods a hook has held past its timeout.
     pub blocked: Vec<BlockedPod>,
@@ -117,6 +119,7 @@ pub fn decide(o: &Observed<'_>) -> Work {
 
     let mut work = Work {
         create: plan.create,
+        create_old: plan.create_old,
         held_back: plan.waiting,
         ..Work::default()
     };

@@ -85,11 +85,17 @@ pub fn deltas(loans: &[Loan]) -> BTreeMap<String, i32> {
     let mut out: BTreeMap<String, i32> = BTreeMap::new();
     for loan in loans {
         *out.entry(loan.to.clone()).or_default() += loan.replicas;
-        if loan.reason == UNSCHEDULABLE && !loan.returning {
+        if scales_down_lender(loan) {
             *out.entry(loan.from.clone()).or_default() -= loan.replicas;
         }
     }
     out
+}
+
+/// Whether the lender runs fewer pods for this loan: only for an unschedulable loan that is not
+/// on its way back.
+pub fn scales_down_lender(loan: &Loan) -> bool {
+    loan.reason == UNSCHEDULABLE && !loan.returning
 }
 
 /// Spreads `n` replicas over the units that can take them, most room first, never more than a
@@ -287,8 +293,15 @@ pub fn plan(policy: &Policy, units: &[UnitFacts], current: &[Loan], now: Timesta
                 continue;
             }
             room.remove(&u.unit);
-            // Never more than the unit still runs for itself: its pods are what it can lend.
-            let runs = u.base + deltas(&loans).get(&u.unit).copied().unwrap_or(0);
+            // Never more than the unit still runs for itself: its own pods are what it can
+            // lend. Replicas it carries for another unit are not its to lend on: when that
+            // loan ends they leave, and the unit would have lent more than it has.
+            let lent: i32 = loans
+                .iter()
+                .filter(|l| l.from == u.unit && scales_down_lender(l))
+                .map(|l| l.replicas)
+                .sum();
+            let runs = u.base - lent;
             let (placed, _) = place(u.unschedulable.min(runs).max(0), &mut room, &order);
             for (to, replicas) in placed {
                 events.push((

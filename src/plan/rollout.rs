@@ -17,7 +17,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{BatchStatus, RolloutStatus, RolloutStrategy, RolloutUnit, UpgradeType};
+use crate::api::{BatchStatus, Loan, RolloutStatus, RolloutStrategy, RolloutUnit, UpgradeType};
 
 pub const PHASE_PROGRESSING: &str = "Progressing";
 pub const PHASE_WAITING_FOR_CONFIRM: &str = "WaitingForConfirm";
@@ -205,23 +205,63 @@ pub struct UnitObserved {
     /// Why the member is not usable; `None` when it is Ready.
     pub unreachable: Option<String>,
     pub set: Option<SetObserved>,
-    /// Replicas the unit runs beyond (+) or below (-) its share for loans (see `plan::loans`);
-    /// its InPlaceSet is asked for [`with_loan`] of the rollout's target.
+    /// Replicas the unit runs beyond (+) or below (-) its share for loans (see
+    /// [`super::loans::deltas`]); its InPlaceSet is asked for the rollout's target [`lend`]s.
     pub loan: i32,
 }
 
-/// A unit's target adjusted by its loan: borrowed replicas are extra pods (created at the
-/// update revision); lent ones are pods the unit does not run, taken from the old ones it would
-/// have kept first, so the groups it still owes stay as they were.
-pub fn with_loan(target: UnitTarget, loan: i32) -> UnitTarget {
-    UnitTarget {
-        replicas: (target.replicas + loan).max(0),
-        partition: if loan < 0 {
-            (target.partition + loan).max(0)
-        } else {
-            target.partition
-        },
+/// Each unit's InPlaceSet target once `loans` are applied to the rollout's `targets`.
+///
+/// A borrowed replica stands in for one of the lender's and runs the revision that replica
+/// runs, so loans never add a pod at the update revision: lent replicas are taken from the
+/// lender's old-revision pods first (its partition), then from its updated ones, and never
+/// beyond what the lender itself is asked to run (a replica not yet created by the rollout is
+/// not created elsewhere either). A lender whose target is unknown (its member was never seen)
+/// counts as lending old pods only. The lender runs fewer pods only for a loan that scales it
+/// down ([`super::loans::scales_down_lender`]): a lost member is never scaled down, and a
+/// returning loan runs in both units until the lender's pods serve. Units absent from
+/// `targets` stay absent.
+pub fn lend(
+    targets: &BTreeMap<String, UnitTarget>,
+    loans: &[Loan],
+) -> BTreeMap<String, UnitTarget> {
+    let mut out = targets.clone();
+    // Per lender: (old-revision pods, updated pods) it has not lent yet.
+    let mut left: BTreeMap<&str, (i32, i32)> = targets
+        .iter()
+        .map(|(unit, t)| {
+            let replicas = t.replicas.max(0);
+            let old = t.partition.clamp(0, replicas);
+            (unit.as_str(), (old, replicas - old))
+        })
+        .collect();
+    for loan in loans {
+        let lent = loan.replicas.max(0);
+        let (old, new) = match left.get_mut(loan.from.as_str()) {
+            Some((old_left, new_left)) => {
+                let old = lent.min(*old_left);
+                let new = (lent - old).min(*new_left);
+                *old_left -= old;
+                *new_left -= new;
+                (old, new)
+            }
+            None => (lent, 0),
+        };
+        if super::loans::scales_down_lender(loan)
+            && let Some(t) = out.get_mut(&loan.from)
+        {
+            t.replicas = (t.replicas - lent).max(0);
+            t.partition = (t.partition - old).max(0);
+        }
+        if let Some(t) = out.get_mut(&loan.to) {
+            t.replicas += old + new;
+            t.partition += old;
+        }
     }
+    for t in out.values_mut() {
+        t.partition = t.partition.clamp(0, t.replicas);
+    }
+    out
 }
 
 impl UnitObserved {
@@ -255,6 +295,8 @@ pub struct RolloutInput<'a> {
     pub previous: Option<&'a RolloutStatus>,
     /// In `topology.values` order.
     pub units: &'a [UnitObserved],
+    /// The loans the units run now (the InPlaceSets were asked for the targets [`lend`]s).
+    pub loans: &'a [Loan],
     pub now: Timestamp,
 }
 
@@ -270,8 +312,9 @@ pub struct Progress {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RolloutDecision {
     pub status: RolloutStatus,
-    /// Per unit: what its InPlaceSet should say. A unit absent here is left as it is (its
-    /// member cannot be reached).
+    /// Per unit: what its InPlaceSet should say, before loans ([`lend`]). Only reachable members
+    /// are written; an unreachable unit's target says what a borrower runs for it. A unit
+    /// absent here is left as it is.
     pub targets: BTreeMap<String, UnitTarget>,
     /// Set `apps.cafe.io/upgrade-confirmed: "false"` BEFORE writing the status: a "true" left
     /// from the previous confirmation must never release the next group.
@@ -510,7 +553,7 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutDecision {
     status.batch = Some(format!("{k}/{total}"));
     status.message = Some(progress.message.clone());
     RolloutDecision {
-        targets: targets(&status, input),
+        targets: targets(&status),
         status,
         reset_confirmation,
         progressing: progress,
@@ -570,14 +613,15 @@ fn unit_progress(status: &RolloutStatus, k: i32) -> String {
 }
 
 /// Every unit has its share of groups 1..=k on the new revision and available, as reported for
-/// the spec the hub applied for group k.
+/// the spec the hub applied for group k (loans included).
 fn group_complete(status: &RolloutStatus, input: &RolloutInput<'_>, k: i32) -> bool {
+    let wanted = lend(&released_targets(status, k), input.loans);
     status.units.iter().zip(input.units).all(|(row, u)| {
         let work = work_of(row);
-        let want = with_loan(
-            work.targets(released(&status.batches, &row.name, k)),
-            u.loan,
-        );
+        let want = wanted
+            .get(&row.name)
+            .copied()
+            .unwrap_or_else(|| work.targets(released(&status.batches, &row.name, k)));
         let applied = u.set.as_ref().is_some_and(|s| {
             s.replicas == want.replicas
                 && s.partition == want.partition
@@ -592,6 +636,18 @@ fn group_complete(status: &RolloutStatus, input: &RolloutInput<'_>, k: i32) -> b
                 && u.reports(input.revision)
                 && u.updated_available(input.revision) >= needed)
     })
+}
+
+/// Every unit's InPlaceSet replicas and partition once groups 1..=k are released, before loans.
+fn released_targets(status: &RolloutStatus, k: i32) -> BTreeMap<String, UnitTarget> {
+    status
+        .units
+        .iter()
+        .map(|row| {
+            let released = released(&status.batches, &row.name, k);
+            (row.name.clone(), work_of(row).targets(released))
+        })
+        .collect()
 }
 
 /// A new plan from what every member reports on the new revision.
@@ -669,16 +725,19 @@ fn planning(
         .iter()
         .filter(|u| u.unreachable.is_none())
         .map(|u| {
+            // Targets before loans ([`lend`] applies them again): what the unit asks for less
+            // what it runs for loans.
             let target = match &u.set {
-                // Already on this revision: nothing to hold back.
+                // Already on this revision: nothing more to hold back (a lender's partition
+                // gets back what lending took, at most what it lent).
                 Some(s) if u.reports(input.revision) => UnitTarget {
                     replicas: (s.replicas - u.loan).max(0),
-                    partition: s.partition,
+                    partition: s.partition + (-u.loan).max(0),
                 },
                 // The new template arrives with every pod held on its revision.
                 Some(s) => UnitTarget {
                     replicas: (s.replicas - u.loan).max(0),
-                    partition: s.replicas,
+                    partition: (s.replicas - u.loan).max(s.replicas),
                 },
                 None => UnitTarget {
                     replicas: 0,
@@ -726,19 +785,10 @@ fn planning(
     }
 }
 
-/// Each reachable unit's InPlaceSet replicas and partition for the groups released so far,
-/// before loans.
-fn targets(status: &RolloutStatus, input: &RolloutInput<'_>) -> BTreeMap<String, UnitTarget> {
-    status
-        .units
-        .iter()
-        .zip(input.units)
-        .filter(|(_, u)| u.unreachable.is_none())
-        .map(|(row, _)| {
-            let released = released(&status.batches, &row.name, status.current_batch);
-            (row.name.clone(), work_of(row).targets(released))
-        })
-        .collect()
+/// Every unit's InPlaceSet replicas and partition for the groups released so far, before
+/// loans; the unreachable ones too, since what they run decides what a borrower runs for them.
+fn targets(status: &RolloutStatus) -> BTreeMap<String, UnitTarget> {
+    released_targets(status, status.current_batch)
 }
 
 #[cfg(test)]

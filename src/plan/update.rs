@@ -55,6 +55,9 @@ pub struct UpdateSpec {
 pub struct UpdatePlan {
     /// New pods to create, at the update revision.
     pub create: usize,
+    /// New pods to create at the old revision: the partition keeps more old pods than there
+    /// are (a scale-out, or a unit running another unit's old pods for it).
+    pub create_old: usize,
     /// Pods to take out for a scale-down: they go to `PreparingDelete`, then are deleted.
     pub scale_down: Vec<PodId>,
     /// Old pods to start updating in place (to `PreparingUpdate`).
@@ -68,6 +71,7 @@ pub struct UpdatePlan {
 impl UpdatePlan {
     pub fn is_empty(&self) -> bool {
         self.create == 0
+            && self.create_old == 0
             && self.scale_down.is_empty()
             && self.update_in_place.is_empty()
             && self.recreate.is_empty()
@@ -81,12 +85,59 @@ fn id(p: &PodFacts) -> PodId {
     }
 }
 
+/// On the update revision, or on the way to it (an old pod being updated in place).
+fn headed_new(p: &PodUpdateFacts) -> bool {
+    p.updated || matches!(p.stage, Stage::PreparingUpdate | Stage::Updating)
+}
+
+/// The order in which a scale-down removes pods: those already leaving, then updated pods
+/// beyond the `allowed_new` the partition leaves room for (so a scale-in never leaves more
+/// pods on the update revision than released), then the most expendable.
+fn scale_down_order<'a>(
+    active: &[&'a PodUpdateFacts],
+    allowed_new: usize,
+) -> Vec<&'a PodUpdateFacts> {
+    let expendable = |a: &&PodUpdateFacts, b: &&PodUpdateFacts| {
+        let prep = |p: &PodUpdateFacts| p.stage != Stage::PreparingDelete;
+        prep(a)
+            .cmp(&prep(b))
+            .then(a.pod.scheduled.cmp(&b.pod.scheduled))
+            .then(a.pod.ready.cmp(&b.pod.ready))
+            .then(a.updated.cmp(&b.updated))
+            .then(removal_preference(&a.pod, &b.pod))
+    };
+    let mut order: Vec<&PodUpdateFacts> = active.to_vec();
+    order.sort_by(expendable);
+    let (preparing, rest): (Vec<_>, Vec<_>) = order
+        .into_iter()
+        .partition(|p| p.stage == Stage::PreparingDelete);
+    let new_after = active
+        .iter()
+        .filter(|p| headed_new(p) && p.stage != Stage::PreparingDelete)
+        .count();
+    let mut over = new_after.saturating_sub(allowed_new);
+    let (mut first, mut then) = (preparing, vec![]);
+    for p in rest {
+        if over > 0 && headed_new(p) {
+            over -= 1;
+            first.push(p);
+        } else {
+            then.push(p);
+        }
+    }
+    first.extend(then);
+    first
+}
+
 /// The plan for the pods as they are now.
 ///
 /// - Scale: pods being deleted do not count; pods in `PreparingDelete` still do (a recreate
 ///   creates its replacement only after the old pod is gone), but are the first to go when
-///   there are too many. Scale-down picks, after those, the most expendable pods (unscheduled,
-///   not ready, old revision, newest).
+///   there are too many. The partition holds in both directions, so a scale never puts more
+///   pods on the update revision than `replicas - partition`: a scale-out creates new pods at
+///   the update revision only up to that, the rest at the old revision; a scale-down first
+///   takes updated pods beyond it, then the most expendable pods (unscheduled, not ready, old
+///   revision, newest).
 /// - Update: the old-revision pods beyond `partition` must be updated. Those already on their
 ///   way (`PreparingUpdate`, `PreparingDelete`) count as started. New starts take old pods that
 ///   are unavailable anyway first (that costs no availability), then available ones while the
@@ -96,27 +147,25 @@ pub fn plan(spec: UpdateSpec, pods: &[PodUpdateFacts]) -> UpdatePlan {
     let mut out = UpdatePlan::default();
 
     // scale
+    let partition = spec.partition.min(spec.replicas);
+    let allowed_new = spec.replicas - partition;
     let excess = active.len().saturating_sub(spec.replicas);
     let mut leaving: Vec<&PodUpdateFacts> = vec![];
     if excess > 0 {
-        let mut order = active.clone();
-        order.sort_by(|a, b| {
-            let prep = |p: &PodUpdateFacts| p.stage != Stage::PreparingDelete;
-            prep(a)
-                .cmp(&prep(b))
-                .then(a.pod.scheduled.cmp(&b.pod.scheduled))
-                .then(a.pod.ready.cmp(&b.pod.ready))
-                .then(a.updated.cmp(&b.updated))
-                .then(removal_preference(&a.pod, &b.pod))
-        });
-        leaving = order.into_iter().take(excess.min(MAX_BURST)).collect();
+        leaving = scale_down_order(&active, allowed_new)
+            .into_iter()
+            .take(excess.min(MAX_BURST))
+            .collect();
         out.scale_down = leaving
             .iter()
             .filter(|p| p.stage != Stage::PreparingDelete)
             .map(|p| id(&p.pod))
             .collect();
     } else {
-        out.create = spec.replicas.saturating_sub(active.len()).min(MAX_BURST);
+        let missing = spec.replicas.saturating_sub(active.len()).min(MAX_BURST);
+        let headed_new = active.iter().filter(|p| headed_new(p)).count();
+        out.create = missing.min(allowed_new.saturating_sub(headed_new));
+        out.create_old = missing - out.create;
     }
     let staying: Vec<&PodUpdateFacts> = active
         .iter()
@@ -311,6 +360,46 @@ mod tests {
         (0..12usize).prop_flat_map(|n| (0..n).map(arb_pod).collect::<Vec<_>>())
     }
 
+    #[test]
+    fn a_scale_out_creates_the_old_pods_the_partition_keeps() {
+        // 3 pods (2 updated), asked for 6 with 2 kept old: 2 more updated, 1 more old.
+        let pods = [
+            pod("a", true, true),
+            pod("b", true, true),
+            pod("c", false, true),
+        ];
+        let p = plan(spec(6, 2, 1), &pods);
+        assert_eq!((p.create, p.create_old), (2, 1));
+        // Without a partition every new pod is updated.
+        let p = plan(spec(6, 0, 1), &pods);
+        assert_eq!((p.create, p.create_old), (3, 0));
+    }
+
+    #[test]
+    fn a_scale_in_never_leaves_more_updated_pods_than_released() {
+        // 4 updated and 2 old, asked for 3 with 1 kept old: 2 updated and 1 old go.
+        let pods = [
+            pod("n1", true, true),
+            pod("n2", true, true),
+            pod("n3", true, true),
+            pod("n4", true, true),
+            pod("o1", false, true),
+            pod("o2", false, true),
+        ];
+        let p = plan(spec(3, 1, 1), &pods);
+        let gone = names(&p.scale_down);
+        assert_eq!(gone.len(), 3);
+        assert_eq!(
+            gone.iter().filter(|n| n.starts_with('n')).count(),
+            2,
+            "{gone:?}"
+        );
+        assert!(
+            p.update_in_place.is_empty(),
+            "the old pod kept is the partition's"
+        );
+    }
+
     proptest! {
         /// Starting the planned updates never takes the InPlaceSet beyond maxUnavailable unless
         /// it already was (then it starts only pods that are down anyway), and never updates
@@ -354,6 +443,29 @@ mod tests {
             uids.sort();
             uids.dedup();
             prop_assert_eq!(uids.len(), n);
+        }
+
+        /// A scale keeps the partition: afterwards no more pods are on (or headed to) the
+        /// update revision than `replicas - partition`, unless more already were among the
+        /// pods kept; and creation plus the pods kept make exactly `replicas`.
+        #[test]
+        fn a_scale_never_puts_more_pods_on_the_update_revision_than_the_partition_allows(
+            pods in arb_pods(), replicas in 0..12usize, partition in 0..12usize,
+        ) {
+            let p = plan(spec(replicas, partition, 1), &pods);
+            let active: Vec<&PodUpdateFacts> = pods.iter().filter(|f| !f.pod.deleting).collect();
+            let leaving = |f: &PodUpdateFacts| p.scale_down.iter().any(|d| d.uid == f.pod.uid)
+                || (active.len() > replicas && f.stage == Stage::PreparingDelete);
+            let kept: Vec<&&PodUpdateFacts> = active.iter().filter(|f| !leaving(f)).collect();
+            let allowed = replicas - partition.min(replicas);
+            let new_kept = kept.iter().filter(|f| headed_new(f)).count();
+            let new_before = active.iter().filter(|f| headed_new(f) && f.stage != Stage::PreparingDelete).count();
+            if active.len() > replicas {
+                prop_assert!(new_kept <= allowed.max(new_before.saturating_sub(p.scale_down.len())));
+            } else {
+                prop_assert!(new_kept + p.create <= allowed.max(new_kept));
+                prop_assert_eq!(active.len() + p.create + p.create_old, replicas.max(active.len()).min(active.len() + MAX_BURST));
+            }
         }
 
         /// Scale-down never keeps a pod that is more expendable than one it takes out: pods on

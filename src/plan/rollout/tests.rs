@@ -242,11 +242,13 @@ impl SimUnit {
         }
         self.pods
             .retain(|p| !plan.scale_down.iter().any(|d| d.uid == p.id.to_string()));
-        for _ in 0..plan.create {
+        for new in std::iter::repeat_n(true, plan.create)
+            .chain(std::iter::repeat_n(false, plan.create_old))
+        {
             self.next_id += 1;
             self.pods.push(SimPod {
                 id: self.next_id,
-                new: true,
+                new,
                 available: false,
                 updating: Some(1),
                 updates: 0,
@@ -362,6 +364,7 @@ proptest! {
                 confirmed: confirmed.as_deref(),
                 previous: status.as_ref(),
                 units: &observed,
+                loans: &[],
                 now: Timestamp::UNIX_EPOCH,
             });
             if d.reset_confirmation {
@@ -442,6 +445,7 @@ fn a_stale_confirmation_never_skips_a_group() {
             confirmed,
             previous: prev,
             units,
+            loans: &[],
             now: Timestamp::UNIX_EPOCH,
         })
     };
@@ -527,6 +531,7 @@ fn a_missed_deadline_stalls_until_the_user_acts() {
             confirmed: None,
             previous: prev,
             units: &units,
+            loans: &[],
             now,
         })
     };
@@ -583,9 +588,11 @@ fn an_unreachable_member_freezes_the_rollout() {
         confirmed: None,
         previous: None,
         units: &units,
+        loans: &[],
         now: Timestamp::UNIX_EPOCH,
     });
     assert_eq!(d.status.current_batch, 1);
+    let before = d.targets.clone();
     units[1].unreachable = Some("connection refused".into());
     let d = step(&RolloutInput {
         name: "demo",
@@ -595,42 +602,69 @@ fn an_unreachable_member_freezes_the_rollout() {
         confirmed: None,
         previous: Some(&d.status),
         units: &units,
+        loans: &[],
         now: Timestamp::UNIX_EPOCH,
     });
     assert_eq!(d.status.phase.as_deref(), Some(PHASE_STALLED));
     assert_eq!(d.progressing.reason, "MemberUnavailable");
     assert!(d.progressing.message.contains("dcb"));
     assert_eq!(d.status.current_batch, 1);
-    assert!(
-        !d.targets.contains_key("DCB"),
-        "the unreachable member is left alone"
-    );
+    // The unreachable unit keeps the target it had (the hub writes only to reachable
+    // members; the target says what a borrower runs for it).
+    assert_eq!(d.targets["DCB"], before["DCB"]);
+}
+
+fn loan(from: &str, to: &str, replicas: i32, reason: &str, returning: bool) -> Loan {
+    Loan {
+        from: from.into(),
+        to: to.into(),
+        replicas,
+        reason: reason.into(),
+        since: Time(Timestamp::UNIX_EPOCH),
+        message: None,
+        room_since: None,
+        returning,
+        failed_returns: 0,
+    }
+}
+
+fn target(replicas: i32, partition: i32) -> UnitTarget {
+    UnitTarget {
+        replicas,
+        partition,
+    }
+}
+
+#[test]
+fn a_borrowed_replica_runs_the_revision_of_the_lenders_replica() {
+    use crate::plan::loans::{FAILOVER, UNSCHEDULABLE};
+    // DCA 3 (2 released: 1 old), DCB 3 (2 released: 1 old).
+    let targets = BTreeMap::from([("DCA".into(), target(3, 1)), ("DCB".into(), target(3, 1))]);
+    // DCB is lost: DCA runs DCB's 3 as DCB runs them, 1 old and 2 new; DCB is never scaled down.
+    let lent = lend(&targets, &[loan("DCB", "DCA", 3, FAILOVER, false)]);
+    assert_eq!(lent["DCA"], target(6, 2));
+    assert_eq!(lent["DCB"], target(3, 1));
+    // An unschedulable loan takes the lender's old pods first.
+    let lent = lend(&targets, &[loan("DCB", "DCA", 1, UNSCHEDULABLE, false)]);
+    assert_eq!(lent["DCB"], target(2, 0));
+    assert_eq!(lent["DCA"], target(4, 2));
+    // On its way back the lender runs its replicas again; the borrower still does.
+    let lent = lend(&targets, &[loan("DCB", "DCA", 1, UNSCHEDULABLE, true)]);
+    assert_eq!(lent["DCB"], target(3, 1));
+    assert_eq!(lent["DCA"], target(4, 2));
+    // A replica the rollout has not created in the lender yet is not created elsewhere.
+    let creating = BTreeMap::from([("DCA".into(), target(3, 0)), ("DCB".into(), target(1, 0))]);
+    let lent = lend(&creating, &[loan("DCB", "DCA", 3, FAILOVER, false)]);
+    assert_eq!(lent["DCA"], target(4, 0));
+    // A lender never seen lends old pods only.
+    let only_dca = BTreeMap::from([("DCA".into(), target(3, 0))]);
+    let lent = lend(&only_dca, &[loan("DCB", "DCA", 2, FAILOVER, false)]);
+    assert_eq!(lent["DCA"], target(5, 2));
+    assert!(!lent.contains_key("DCB"));
 }
 
 #[test]
 fn loans_adjust_the_targets_but_not_the_groups_owed() {
-    // A unit that lends 2 of its 5 runs 3 and keeps 2 fewer old pods; one that borrows 2 runs 2
-    // more (new pods, at the update revision) and keeps the same old ones.
-    let target = UnitTarget {
-        replicas: 5,
-        partition: 3,
-    };
-    assert_eq!(
-        with_loan(target, -2),
-        UnitTarget {
-            replicas: 3,
-            partition: 1
-        }
-    );
-    assert_eq!(
-        with_loan(target, 2),
-        UnitTarget {
-            replicas: 7,
-            partition: 3
-        }
-    );
-    assert_eq!(with_loan(target, -9).replicas, 0);
-
     // The plan is made on the units' shares: a loan does not re-plan the rollout, and a group
     // completes in a lending unit once what it still runs is done.
     let strategy = RolloutStrategy {
@@ -654,6 +688,13 @@ fn loans_adjust_the_targets_but_not_the_groups_owed() {
             updated_available: ready,
         }),
     };
+    let lent = [loan(
+        "DCB",
+        "DCA",
+        2,
+        crate::plan::loans::UNSCHEDULABLE,
+        false,
+    )];
     let step_with = |units: &[UnitObserved], prev: Option<&RolloutStatus>| {
         step(&RolloutInput {
             name: "demo",
@@ -663,6 +704,7 @@ fn loans_adjust_the_targets_but_not_the_groups_owed() {
             confirmed: None,
             previous: prev,
             units,
+            loans: &lent,
             now: Timestamp::UNIX_EPOCH,
         })
     };
@@ -709,6 +751,7 @@ fn a_completed_rollout_stays_completed_when_a_member_is_lost_later() {
             confirmed: None,
             previous: prev,
             units,
+            loans: &[],
             now: Timestamp::UNIX_EPOCH,
         })
     };
@@ -719,4 +762,175 @@ fn a_completed_rollout_stays_completed_when_a_member_is_lost_later() {
     let d = run(&units, Some(&d.status));
     assert_eq!(d.status.phase.as_deref(), Some(PHASE_COMPLETED));
     assert!(d.events.is_empty(), "no second RolloutCompleted");
+}
+
+// ---- the release invariant under loans, failovers and outages ----
+
+/// Pods of unit `unit` on the update revision the groups released so far allow (0 before a
+/// plan exists).
+fn quota(status: Option<&RolloutStatus>, unit: &str) -> i32 {
+    let Some(status) = status else { return 0 };
+    status
+        .units
+        .iter()
+        .find(|r| r.name == unit)
+        .map_or(0, |row| {
+            let work = work_of(row);
+            work.already() + released(&status.batches, unit, status.current_batch)
+        })
+}
+
+/// A scripted loan: (from, to, replicas, failover, returning).
+type ScriptedLoan = (usize, usize, i32, bool, bool);
+
+fn arb_loan_script() -> impl Strategy<Value = Vec<Option<ScriptedLoan>>> {
+    prop::collection::vec(
+        prop::option::weighted(
+            0.3,
+            (0..3usize, 0..3usize, 1..4i32, any::<bool>(), any::<bool>()),
+        ),
+        1..12,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The release invariant: at every tick, per unit and in total, pods on the update revision
+    /// never exceed the quota of the groups released so far. Loans (unschedulable, failover,
+    /// on their way back), a lost member and confirmations at random never add to it: a
+    /// borrowed replica runs the revision of the lender's replica it stands in for, and a
+    /// scale-in removes the pods that keep the partition. The only pods counted twice are a
+    /// lost or returning lender's own, which run on in its member while a borrower carries
+    /// them. Once the loans end, the rollout completes.
+    #[test]
+    fn loans_outages_and_confirmations_never_release_a_pod_past_its_group(
+        mut units in arb_units(),
+        up in arb_upgrade(),
+        batch in 1..6i32,
+        script in arb_loan_script(),
+        noise in prop::collection::vec(any::<u8>(), 64),
+    ) {
+        let strategy = RolloutStrategy {
+            upgrade_type: up,
+            batch_size: PositiveIntOrPercent(IntOrPercent::Int(batch)),
+            need_waiting_for_confirm: true,
+            progress_deadline_seconds: 100_000,
+            ..RolloutStrategy::default()
+        };
+        let replicas: i32 = units.iter().map(|u| u.target).sum();
+        let revision = "new";
+        let mut status: Option<RolloutStatus> = None;
+        let mut confirmed: Option<String> = None;
+        let mut loans: Vec<Loan> = vec![];
+        let mut completed = false;
+        let names: Vec<String> = units.iter().map(|u| u.name.clone()).collect();
+        for tick in 0..600usize {
+            let bits = noise[tick % noise.len()].rotate_left(u32::try_from(tick % 8).unwrap());
+            // Every few ticks the script may start a loan or end the one running (a loan ends
+            // while both units are reachable, as `plan::loans` ends them); past its end they all
+            // end.
+            if tick % 5 == 0 {
+                loans = match script.get(tick / 5) {
+                    Some(Some(_)) if !loans.is_empty() => vec![],
+                    Some(Some((from, to, n, failover, returning))) if names.len() > 1 => {
+                        let (from, to) = (from % names.len(), to % names.len());
+                        if from == to {
+                            vec![]
+                        } else {
+                            let reason = if *failover { crate::plan::loans::FAILOVER } else { crate::plan::loans::UNSCHEDULABLE };
+                            vec![loan(&names[from], &names[to], *n, reason, *returning)]
+                        }
+                    }
+                    Some(_) => loans.clone(),
+                    None => vec![],
+                };
+            }
+            // A failover's lender is lost until the loan turns to returning.
+            let lost: Vec<&str> = loans
+                .iter()
+                .filter(|l| l.reason == crate::plan::loans::FAILOVER && !l.returning)
+                .map(|l| l.from.as_str())
+                .collect();
+            let net = crate::plan::loans::deltas(&loans);
+            let observed: Vec<UnitObserved> = units.iter().map(|u| UnitObserved {
+                unit: u.name.clone(),
+                cluster: u.name.to_lowercase(),
+                target: u.target,
+                unreachable: lost.contains(&u.name.as_str()).then(|| "lost".to_string()),
+                loan: net.get(&u.name).copied().unwrap_or(0),
+                set: u.spec.map(|_| u.observed(revision)),
+            }).collect();
+            let d = step(&RolloutInput {
+                name: "demo",
+                strategy: &strategy,
+                replicas,
+                revision,
+                confirmed: confirmed.as_deref(),
+                previous: status.as_ref(),
+                units: &observed,
+                loans: &loans,
+                now: Timestamp::UNIX_EPOCH,
+            });
+            if d.reset_confirmation {
+                confirmed = Some("false".into());
+            }
+            let round_trip: RolloutStatus =
+                serde_json::from_value(serde_json::to_value(&d.status).unwrap()).unwrap();
+            status = Some(round_trip);
+            let settled = units.iter().all(|u| {
+                u.pods.len() == usize::try_from(u.target).unwrap()
+                    && u.pods.iter().all(|p| p.new && p.available)
+            });
+            if d.status.phase.as_deref() == Some(PHASE_COMPLETED) && loans.is_empty() && settled {
+                completed = true;
+                break;
+            }
+            if d.status.phase.as_deref() == Some(PHASE_WAITING_FOR_CONFIRM) && bits % 3 == 0 {
+                confirmed = Some("true".into());
+            }
+            // The hub writes only reachable members; every member's pods move on.
+            let asked = lend(&d.targets, &loans);
+            for u in &mut units {
+                if !lost.contains(&u.name.as_str())
+                    && let Some(t) = asked.get(&u.name)
+                {
+                    u.spec = Some(*t);
+                }
+                u.tick(bits % 2 == 0);
+            }
+            // The invariant, on the pods as they are now and the groups released so far.
+            let status = status.as_ref();
+            let new_in = |u: &SimUnit| i32::try_from(u.pods.iter().filter(|p| p.new).count()).unwrap();
+            let carried = |to: Option<&str>, double_only: bool| -> i32 {
+                loans
+                    .iter()
+                    .filter(|l| to.is_none_or(|t| l.to == t))
+                    .filter(|l| !double_only || !crate::plan::loans::scales_down_lender(l))
+                    .map(|l| l.replicas.min(quota(status, &l.from)))
+                    .sum()
+            };
+            let mut total_new = 0;
+            let mut total_quota = 0;
+            for u in &units {
+                let own = quota(status, &u.name);
+                prop_assert!(
+                    new_in(u) <= own + carried(Some(&u.name), false),
+                    "tick {tick}: unit {} runs {} new pods, its released quota is {own} (loans {:?})",
+                    u.name, new_in(u), loans
+                );
+                total_new += new_in(u);
+                total_quota += own;
+            }
+            prop_assert!(
+                total_new <= total_quota + carried(None, true),
+                "tick {tick}: {total_new} new pods in all, {total_quota} released (loans {:?})", loans
+            );
+        }
+        prop_assert!(completed, "the rollout completes once the loans end");
+        for u in &units {
+            prop_assert_eq!(u.pods.len(), usize::try_from(u.target).unwrap());
+            prop_assert!(u.pods.iter().all(|p| p.new));
+        }
+    }
 }
