@@ -6,6 +6,7 @@
 mod common;
 mod hub_support;
 mod pod_timeline;
+mod release_checker;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -587,5 +588,92 @@ async fn a_hub_killed_mid_group_continues_the_same_group_and_keeps_the_confirmat
         }
         timeline.stop();
     }
+    r.finish().await;
+}
+
+/// The release engineer's scenario: groups with confirmation, group 2 of 3 confirmed, then DCB
+/// lost past its failover toleration, the hub killed and restarted while DCA carries DCB's
+/// replicas, and DCB back. DCA carries DCB's replicas at the revisions DCB ran them (1 old, 2
+/// new), gives back the right pods when DCB returns, and at no moment do more pods run the new
+/// revision than the confirmed groups released, per unit or in total.
+#[tokio::test]
+async fn a_failover_never_releases_a_pod_past_the_confirmation() {
+    let mut cd = rollout_deployment(
+        6,
+        json!({}),
+        json!({"upgradeType": "Beta", "batchSize": 2, "needWaitingForConfirm": true,
+               "maxUnavailablePerUnit": 1}),
+    );
+    cd.spec.topology.failover =
+        Some(serde_json::from_value(json!({"enable": true, "tolerationSeconds": 3})).unwrap());
+    let mut r = Rollout::start(&cd).await;
+    for k in 1..=2 {
+        r.wait_confirm_at("demo:1", k).await;
+        r.confirm().await;
+    }
+    r.wait_completed("demo:1").await;
+    let checker = release_checker::Checker::start(
+        r.h.hub.clone(),
+        "default",
+        "demo",
+        vec![
+            ("DCA".into(), r.h.members["dca"].clone()),
+            ("DCB".into(), r.h.members["dcb"].clone()),
+        ],
+    );
+    r.set_image("demo:2").await;
+    r.wait_confirm_at("demo:2", 1).await;
+    r.confirm().await;
+    r.wait_confirm_at("demo:2", 2).await;
+    for member in ["dca", "dcb"] {
+        r.wait_serving(member, &[("demo:1", 1), ("demo:2", 2)])
+            .await;
+    }
+
+    r.h.sim
+        .cluster("dcb")
+        .unwrap()
+        .faults
+        .outage(Duration::from_secs(20));
+    // DCA carries DCB's 3 as DCB ran them: 1 old, 2 new.
+    r.wait_serving("dca", &[("demo:1", 2), ("demo:2", 4)]).await;
+    let cd = r.h.deployments().get("demo").await.unwrap();
+    let loans = &cd.status.as_ref().unwrap().loans;
+    assert!(
+        loans.len() == 1 && loans[0].reason == "Failover" && loans[0].replicas == 3,
+        "{loans:?}"
+    );
+    // The hub dies and comes back while DCB is away: nothing changes.
+    r.h.kill_hub().await;
+    r.h.run_hub();
+
+    let mcs: Api<cafe::api::MemberCluster> = Api::all(r.h.hub.clone());
+    wait_for("dcb back", WAIT, || async {
+        hub_support::ready_of(&mcs.get("dcb").await.ok()?)
+            .is_some_and(|c| c.status == "True")
+            .then_some(())
+    })
+    .await;
+    r.wait_rollout("the failover ended", |_, cd| {
+        cd.status.as_ref().is_some_and(|s| s.loans.is_empty())
+    })
+    .await;
+    // DCA gave back the right pods: 4 of 6 new, as confirmed.
+    for member in ["dca", "dcb"] {
+        r.wait_serving(member, &[("demo:1", 1), ("demo:2", 2)])
+            .await;
+    }
+    let cd = r.wait_confirm_at("demo:2", 2).await;
+    assert_eq!(annotation(&cd).as_deref(), Some("false"));
+
+    r.confirm().await;
+    r.wait_completed("demo:2").await;
+    for member in ["dca", "dcb"] {
+        r.wait_serving(member, &[("demo:2", 3)]).await;
+    }
+    let checks = *checker.checks.lock().unwrap();
+    let violations = checker.stop().await;
+    assert!(checks > 20, "the checker ran ({checks} checks)");
+    assert!(violations.is_empty(), "{violations:#?}");
     r.finish().await;
 }

@@ -292,6 +292,7 @@ async fn add_one_pod(
     pods: &Api<Pod>,
     n: i32,
     tpl: Value,
+    partition: i32,
     known: &mut BTreeSet<String>,
 ) -> String {
     let mut tpl = tpl;
@@ -299,7 +300,14 @@ async fn add_one_pod(
         // A merge patch keeps what it does not mention: drop an earlier nodeSelector.
         tpl["spec"]["nodeSelector"] = Value::Null;
     }
-    let ips = patch_spec(api, "demo", json!({"replicas": n, "template": tpl})).await;
+    // `partition` keeps the pods on other templates where they are; the one new pod is made
+    // from the new template.
+    let ips = patch_spec(
+        api,
+        "demo",
+        json!({"replicas": n, "template": tpl, "strategy": {"partition": partition}}),
+    )
+    .await;
     let name = wait_for("the new pod", WAIT, || async {
         let now: BTreeSet<String> = pods_of(pods, &ips)
             .await
@@ -320,10 +328,8 @@ async fn scale_in_removes_unscheduled_then_not_ready_then_newest_pods() {
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
     let ready_tpl = template("demo:1");
-    // The partition keeps every pod on the revision it was created at, so each template
-    // change below only shapes the next pod.
-    let mut set = inplaceset("demo", 2, ready_tpl.clone());
-    set.spec.strategy.partition = 10;
+    // Each template change below shapes only the next pod (see `add_one_pod`).
+    let set = inplaceset("demo", 2, ready_tpl.clone());
     let ips = api
         .create(&PostParams::default(), &set)
         .await
@@ -339,12 +345,12 @@ async fn scale_in_removes_unscheduled_then_not_ready_then_newest_pods() {
     // then the newest, ready one: each from a template change plus one more replica.
     let mut nowhere = ready_tpl.clone();
     nowhere["spec"]["nodeSelector"] = json!({"disktype": "none"});
-    let unscheduled = add_one_pod(&api, &pods, 3, nowhere, &mut known).await;
+    let unscheduled = add_one_pod(&api, &pods, 3, nowhere, 2, &mut known).await;
     wait_pod(&pods, &unscheduled, "Unschedulable", |p| {
         condition(p, "PodScheduled") == Some("False")
     })
     .await;
-    let not_ready = add_one_pod(&api, &pods, 4, template("demo:1-unready"), &mut known).await;
+    let not_ready = add_one_pod(&api, &pods, 4, template("demo:1-unready"), 3, &mut known).await;
     wait_pod(&pods, &not_ready, "running, not ready", |p| {
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && !is_ready(p)
     })
@@ -352,7 +358,7 @@ async fn scale_in_removes_unscheduled_then_not_ready_then_newest_pods() {
     // The newest pod must be created in a later second than the others (creation timestamps
     // have second precision), so "newest" is unambiguous.
     let oldest_second = wait_for_next_second(&pods, &ips).await;
-    let newest = add_one_pod(&api, &pods, 5, ready_tpl.clone(), &mut known).await;
+    let newest = add_one_pod(&api, &pods, 5, ready_tpl.clone(), 2, &mut known).await;
     wait_pod(&pods, &newest, "Ready", is_ready).await;
     let created = pods
         .get(&newest)
@@ -382,13 +388,26 @@ async fn scale_in_removes_unscheduled_then_not_ready_then_newest_pods() {
             .await
         }
     };
-    patch_spec(&api, "demo", json!({"replicas": 4})).await;
+    // The newest pod is on the first template again (the update revision), with the two
+    // originals; the partition keeps the other two (unscheduled, not ready) until they go, and
+    // never asks a scale-in to remove an updated pod first.
+    patch_spec(
+        &api,
+        "demo",
+        json!({"replicas": 4, "strategy": {"partition": 1}}),
+    )
+    .await;
     let left = remaining(4).await;
     assert!(
         !left.contains(&unscheduled),
         "the unscheduled pod goes first, though not the newest"
     );
-    patch_spec(&api, "demo", json!({"replicas": 3})).await;
+    patch_spec(
+        &api,
+        "demo",
+        json!({"replicas": 3, "strategy": {"partition": 0}}),
+    )
+    .await;
     let left = remaining(3).await;
     assert!(
         !left.contains(&not_ready),

@@ -364,6 +364,14 @@ pub struct UnitStatus {
     pub borrowed_replicas: i32,
     #[serde(default)]
     pub lent_replicas: i32,
+    /// Replicas the unit should run now: its own share, less what it lends, plus what it
+    /// borrows. Availability is judged against this.
+    #[serde(default)]
+    pub target_replicas: i32,
     #[serde(default)]
     pub reachable: bool,
+    /// Since when the unit's member has not been reachable: its counts are the last seen, not
+    /// current, and count in no total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_since: Option<Time>,
 }

@@ -455,13 +455,22 @@ pub fn project(o: &Observed) -> Projection {
 
     let units = rows
         .iter()
-        .map(|(share, member, reachable, current)| UnitObservation {
-            unit: share.unit.clone(),
-            cluster: Some(member.to_string()),
-            desired_replicas: share.replicas,
-            max_unavailable: unit_max_unavailable(cd, share.replicas),
-            reachable: *reachable,
-            inplaceset: current.map(|c| &*c.set),
+        .map(|(share, member, reachable, current)| {
+            let target = loans::carried(&share.unit, share.replicas, &loan_plan.loans);
+            UnitObservation {
+                unit: share.unit.clone(),
+                cluster: Some(member.to_string()),
+                desired_replicas: share.replicas,
+                target_replicas: target,
+                max_unavailable: unit_max_unavailable(cd, target),
+                reachable: *reachable,
+                unreachable_since: o
+                    .members
+                    .iter()
+                    .find(|m| m.name == *member)
+                    .and_then(|m| m.not_ready_since.clone()),
+                inplaceset: current.map(|c| &*c.set),
+            }
         })
         .collect();
     let mut status = unit_status::aggregate(&StatusInput {

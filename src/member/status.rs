@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::pod::PodView;
 use crate::api::labels::MEMBER_MANAGER;
 use crate::api::{InPlaceSet, InPlaceSetStatus, RevisionReplicas};
+use crate::plan::revision::current_revision;
 
 /// Condition type set while pods cannot be created or deleted, as on ReplicaSets.
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
@@ -105,7 +106,10 @@ pub fn compute(input: &Inputs<'_>) -> (InPlaceSetStatus, Option<Duration>) {
     let current = current_revision(
         input.previous.and_then(|s| s.current_revision.as_deref()),
         input.update_revision,
-        active.iter().map(|p| p.revision.as_deref()),
+        active
+            .iter()
+            .filter_map(|p| p.revision.as_deref())
+            .map(|r| (r, 1)),
     );
     let unschedulable: Vec<Timestamp> = active
         .iter()
@@ -164,33 +168,6 @@ fn revisions(update: &str, pods: &[&PodView]) -> Vec<RevisionReplicas> {
         .collect();
     out.sort_by_key(|r| r.revision != update);
     out
-}
-
-/// The revision the InPlaceSet's pods are on before the update completes: the update revision
-/// once no pod is on another one; otherwise the previous current revision while pods still run
-/// it, else the most common other revision (ties to the smallest, so it is stable).
-pub fn current_revision<'a>(
-    previous: Option<&str>,
-    update: &str,
-    pods: impl Iterator<Item = Option<&'a str>>,
-) -> String {
-    let mut others: std::collections::BTreeMap<&str, usize> = Default::default();
-    for rev in pods.flatten().filter(|r| *r != update) {
-        *others.entry(rev).or_default() += 1;
-    }
-    if others.is_empty() {
-        return update.to_string();
-    }
-    if let Some(prev) = previous.filter(|p| others.contains_key(p)) {
-        return prev.to_string();
-    }
-    let mut best: Option<(&str, usize)> = None;
-    for (rev, n) in others {
-        if best.is_none_or(|(_, m)| n > m) {
-            best = Some((rev, n));
-        }
-    }
-    best.map_or_else(|| update.to_string(), |(r, _)| r.to_string())
 }
 
 /// The selector in the API's string form, for the scale subresource (`kubectl scale`, HPA).
@@ -411,32 +388,6 @@ mod tests {
         assert_eq!(s.selector.as_deref(), Some("app=demo,tier in (a,b)"));
         assert_eq!(recheck, Some(Duration::from_secs(5)));
         assert!(s.conditions.is_empty());
-    }
-
-    #[test]
-    fn current_revision_follows_the_pods() {
-        let none: [Option<&str>; 0] = [];
-        assert_eq!(current_revision(None, "b", none.into_iter()), "b");
-        assert_eq!(
-            current_revision(Some("a"), "b", [Some("b"), Some("b")].into_iter()),
-            "b"
-        );
-        assert_eq!(
-            current_revision(
-                Some("a"),
-                "c",
-                [Some("a"), Some("b"), Some("b")].into_iter()
-            ),
-            "a"
-        );
-        assert_eq!(
-            current_revision(
-                Some("z"),
-                "c",
-                [Some("a"), Some("b"), Some("b")].into_iter()
-            ),
-            "b"
-        );
     }
 
     #[test]

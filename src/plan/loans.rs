@@ -92,6 +92,23 @@ pub fn deltas(loans: &[Loan]) -> BTreeMap<String, i32> {
     out
 }
 
+/// The replicas unit `unit` should serve with its own share `share` and `loans`: less every
+/// replica it lends (a lost lender's included: another unit carries them), plus every replica
+/// it borrows. What availability is judged against.
+pub fn carried(unit: &str, share: i32, loans: &[Loan]) -> i32 {
+    let lent: i32 = loans
+        .iter()
+        .filter(|l| l.from == unit)
+        .map(|l| l.replicas)
+        .sum();
+    let borrowed: i32 = loans
+        .iter()
+        .filter(|l| l.to == unit)
+        .map(|l| l.replicas)
+        .sum();
+    (share - lent).max(0) + borrowed
+}
+
 /// Whether the lender runs fewer pods for this loan: only for an unschedulable loan that is not
 /// on its way back.
 pub fn scales_down_lender(loan: &Loan) -> bool {

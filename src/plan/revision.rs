@@ -5,6 +5,31 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// The revision pods ran before the update now under way: the update revision once no pod runs
+/// another; otherwise the previous current revision while pods still run it, else the
+/// revision most pods run (ties to the smallest, so it is stable). `pods` gives pods per
+/// revision, in any order, a revision possibly several times. Never a revision no pod runs.
+pub fn current_revision<'a>(
+    previous: Option<&str>,
+    update: &str,
+    pods: impl Iterator<Item = (&'a str, usize)>,
+) -> String {
+    let mut others: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (rev, n) in pods.filter(|(r, n)| *r != update && *n > 0) {
+        *others.entry(rev).or_default() += n;
+    }
+    if let Some(prev) = previous.filter(|p| others.contains_key(p)) {
+        return prev.to_string();
+    }
+    let mut best: Option<(&str, usize)> = None;
+    for (rev, n) in others {
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((rev, n));
+        }
+    }
+    best.map_or_else(|| update.to_string(), |(r, _)| r.to_string())
+}
+
 /// Canonical JSON: object keys sorted at every level, no insignificant whitespace.
 fn canonical(value: &Value) -> String {
     match value {
@@ -45,6 +70,27 @@ pub fn revision_hash(template: &PodTemplateSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn current_revision_follows_the_pods() {
+        let run = |pods: &[(&'static str, usize)]| pods.to_vec().into_iter();
+        assert_eq!(current_revision(None, "b", run(&[])), "b");
+        assert_eq!(current_revision(Some("a"), "b", run(&[("b", 2)])), "b");
+        assert_eq!(
+            current_revision(Some("a"), "c", run(&[("a", 1), ("b", 2)])),
+            "a"
+        );
+        assert_eq!(
+            current_revision(Some("z"), "c", run(&[("a", 1), ("b", 2)])),
+            "b"
+        );
+        // Counts add up over units; a revision with no pods is none.
+        assert_eq!(
+            current_revision(None, "c", run(&[("a", 2), ("b", 1), ("b", 2), ("d", 0)])),
+            "b"
+        );
+        assert_eq!(current_revision(Some("d"), "c", run(&[("d", 0)])), "c");
+    }
     use serde_json::json;
 
     fn template(v: Value) -> PodTemplateSpec {

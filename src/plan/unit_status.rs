@@ -4,6 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 
 use crate::api::{CafeDeploymentStatus, InPlaceSet, UnitStatus};
+use crate::plan::revision::current_revision;
 
 /// Condition types the hub sets on CafeDeployments.
 pub const AVAILABLE: &str = "Available";
@@ -21,11 +22,16 @@ pub struct UnitObservation<'a> {
     pub cluster: Option<String>,
     /// This unit's share of `spec.replicas`.
     pub desired_replicas: i32,
-    /// `maxUnavailablePerUnit` resolved against `desired_replicas`: the availability floor is
-    /// `desired_replicas - max_unavailable`.
+    /// `maxUnavailablePerUnit` resolved against `target_replicas`: the availability floor is
+    /// `target_replicas - max_unavailable`.
     pub max_unavailable: i32,
+    /// Replicas the unit should run now, loans included (own share, less lent, plus
+    /// borrowed): availability is judged against it.
+    pub target_replicas: i32,
     /// False when the member is unreachable: its InPlaceSet is as last seen.
     pub reachable: bool,
+    /// Since when the member has not been reachable (when known).
+    pub unreachable_since: Option<Time>,
     /// The unit's InPlaceSet in its member, if the hub has seen one.
     pub inplaceset: Option<&'a InPlaceSet>,
 }
@@ -50,16 +56,21 @@ pub struct StatusInput<'a> {
 /// unchanged world gives a status equal to `previous` and no write.
 pub fn aggregate(input: &StatusInput) -> CafeDeploymentStatus {
     let units: Vec<UnitStatus> = input.units.iter().map(unit_row).collect();
+    // A member the hub cannot see counts in no total: its numbers are the last seen, not now.
     let sum = |f: fn(&crate::api::InPlaceSetStatus) -> i32| -> i32 {
         input
             .units
             .iter()
+            .filter(|u| u.reachable)
             .filter_map(|u| u.inplaceset.and_then(|s| s.status.as_ref()))
             .map(f)
             .sum()
     };
-    let converged: Vec<bool> = input.units.iter().map(is_converged).collect();
-    let all_converged = converged.iter().all(|c| *c);
+    let converged: Vec<bool> = input
+        .units
+        .iter()
+        .map(|u| is_converged(u, &input.update_revision))
+        .collect();
 
     let mut status = input.previous.clone();
     status.observed_generation = input.generation;
@@ -69,9 +80,11 @@ pub fn aggregate(input: &StatusInput) -> CafeDeploymentStatus {
     status.updated_replicas = sum(|s| s.updated_replicas);
     status.updated_ready_replicas = sum(|s| s.updated_ready_replicas);
     status.update_revision = Some(input.update_revision.clone());
-    if status.current_revision.is_none() || all_converged {
-        status.current_revision = Some(input.update_revision.clone());
-    }
+    status.current_revision = Some(current_revision(
+        input.previous.current_revision.as_deref(),
+        &input.update_revision,
+        pods_per_revision(&input.units).into_iter(),
+    ));
     status.selector = input.selector.clone();
 
     let (available, reason, message) = availability(&input.units);
@@ -102,6 +115,23 @@ pub fn aggregate(input: &StatusInput) -> CafeDeploymentStatus {
     status
 }
 
+/// Pods per revision as the members report them (last seen for an unreachable one). A member
+/// that has not yet seen the newest template reports its pods under the revisions they run.
+fn pods_per_revision<'a>(units: &'a [UnitObservation]) -> Vec<(&'a str, usize)> {
+    units
+        .iter()
+        .filter_map(|u| u.inplaceset.and_then(|s| s.status.as_ref()))
+        .flat_map(|s| {
+            s.revisions.iter().map(|r| {
+                (
+                    r.revision.as_str(),
+                    usize::try_from(r.replicas).unwrap_or(0),
+                )
+            })
+        })
+        .collect()
+}
+
 fn unit_row(u: &UnitObservation) -> UnitStatus {
     let s = u
         .inplaceset
@@ -118,14 +148,17 @@ fn unit_row(u: &UnitObservation) -> UnitStatus {
         unschedulable_replicas: s.unschedulable_replicas,
         borrowed_replicas: 0,
         lent_replicas: 0,
+        target_replicas: u.target_replicas,
         reachable: u.reachable,
+        unreachable_since: u.unreachable_since.clone().filter(|_| !u.reachable),
     }
 }
 
-/// The member has acted on the newest spec and every desired replica is updated and available.
-fn is_converged(u: &UnitObservation) -> bool {
+/// The member has acted on the newest spec and every replica it should run (loans included)
+/// is updated and available.
+fn is_converged(u: &UnitObservation, update_revision: &str) -> bool {
     let Some(set) = u.inplaceset else {
-        return u.desired_replicas == 0 && u.reachable;
+        return u.target_replicas == 0 && u.reachable;
     };
     let Some(s) = set.status.as_ref() else {
         return false;
@@ -135,12 +168,14 @@ fn is_converged(u: &UnitObservation) -> bool {
         (None, _) => true,
         (Some(_), None) => false,
     };
+    // A member that has not seen the newest template yet reports on an older one.
     u.reachable
         && observed
-        && set.spec.replicas == u.desired_replicas
-        && s.replicas == u.desired_replicas
-        && s.updated_replicas == u.desired_replicas
-        && s.available_replicas == u.desired_replicas
+        && s.update_revision.as_deref() == Some(update_revision)
+        && set.spec.replicas == u.target_replicas
+        && s.replicas == u.target_replicas
+        && s.updated_replicas == u.target_replicas
+        && s.available_replicas == u.target_replicas
 }
 
 fn available_of(u: &UnitObservation) -> i32 {
@@ -149,33 +184,50 @@ fn available_of(u: &UnitObservation) -> i32 {
         .map_or(0, |s| s.available_replicas)
 }
 
-/// Available when every unit keeps its floor (`desired - maxUnavailablePerUnit`): the
-/// active-active promise is per unit, not a total.
+/// Available when every unit keeps its floor: the replicas it should run now (its target after
+/// loans) less `maxUnavailablePerUnit`. The active-active promise is per unit, not a total; a
+/// unit that lent its replicas is judged on what it still runs, the one that borrowed on what it
+/// carries. A member the hub cannot see is never counted as available: Unknown, unless it
+/// should run nothing (its replicas all carried elsewhere) or another unit is known to be below
+/// its floor (then False).
 fn availability(units: &[UnitObservation]) -> (&'static str, &'static str, String) {
-    let below: Vec<String> = units
-        .iter()
-        .filter_map(|u| {
-            let floor = (u.desired_replicas - u.max_unavailable.max(0)).max(0);
-            let available = available_of(u);
-            (available < floor).then(|| {
-                format!(
-                    "{} {available}/{} available (floor {floor})",
-                    u.unit, u.desired_replicas
-                )
-            })
-        })
-        .collect();
-    if below.is_empty() {
+    let mut below = vec![];
+    let mut unknown = vec![];
+    for u in units {
+        let max_unavailable = u.max_unavailable.max(0);
+        let floor = (u.target_replicas - max_unavailable).max(0);
+        if !u.reachable {
+            if floor > 0 {
+                unknown.push(format!(
+                    "{} (member {}) unreachable; its {} replicas cannot be seen",
+                    u.unit,
+                    u.cluster.as_deref().unwrap_or("-"),
+                    u.target_replicas
+                ));
+            }
+            continue;
+        }
+        let available = available_of(u);
+        if available < floor {
+            below.push(format!(
+                "{} {available}/{} available (floor {floor})",
+                u.unit, u.target_replicas
+            ));
+        }
+    }
+    if !below.is_empty() {
+        let mut message = format!("below the availability floor: {}", below.join(", "));
+        if !unknown.is_empty() {
+            message.push_str(&format!("; {}", unknown.join("; ")));
+        }
+        ("False", "MinimumReplicasUnavailable", message)
+    } else if !unknown.is_empty() {
+        ("Unknown", "MemberUnreachable", unknown.join("; "))
+    } else {
         (
             "True",
             "MinimumReplicasAvailable",
             "every unit has at least its floor of available replicas".into(),
-        )
-    } else {
-        (
-            "False",
-            "MinimumReplicasUnavailable",
-            format!("below the availability floor: {}", below.join(", ")),
         )
     }
 }
@@ -222,8 +274,8 @@ fn progress(
             format!(
                 "{} ({}/{})",
                 u.unit,
-                available_of(u).min(u.desired_replicas),
-                u.desired_replicas
+                available_of(u).min(u.target_replicas),
+                u.target_replicas
             )
         })
         .collect();
@@ -317,6 +369,12 @@ mod tests {
             available_replicas: available,
             updated_replicas: n,
             updated_ready_replicas: available,
+            update_revision: Some("abc".into()),
+            revisions: vec![crate::api::RevisionReplicas {
+                revision: "abc".into(),
+                replicas: n,
+                ready_replicas: available,
+            }],
             ..Default::default()
         }
     }
@@ -326,8 +384,10 @@ mod tests {
             unit: name.into(),
             cluster: Some(name.to_lowercase()),
             desired_replicas: desired,
+            target_replicas: desired,
             max_unavailable: 1,
             reachable: true,
+            unreachable_since: None,
             inplaceset: set,
         }
     }
@@ -425,7 +485,10 @@ mod tests {
 
     #[test]
     fn a_stale_generation_or_missing_set_is_not_converged() {
-        let stale = set(4, 3, Some(running(4, 4, 2)));
+        // The member has not acted on generation 3 yet: its pods still run "old".
+        let mut report = running(4, 4, 2);
+        report.revisions[0].revision = "old".into();
+        let stale = set(4, 3, Some(report));
         let previous = CafeDeploymentStatus {
             current_revision: Some("old".into()),
             ..Default::default()
@@ -439,6 +502,111 @@ mod tests {
         assert_eq!(status.current_revision.as_deref(), Some("old"));
         assert_eq!(status.update_revision.as_deref(), Some("abc"));
         assert_eq!(status.units[1].replicas, 0);
+    }
+
+    #[test]
+    fn availability_is_judged_against_the_target_after_loans() {
+        // DCA lent 2 of its 5 and serves the 3 it still runs; DCB carries them: 7 of 7.
+        let (a, b) = (
+            set(3, 1, Some(running(3, 3, 1))),
+            set(7, 1, Some(running(7, 7, 1))),
+        );
+        let mut dca = unit("DCA", 5, Some(&a));
+        dca.target_replicas = 3;
+        let mut dcb = unit("DCB", 5, Some(&b));
+        dcb.target_replicas = 7;
+        let previous = CafeDeploymentStatus::default();
+        let status = aggregate(&input(&previous, vec![dca, dcb], 100));
+        let av = condition(&status, AVAILABLE);
+        assert_eq!(av.status, "True", "{}", av.message);
+        assert_eq!(status.units[0].target_replicas, 3);
+        assert_eq!(status.units[1].target_replicas, 7);
+        assert_eq!(condition(&status, PROGRESSING).reason, "UnitsAvailable");
+    }
+
+    #[test]
+    fn a_lost_member_counts_in_no_total_and_is_never_available() {
+        let (a, b) = (
+            set(3, 1, Some(running(3, 3, 1))),
+            set(3, 1, Some(running(3, 3, 1))),
+        );
+        let mut dcb = unit("DCB", 3, Some(&b));
+        dcb.reachable = false;
+        dcb.unreachable_since = Some(time(90));
+        let previous = CafeDeploymentStatus::default();
+        let status = aggregate(&input(
+            &previous,
+            vec![unit("DCA", 3, Some(&a)), dcb.clone()],
+            100,
+        ));
+        assert_eq!(
+            (
+                status.replicas,
+                status.ready_replicas,
+                status.available_replicas
+            ),
+            (3, 3, 3),
+            "DCB's last-seen pods are not counted"
+        );
+        assert_eq!(status.units[1].unreachable_since, Some(time(90)));
+        assert_eq!(
+            status.units[1].ready_replicas, 3,
+            "the row keeps the last seen"
+        );
+        let av = condition(&status, AVAILABLE);
+        assert_eq!(
+            (av.status.as_str(), av.reason.as_str()),
+            ("Unknown", "MemberUnreachable")
+        );
+        assert!(
+            av.message.contains("DCB (member dcb) unreachable"),
+            "{}",
+            av.message
+        );
+        // Its replicas carried elsewhere (a failover), the lost unit should serve nothing.
+        dcb.target_replicas = 0;
+        let c = set(6, 1, Some(running(6, 6, 1)));
+        let mut dca = unit("DCA", 3, Some(&c));
+        dca.target_replicas = 6;
+        let status = aggregate(&input(&previous, vec![dca, dcb], 100));
+        assert_eq!(condition(&status, AVAILABLE).status, "True");
+    }
+
+    #[test]
+    fn the_current_revision_is_one_the_pods_run() {
+        // A new template the member has not seen yet: its pods still run "old".
+        let mut report = running(4, 4, 1);
+        report.update_revision = Some("old".into());
+        report.revisions[0].revision = "old".into();
+        let a = set(4, 1, Some(report));
+        let previous = CafeDeploymentStatus {
+            current_revision: Some("old".into()),
+            ..Default::default()
+        };
+        let status = aggregate(&input(&previous, vec![unit("DCA", 4, Some(&a))], 100));
+        assert_eq!(status.current_revision.as_deref(), Some("old"));
+        assert_ne!(condition(&status, PROGRESSING).reason, "UnitsAvailable");
+        // An undo of an undo: the previous current revision no pod runs any more is not shown.
+        let mut report = running(4, 4, 1);
+        report.revisions = vec![
+            crate::api::RevisionReplicas {
+                revision: "abc".into(),
+                replicas: 1,
+                ready_replicas: 1,
+            },
+            crate::api::RevisionReplicas {
+                revision: "mid".into(),
+                replicas: 3,
+                ready_replicas: 3,
+            },
+        ];
+        let a = set(4, 1, Some(report));
+        let previous = CafeDeploymentStatus {
+            current_revision: Some("gone".into()),
+            ..Default::default()
+        };
+        let status = aggregate(&input(&previous, vec![unit("DCA", 4, Some(&a))], 100));
+        assert_eq!(status.current_revision.as_deref(), Some("mid"));
     }
 
     #[test]
