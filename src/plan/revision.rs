@@ -73,7 +73,9 @@ mod tests {
 
     #[test]
     fn current_revision_follows_the_pods() {
-        let run = |pods: &[(&'static str, usize)]| pods.iter().copied();
+        fn run(pods: &[(&'static str, usize)]) -> impl Iterator<Item = (&'static str, usize)> {
+            pods.to_owned().into_iter()
+        }
         assert_eq!(current_revision(None, "b", run(&[])), "b");
         assert_eq!(current_revision(Some("a"), "b", run(&[("b", 2)])), "b");
         assert_eq!(
