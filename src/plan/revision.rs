@@ -73,8 +73,8 @@ mod tests {
 
     #[test]
     fn current_revision_follows_the_pods() {
-        fn run(pods: &[(&'static str, usize)]) -> impl Iterator<Item = (&'static str, usize)> {
-            pods.to_owned().into_iter()
+        fn run(pods: &[(&'static str, usize)]) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+            pods.iter().copied()
         }
         assert_eq!(current_revision(None, "b", run(&[])), "b");
         assert_eq!(current_revision(Some("a"), "b", run(&[("b", 2)])), "b");
