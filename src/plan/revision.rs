@@ -73,7 +73,9 @@ mod tests {
 
     #[test]
     fn current_revision_follows_the_pods() {
-        fn run(pods: &[(&'static str, usize)]) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+        fn run<'a>(
+            pods: &'a [(&'static str, usize)],
+        ) -> impl Iterator<Item = (&'static str, usize)> + 'a {
             pods.iter().copied()
         }
         assert_eq!(current_revision(None, "b", run(&[])), "b");
