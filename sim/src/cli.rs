@@ -105,12 +105,12 @@ async fn run_sim(config: SimConfig, dir: PathBuf) -> Result<(), CliError> {
         .iter()
         .map(|c| format!("{}={}", c.name, c.url()))
         .collect();
-    println!(
+    crate::outln!(
         "ready {} kubeconfig={}",
         list.join(" "),
         kubeconfig.display()
     );
-    println!(
+    crate::outln!(
         "try: KUBECONFIG={} kubectl --context {} get nodes",
         kubeconfig.display(),
         sim.clusters
@@ -182,6 +182,6 @@ async fn run_ctl(ctl: CtlArgs) -> Result<(), CliError> {
     if code != 200 {
         return Err(CliError::Control(body.trim().to_string()));
     }
-    print!("{body}");
+    crate::out!("{body}");
     Ok(())
 }

@@ -188,7 +188,7 @@ async fn run_command(args: ClusterArgs) -> Result<(), ClusterError> {
             let member = read_member_kubeconfig(&args.kubeconfig)?;
             let hub = hub_client(args.hub_kubeconfig, args.hub_context).await?;
             register_kubeconfig(&hub, &args.name, member, args.context.as_deref(), &units).await?;
-            println!(
+            cafe_sim::outln!(
                 "member cluster {} registered with unit {}",
                 args.name,
                 render_units(&units)
@@ -197,13 +197,13 @@ async fn run_command(args: ClusterArgs) -> Result<(), ClusterError> {
         }
         ClusterCommand::List(hub) => {
             let hub = hub_client(hub.kubeconfig, hub.context).await?;
-            print!("{}", render_list(&list(&hub).await?));
+            cafe_sim::out!("{}", render_list(&list(&hub).await?));
             Ok(())
         }
         ClusterCommand::Remove(args) => {
             let hub = hub_client(args.hub.kubeconfig, args.hub.context).await?;
             remove(&hub, &args.name).await?;
-            println!("member cluster {} removed", args.name);
+            cafe_sim::outln!("member cluster {} removed", args.name);
             Ok(())
         }
     }

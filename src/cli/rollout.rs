@@ -147,7 +147,7 @@ fn params() -> PatchParams {
 pub async fn run(args: RolloutArgs) -> Result<(), RolloutError> {
     // A short command's failure is its one-line error; kube's request logs would repeat it.
     let line = quietly(run_command(args)).await?;
-    println!("{line}");
+    cafe_sim::outln!("{line}");
     Ok(())
 }
 

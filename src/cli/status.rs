@@ -223,12 +223,12 @@ impl Screen {
         }
         if self.redraw {
             // Cursor home, clear screen.
-            print!("\x1b[H\x1b[2J{frame}");
+            cafe_sim::out!("\x1b[H\x1b[2J{frame}");
         } else {
             if self.last.is_some() {
-                println!();
+                cafe_sim::outln!();
             }
-            print!("{frame}");
+            cafe_sim::out!("{frame}");
         }
         self.last = Some(frame.to_string());
     }
