@@ -275,6 +275,54 @@ async fn cli_status_watch_redraws_on_change_and_exits_on_sigterm() {
 }
 
 #[tokio::test]
+async fn status_watch_exits_on_ctrl_c_without_a_log_line() {
+    let sim = start_sim(HUB_AND_MEMBER).await;
+    let hub = client(&sim, "hub").await;
+    install_crds(&hub).await;
+    create_demo(&hub, demo_status(3)).await;
+    let kubeconfig = write_hub_kubeconfig(&sim, "ctrlc");
+
+    // Default log level (info), as a person at a terminal runs it.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cafe"))
+        .args(["status", "demo", "-w", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env_remove("KUBECONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let drawn = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("6 ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(drawn, Ok(true)), "the first frame");
+
+    let pid = child.id().expect("running").to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("cafe status -w exits on Ctrl-C")
+        .unwrap();
+    assert!(out.status.success(), "exit 0 on Ctrl-C, got {}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "nothing logged: {stderr}");
+    let _ = std::fs::remove_dir_all(kubeconfig.parent().unwrap());
+}
+
+#[tokio::test]
 async fn cli_finds_the_hub_through_merged_kubeconfig_paths_or_home_like_kubectl() {
     let sim = start_sim(HUB_AND_MEMBER).await;
     let hub = client(&sim, "hub").await;

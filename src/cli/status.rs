@@ -82,7 +82,7 @@ pub enum StatusError {
 
 pub async fn run(args: StatusArgs) -> Result<(), StatusError> {
     // Handlers before the first frame, so a signal while watching is a clean stop.
-    let shutdown = args.watch.then(crate::runtime::shutdown::on_signal);
+    let shutdown = args.watch.then(crate::runtime::shutdown::on_interrupt);
     let client = args.kube.client().await?;
     let namespace = args
         .namespace
