@@ -78,7 +78,7 @@ pub struct RegisterArgs {
     /// Topology unit of the member, TYPE=VALUE (repeatable), e.g. DataCenter=DCA.
     #[arg(long = "unit", value_name = "TYPE=VALUE", required = true)]
     pub units: Vec<String>,
-    /// Kubeconfig of the HUB cluster (default: $KUBECONFIG).
+    /// Kubeconfig of the HUB cluster (default, as kubectl: $KUBECONFIG, else ~/.kube/config).
     #[arg(long, value_name = "HUB_FILE")]
     pub hub_kubeconfig: Option<PathBuf>,
     /// Context of the hub in that file (default: its current context).
@@ -89,7 +89,7 @@ pub struct RegisterArgs {
 /// Where the hub is, for the subcommands that only talk to the hub.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct HubArgs {
-    /// Kubeconfig of the hub cluster (default: $KUBECONFIG).
+    /// Kubeconfig of the hub cluster (default, as kubectl: $KUBECONFIG, else ~/.kube/config).
     #[arg(long, visible_alias = "hub-kubeconfig")]
     pub kubeconfig: Option<PathBuf>,
     /// Context of the hub in that file (default: its current context).

@@ -191,15 +191,16 @@ fn params() -> PatchParams {
 }
 
 pub async fn run(args: RolloutArgs) -> Result<(), RolloutError> {
-    if let RolloutCommand::Status(status) = &args.command {
-        let client = status.target.kube.client().await?;
-        let namespace = namespace_of(&status.target, &client);
-        let timeout = (!status.timeout.is_zero()).then_some(status.timeout);
-        return follow_rollout(&client, &namespace, &status.target.name, timeout).await;
+    let text = if matches!(args.command, RolloutCommand::Status(_)) {
+        // It prints as it goes, and a watch that fails and retries is worth its warning.
+        run_command(args).await?
+    } else {
+        // A short command's failure is its one-line error; kube's request logs would repeat it.
+        quietly(run_command(args)).await?
+    };
+    if !text.is_empty() {
+        cafe_sim::outln!("{}", text.trim_end());
     }
-    // A short command's failure is its one-line error; kube's request logs would repeat it.
-    let text = quietly(run_command(args)).await?;
-    cafe_sim::outln!("{}", text.trim_end());
     Ok(())
 }
 
@@ -223,16 +224,18 @@ async fn run_command(args: RolloutArgs) -> Result<String, RolloutError> {
     let client = target.kube.client().await?;
     let namespace = namespace_of(target, &client);
     let name = &target.name;
-    match args.command {
+    match &args.command {
         RolloutCommand::Confirm(_) => confirm(&client, &namespace, name).await,
         RolloutCommand::Pause(_) => set_pause(&client, &namespace, name, true).await,
         RolloutCommand::Resume(_) => set_pause(&client, &namespace, name, false).await,
         RolloutCommand::Restart(_) => restart(&client, &namespace, name).await,
         RolloutCommand::Undo(_) => undo(&client, &namespace, name, to_revision).await,
         RolloutCommand::History(_) => history(&client, &namespace, name).await,
-        RolloutCommand::Status(_) => follow_rollout(&client, &namespace, name, None)
-            .await
-            .map(|()| String::new()),
+        RolloutCommand::Status(s) => {
+            let timeout = (!s.timeout.is_zero()).then_some(s.timeout);
+            follow_rollout(&client, &namespace, name, timeout).await?;
+            Ok(String::new())
+        }
     }
 }
 
