@@ -249,7 +249,7 @@ async fn list_shows_registered_members_and_remove_deletes_membercluster_and_secr
         "{table}"
     );
 
-    cluster::remove(&hub, "dca").await.expect("removed");
+    cluster::remove(&hub, "dca", false).await.expect("removed");
     assert!(member(&hub, "dca").await.is_none(), "MemberCluster deleted");
     assert!(
         secret(&hub, "dca-kubeconfig").await.is_none(),
@@ -258,7 +258,7 @@ async fn list_shows_registered_members_and_remove_deletes_membercluster_and_secr
     assert!(member(&hub, "dcb").await.is_some(), "dcb untouched");
     assert!(secret(&hub, "dcb-kubeconfig").await.is_some());
 
-    let err = cluster::remove(&hub, "dca")
+    let err = cluster::remove(&hub, "dca", false)
         .await
         .expect_err("already gone");
     assert!(
@@ -497,6 +497,10 @@ async fn cli_register_errors_are_one_line_and_write_nothing() {
             stderr.contains(named),
             "{args:?}: {named} not named in {stderr}"
         );
+        assert!(
+            stderr.contains("dcx"),
+            "{args:?}: the member not named in {stderr}"
+        );
         assert_eq!(
             stderr.trim().lines().count(),
             1,
@@ -504,5 +508,81 @@ async fn cli_register_errors_are_one_line_and_write_nothing() {
         );
     }
     assert_nothing_written(&hub).await;
+    let _ = std::fs::remove_dir_all(&f.dir);
+}
+
+/// The demo CafeDeployment on the hub (units DCA and DCB) and, in dcb, the InPlaceSet the hub
+/// would have made for it.
+async fn demo_placed_on_dcb(sim: &cafe_sim::sim::Sim, hub: &kube::Client) {
+    let demo: cafe::api::CafeDeployment =
+        serde_json::from_value(cafe::cli::dev::demo_object().unwrap()).unwrap();
+    Api::<cafe::api::CafeDeployment>::namespaced(hub.clone(), "default")
+        .create(&Default::default(), &demo)
+        .await
+        .unwrap();
+    let dcb = client(sim, "dcb").await;
+    install_crds(&dcb).await;
+    let set: cafe::api::InPlaceSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps.cafe.io/v1alpha1", "kind": "InPlaceSet",
+        "metadata": {"name": "demo", "namespace": "default",
+                     "labels": {"apps.cafe.io/cafedeployment": "demo",
+                                "apps.cafe.io/cafedeployment-namespace": "default"}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "demo"}},
+                 "template": {"metadata": {"labels": {"app": "demo"}},
+                              "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}},
+    }))
+    .unwrap();
+    Api::<cafe::api::InPlaceSet>::namespaced(dcb, "default")
+        .create(&Default::default(), &set)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn cluster_remove_refuses_a_member_in_use() {
+    let sim = start_sim(TWO_MEMBERS).await;
+    let hub = client(&sim, "hub").await;
+    install_crds(&hub).await;
+    let f = files(&sim, "inuse");
+    let all = sim.kubeconfig(None);
+    for (name, unit) in [("dca", "DCA"), ("dcb", "DCB")] {
+        cluster::register(
+            &hub,
+            name,
+            &all,
+            Some(name),
+            &[("DataCenter".into(), unit.into())],
+        )
+        .await
+        .unwrap();
+    }
+    demo_placed_on_dcb(&sim, &hub).await;
+
+    let (ok, stdout, stderr) = cafe(&["cluster", "remove", "dcb"], Some(&f.hub)).await;
+    assert!(!ok, "refused; stdout: {stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("member cluster dcb is in use") && stderr.contains("default/demo"),
+        "{stderr}"
+    );
+    assert!(member(&hub, "dcb").await.is_some(), "MemberCluster kept");
+    assert!(
+        secret(&hub, "dcb-kubeconfig").await.is_some(),
+        "Secret kept"
+    );
+
+    let (ok, stdout, stderr) = cafe(&["cluster", "remove", "dcb", "--force"], Some(&f.hub)).await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "member cluster dcb removed", "{stdout}");
+    assert!(
+        stdout.contains("left behind in dcb") && stdout.contains("InPlaceSets default/demo"),
+        "{stdout}"
+    );
+    assert!(member(&hub, "dcb").await.is_none(), "MemberCluster deleted");
+    assert!(
+        secret(&hub, "dcb-kubeconfig").await.is_none(),
+        "Secret deleted"
+    );
     let _ = std::fs::remove_dir_all(&f.dir);
 }

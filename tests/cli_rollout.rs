@@ -344,3 +344,55 @@ async fn history_is_owned_by_the_cafedeployment_and_pruned_to_its_limit() {
     assert_eq!(kept[1], (3, revision_hash(&third.spec.template)));
     assert_eq!(kept[0].0, 2);
 }
+
+#[tokio::test]
+async fn rollout_history_lists_revisions_with_images_and_change_cause() {
+    let hub = hub("listing").await;
+    let line = stdout(&hub.cafe(&["history", "demo"]).await);
+    assert!(line.starts_with("No revisions of default/demo"), "{line}");
+
+    let first = hub.record().await;
+    hub.api
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"kubernetes.io/change-cause": "image 1.28 for the fix"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let second = hub.new_template("nginx:1.28").await;
+    let out = stdout(&hub.cafe(&["history", "demo", "-n", "default"]).await);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["REVISION", "HASH", "IMAGES", "AGE", "CHANGE-CAUSE"],
+        "{out}"
+    );
+    let first_hash = revision_hash(&first.spec.template);
+    let second_hash = revision_hash(&second.spec.template);
+    assert_eq!(
+        rows[1][..3],
+        ["1", first_hash.as_str(), "nginx:1.27"],
+        "{out}"
+    );
+    assert_eq!(rows[1][4..], ["<none>"], "{out}");
+    assert_eq!(
+        rows[2][..3],
+        ["2", second_hash.as_str(), "nginx:1.28"],
+        "{out}"
+    );
+    assert_eq!(
+        rows[2][4..],
+        ["image", "1.28", "for", "the", "fix"],
+        "{out}"
+    );
+
+    // The numbers are the ones undo takes.
+    let line = stdout(&hub.cafe(&["undo", "demo", "--to-revision", "1"]).await);
+    assert!(line.contains("rolled back to revision 1"), "{line}");
+}

@@ -273,3 +273,114 @@ async fn cli_status_watch_redraws_on_change_and_exits_on_sigterm() {
     assert!(status.success(), "exit 0 on SIGTERM, got {status}");
     let _ = std::fs::remove_dir_all(kubeconfig.parent().unwrap());
 }
+
+#[tokio::test]
+async fn status_watch_exits_on_ctrl_c_without_a_log_line() {
+    let sim = start_sim(HUB_AND_MEMBER).await;
+    let hub = client(&sim, "hub").await;
+    install_crds(&hub).await;
+    create_demo(&hub, demo_status(3)).await;
+    let kubeconfig = write_hub_kubeconfig(&sim, "ctrlc");
+
+    // Default log level (info), as a person at a terminal runs it.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cafe"))
+        .args(["status", "demo", "-w", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env_remove("KUBECONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let drawn = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("6 ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(drawn, Ok(true)), "the first frame");
+
+    let pid = child.id().expect("running").to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("cafe status -w exits on Ctrl-C")
+        .unwrap();
+    assert!(out.status.success(), "exit 0 on Ctrl-C, got {}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "nothing logged: {stderr}");
+    let _ = std::fs::remove_dir_all(kubeconfig.parent().unwrap());
+}
+
+#[tokio::test]
+async fn cli_finds_the_hub_through_merged_kubeconfig_paths_or_home_like_kubectl() {
+    let sim = start_sim(HUB_AND_MEMBER).await;
+    let hub = client(&sim, "hub").await;
+    install_crds(&hub).await;
+    create_demo(&hub, demo_status(3)).await;
+    let dir = std::env::temp_dir().join(format!("cafe-cli-kubeconfig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("home/.kube")).unwrap();
+
+    // $KUBECONFIG: the first file only names the current context (as a personal file
+    // choosing among shared ones does); the last holds the clusters, with another current
+    // context. Merged, the first file's choice wins; a missing file in between is skipped.
+    let choice = dir.join("choice.yaml");
+    std::fs::write(
+        &choice,
+        "apiVersion: v1\nkind: Config\ncurrent-context: hub\nclusters: []\ncontexts: []\nusers: []\n",
+    )
+    .unwrap();
+    let clusters = dir.join("clusters.yaml");
+    std::fs::write(&clusters, sim.kubeconfig(Some("dca"))).unwrap();
+    let paths = std::env::join_paths([&choice, &dir.join("missing.yaml"), &clusters]).unwrap();
+    let out = cafe()
+        .args(["status", "demo"])
+        .env("KUBECONFIG", &paths)
+        .env("HOME", dir.join("home"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "$KUBECONFIG merged: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 desired"));
+
+    // No $KUBECONFIG: ~/.kube/config.
+    std::fs::write(dir.join("home/.kube/config"), sim.kubeconfig(Some("hub"))).unwrap();
+    let out = cafe()
+        .args(["status", "demo"])
+        .env("HOME", dir.join("home"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "~/.kube/config: {stderr}");
+
+    // Neither, outside a pod: one line naming every place looked at.
+    std::fs::remove_file(dir.join("home/.kube/config")).unwrap();
+    let out = cafe()
+        .args(["status", "demo"])
+        .env("HOME", dir.join("home"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("$KUBECONFIG") && stderr.contains("~/.kube/config"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

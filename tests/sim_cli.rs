@@ -132,3 +132,32 @@ fn ctl_reaches_the_running_sim_through_sim_json() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let d = temp_dir("nocolour");
+    let cfg = d.join("c.yaml");
+    std::fs::write(&cfg, "clusters: [{name: dca, nodes: [{count: 1}]}]").unwrap();
+    let mut sim = cafe()
+        .args(["sim", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(d.join("state"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert!(ready.starts_with("ready"), "{ready}");
+    Command::new("kill")
+        .args(["-INT", &sim.id().to_string()])
+        .status()
+        .unwrap();
+    // Reading stderr to its end waits for the exit; the sim logs its shutdown at INFO.
+    let out = sim.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shutting down"), "a log line: {stderr}");
+    assert!(!stderr.contains('\x1b'), "no ANSI escapes: {stderr:?}");
+}

@@ -26,15 +26,17 @@ pub enum CliError {
 
 /// Run simulated Kubernetes clusters on 127.0.0.1.
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
+// `ctl` reaches a running simulator through its own --state-dir; the simulator itself always
+// needs one (that is where its kubeconfig goes), which `subcommand_negates_reqs` lets clap say.
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct SimCommand {
     #[command(subcommand)]
     pub command: Option<SimSubcommand>,
     /// Cluster configuration (YAML); default: hub, dca and dcb.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Where to write kubeconfig and sim.json.
-    #[arg(long)]
+    /// Where to write kubeconfig and sim.json (required to run the simulator).
+    #[arg(long, required = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
 
@@ -105,12 +107,12 @@ async fn run_sim(config: SimConfig, dir: PathBuf) -> Result<(), CliError> {
         .iter()
         .map(|c| format!("{}={}", c.name, c.url()))
         .collect();
-    println!(
+    crate::outln!(
         "ready {} kubeconfig={}",
         list.join(" "),
         kubeconfig.display()
     );
-    println!(
+    crate::outln!(
         "try: KUBECONFIG={} kubectl --context {} get nodes",
         kubeconfig.display(),
         sim.clusters
@@ -182,6 +184,6 @@ async fn run_ctl(ctl: CtlArgs) -> Result<(), CliError> {
     if code != 200 {
         return Err(CliError::Control(body.trim().to_string()));
     }
-    print!("{body}");
+    crate::out!("{body}");
     Ok(())
 }

@@ -6,6 +6,8 @@
 // ApiError mirrors metav1.Status (code, reason, message, causes); it is the rare path, so its
 // size is not worth boxing at every call site.
 #![allow(clippy::result_large_err)]
+// Output goes through `out!`/`outln!` (module `output`): `print!` panics on a closed pipe.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod api;
 pub mod apply;
@@ -28,6 +30,7 @@ pub mod meta;
 pub mod metrics;
 pub mod nodes;
 pub mod openapi;
+pub mod output;
 pub mod patch;
 pub mod pods;
 pub mod quantity;

@@ -16,8 +16,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
 use serde_json::json;
 
-use crate::api::labels::{SYSTEM_NAMESPACE, unit_label};
-use crate::api::{MemberCluster, SecretKeyRef};
+use crate::api::labels::{CAFEDEPLOYMENT, SYSTEM_NAMESPACE, unit_label};
+use crate::api::{CafeDeployment, InPlaceSet, MemberCluster, SecretKeyRef};
 use crate::runtime::kubeconfig::{KubeconfigArgs, KubeconfigError};
 
 mod flatten;
@@ -58,6 +58,10 @@ pub enum ClusterCommand {
     /// List the registered member clusters with their units, health and free capacity.
     List(HubArgs),
     /// Remove a member cluster: deletes its MemberCluster and its kubeconfig Secret.
+    ///
+    /// Refused while CafeDeployments place replicas there (their topology selects the member's
+    /// unit, or their status names it): the hub would stop managing their InPlaceSets and pods
+    /// in it, which keep running. --force removes it anyway and lists what is left behind.
     Remove(RemoveArgs),
 }
 
@@ -74,7 +78,7 @@ pub struct RegisterArgs {
     /// Topology unit of the member, TYPE=VALUE (repeatable), e.g. DataCenter=DCA.
     #[arg(long = "unit", value_name = "TYPE=VALUE", required = true)]
     pub units: Vec<String>,
-    /// Kubeconfig of the HUB cluster (default: $KUBECONFIG).
+    /// Kubeconfig of the HUB cluster (default, as kubectl: $KUBECONFIG, else ~/.kube/config).
     #[arg(long, value_name = "HUB_FILE")]
     pub hub_kubeconfig: Option<PathBuf>,
     /// Context of the hub in that file (default: its current context).
@@ -85,7 +89,7 @@ pub struct RegisterArgs {
 /// Where the hub is, for the subcommands that only talk to the hub.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct HubArgs {
-    /// Kubeconfig of the hub cluster (default: $KUBECONFIG).
+    /// Kubeconfig of the hub cluster (default, as kubectl: $KUBECONFIG, else ~/.kube/config).
     #[arg(long, visible_alias = "hub-kubeconfig")]
     pub kubeconfig: Option<PathBuf>,
     /// Context of the hub in that file (default: its current context).
@@ -97,6 +101,10 @@ pub struct HubArgs {
 pub struct RemoveArgs {
     /// Name of the MemberCluster to remove.
     pub name: String,
+    /// Remove it even while CafeDeployments place replicas there; their InPlaceSets and pods in
+    /// the member are left running, no longer managed by the hub.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub hub: HubArgs,
 }
@@ -163,6 +171,18 @@ pub enum ClusterError {
     Hub { action: String, message: String },
     #[error("no MemberCluster {0:?} on the hub; `cafe cluster list` shows the registered clusters")]
     NotFound(String),
+    #[error(
+        "member cluster {name} is in use: CafeDeployments {deployments} place replicas there; take its unit out of their topology.values first, or pass --force to remove it anyway (their InPlaceSets and pods in {name} keep running, no longer managed by the hub)"
+    )]
+    InUse { name: String, deployments: String },
+    /// An error about the member being registered, named (its own text names only the file or
+    /// the context).
+    #[error("member cluster {name}: {source}")]
+    Member {
+        name: String,
+        #[source]
+        source: Box<ClusterError>,
+    },
 }
 
 impl ClusterError {
@@ -170,6 +190,25 @@ impl ClusterError {
         ClusterError::Hub {
             action: action.into(),
             message: one_line(err),
+        }
+    }
+
+    /// This error, naming member `name` if its text does not already.
+    pub fn naming_member(self, name: &str) -> Self {
+        match self {
+            e @ (ClusterError::Unit { .. }
+            | ClusterError::NoUnits
+            | ClusterError::ReadKubeconfig { .. }
+            | ClusterError::InvalidKubeconfig { .. }
+            | ClusterError::UnknownContext { .. }
+            | ClusterError::NoContext { .. }
+            | ClusterError::IncompleteContext { .. }
+            | ClusterError::UnsupportedAuth { .. }
+            | ClusterError::CredentialFile { .. }) => ClusterError::Member {
+                name: name.to_string(),
+                source: Box::new(e),
+            },
+            e => e,
         }
     }
 }
@@ -183,30 +222,38 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
 async fn run_command(args: ClusterArgs) -> Result<(), ClusterError> {
     match args.command {
         ClusterCommand::Register(args) => {
-            let units = parse_units(&args.units)?;
-            check_name(&args.name)?;
-            let member = read_member_kubeconfig(&args.kubeconfig)?;
-            let hub = hub_client(args.hub_kubeconfig, args.hub_context).await?;
-            register_kubeconfig(&hub, &args.name, member, args.context.as_deref(), &units).await?;
-            println!(
-                "member cluster {} registered with unit {}",
-                args.name,
+            let name = args.name.clone();
+            let units = register_command(args)
+                .await
+                .map_err(|e| e.naming_member(&name))?;
+            cafe_sim::outln!(
+                "member cluster {name} registered with unit {}",
                 render_units(&units)
             );
             Ok(())
         }
         ClusterCommand::List(hub) => {
             let hub = hub_client(hub.kubeconfig, hub.context).await?;
-            print!("{}", render_list(&list(&hub).await?));
+            cafe_sim::out!("{}", render_list(&list(&hub).await?));
             Ok(())
         }
         ClusterCommand::Remove(args) => {
             let hub = hub_client(args.hub.kubeconfig, args.hub.context).await?;
-            remove(&hub, &args.name).await?;
-            println!("member cluster {} removed", args.name);
+            let removal = remove(&hub, &args.name, args.force).await?;
+            cafe_sim::outln!("{}", render_removal(&args.name, &removal));
             Ok(())
         }
     }
+}
+
+/// `cafe cluster register`: the units given, once registered.
+async fn register_command(args: RegisterArgs) -> Result<Vec<(String, String)>, ClusterError> {
+    let units = parse_units(&args.units)?;
+    check_name(&args.name)?;
+    let member = read_member_kubeconfig(&args.kubeconfig)?;
+    let hub = hub_client(args.hub_kubeconfig, args.hub_context).await?;
+    register_kubeconfig(&hub, &args.name, member, args.context.as_deref(), &units).await?;
+    Ok(units)
 }
 
 async fn hub_client(
@@ -433,8 +480,18 @@ pub async fn list(hub: &kube::Client) -> Result<Vec<MemberCluster>, ClusterError
     Ok(items)
 }
 
-/// Deletes MemberCluster `name` and the kubeconfig Secret it references.
-pub async fn remove(hub: &kube::Client, name: &str) -> Result<(), ClusterError> {
+/// What removing a member left behind: the CafeDeployments that placed replicas there (only
+/// with `force`), and the hub-made InPlaceSets still in the member (`Err`: why they could not be
+/// listed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub deployments: Vec<String>,
+    pub inplacesets: Result<Vec<String>, String>,
+}
+
+/// Deletes MemberCluster `name` and the kubeconfig Secret it references. Refused while
+/// CafeDeployments place replicas there ([`placing_replicas_on`]), unless `force`.
+pub async fn remove(hub: &kube::Client, name: &str, force: bool) -> Result<Removal, ClusterError> {
     let api: Api<MemberCluster> = Api::all(hub.clone());
     let member = match api.get_opt(name).await {
         Ok(Some(m)) => m,
@@ -445,6 +502,27 @@ pub async fn remove(hub: &kube::Client, name: &str) -> Result<(), ClusterError> 
                 &e,
             ));
         }
+    };
+    let deployments = match Api::<CafeDeployment>::all(hub.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(l) => placing_replicas_on(&member, &l.items),
+        // No CafeDeployment CRD: nothing can be placed there.
+        Err(kube::Error::Api(s)) if s.code == 404 => vec![],
+        Err(e) => return Err(ClusterError::hub("listing CafeDeployments", &e)),
+    };
+    if !deployments.is_empty() && !force {
+        return Err(ClusterError::InUse {
+            name: name.to_string(),
+            deployments: deployments.join(", "),
+        });
+    }
+    // While the credentials are still there: what the hub made in the member stays behind.
+    let inplacesets = if deployments.is_empty() {
+        Ok(vec![])
+    } else {
+        hub_inplacesets(hub, &member).await
     };
     // The MemberCluster first: the hub stops using the member before its credentials go.
     match api.delete(name, &DeleteParams::default()).await {
@@ -460,13 +538,128 @@ pub async fn remove(hub: &kube::Client, name: &str) -> Result<(), ClusterError> 
     let r = &member.spec.kubeconfig_secret_ref;
     let secrets: Api<Secret> = Api::namespaced(hub.clone(), &r.namespace);
     match secrets.delete(&r.name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(ClusterError::hub(
-            format!("deleting Secret {}/{}", r.namespace, r.name),
-            &e,
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => {
+            return Err(ClusterError::hub(
+                format!("deleting Secret {}/{}", r.namespace, r.name),
+                &e,
+            ));
+        }
+    }
+    Ok(Removal {
+        deployments,
+        inplacesets,
+    })
+}
+
+/// `namespace/name` of each CafeDeployment that places replicas on `member`: its topology
+/// selects a unit the member is labelled with, or its status names the member as a unit's
+/// cluster. Sorted.
+pub fn placing_replicas_on(member: &MemberCluster, deployments: &[CafeDeployment]) -> Vec<String> {
+    let name = member.metadata.name.as_deref().unwrap_or_default();
+    let labels = member.metadata.labels.clone().unwrap_or_default();
+    let mut found: Vec<String> = deployments
+        .iter()
+        .filter(|cd| {
+            let topology = &cd.spec.topology;
+            let selected = labels
+                .get(&unit_label(&topology.unit_type))
+                .is_some_and(|v| topology.values.contains(v));
+            let reported = cd
+                .status
+                .as_ref()
+                .is_some_and(|s| s.units.iter().any(|u| u.cluster.as_deref() == Some(name)));
+            selected || reported
+        })
+        .map(|cd| {
+            format!(
+                "{}/{}",
+                cd.metadata.namespace.as_deref().unwrap_or_default(),
+                cd.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// `namespace/name` of the InPlaceSets the hub made in `member` (labelled with their
+/// CafeDeployment), through the member's kubeconfig Secret; `Err` says why they could not be
+/// listed.
+async fn hub_inplacesets(
+    hub: &kube::Client,
+    member: &MemberCluster,
+) -> Result<Vec<String>, String> {
+    let r = &member.spec.kubeconfig_secret_ref;
+    let secret = Api::<Secret>::namespaced(hub.clone(), &r.namespace)
+        .get(&r.name)
+        .await
+        .map_err(|e| {
+            format!(
+                "reading Secret {}/{}: {}",
+                r.namespace,
+                r.name,
+                one_line(&e)
+            )
+        })?;
+    let yaml = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| String::from_utf8_lossy(&b.0).to_string())
+        .ok_or_else(|| format!("Secret {}/{} has no key {}", r.namespace, r.name, r.key))?;
+    let client = crate::runtime::kubeconfig::client_from_yaml(&yaml, None, "member kubeconfig")
+        .await
+        .map_err(|e| one_line(&e))?;
+    let api: Api<InPlaceSet> = Api::all(client);
+    let listed = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        quietly(api.list_metadata(&ListParams::default().labels(CAFEDEPLOYMENT))),
+    )
+    .await
+    .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
+    .map_err(|e| one_line(&e))?;
+    let mut names: Vec<String> = listed
+        .items
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m.metadata.namespace.as_deref().unwrap_or_default(),
+                m.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// What `cafe cluster remove` prints: that the member is gone and, when CafeDeployments placed
+/// replicas there, what keeps running in it without the hub.
+pub fn render_removal(name: &str, removal: &Removal) -> String {
+    let mut out = format!("member cluster {name} removed");
+    if removal.deployments.is_empty() {
+        return out;
+    }
+    out.push_str(&format!(
+        "\nCafeDeployments {} placed replicas there; the hub no longer manages them in {name}",
+        removal.deployments.join(", ")
+    ));
+    match &removal.inplacesets {
+        Ok(sets) if sets.is_empty() => {
+            out.push_str(&format!("\nno InPlaceSet of theirs is left in {name}"));
+        }
+        Ok(sets) => out.push_str(&format!(
+            "\nleft behind in {name}, still running with their pods: InPlaceSets {} (delete them there when done: `kubectl --context {name} delete inplaceset -n NAMESPACE NAME`)",
+            sets.join(", ")
+        )),
+        Err(cause) => out.push_str(&format!(
+            "\ncould not list what is left behind in {name} ({cause}); their InPlaceSets and pods there keep running"
         )),
     }
+    out
 }
 
 /// Runs `f` with tracing off. kube-client logs every failed request at ERROR level; where the
@@ -513,5 +706,126 @@ mod tests {
         );
         let typed: MemberCluster = serde_json::from_value(m).unwrap();
         assert!(!typed.spec.unschedulable);
+    }
+
+    fn member(name: &str, unit: &str) -> MemberCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "apps.cafe.io/v1alpha1", "kind": "MemberCluster",
+            "metadata": {"name": name, "labels": {"unit.apps.cafe.io/DataCenter": unit}},
+            "spec": {"kubeconfigSecretRef": {"namespace": "cafe-system", "name": format!("{name}-kubeconfig")}},
+        }))
+        .unwrap()
+    }
+
+    fn deployment(
+        ns: &str,
+        name: &str,
+        unit_type: &str,
+        values: &[&str],
+        status: serde_json::Value,
+    ) -> CafeDeployment {
+        serde_json::from_value(json!({
+            "apiVersion": "apps.cafe.io/v1alpha1", "kind": "CafeDeployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                             "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}},
+                "topology": {"unitType": unit_type, "values": values},
+            },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn cluster_remove_refuses_a_member_in_use_by_topology_or_status() {
+        let dcb = member("dcb", "DCB");
+        let deployments = [
+            deployment("shop", "web", "DataCenter", &["DCA", "DCB"], json!({})),
+            deployment("default", "demo", "DataCenter", &["DCB"], json!({})),
+            // Another unit type with the same value: not this member's unit.
+            deployment("default", "zoned", "Zone", &["DCB"], json!({})),
+            deployment("default", "elsewhere", "DataCenter", &["DCA"], json!({})),
+            // Its topology moved off DCB, but the hub still reports replicas there.
+            deployment(
+                "default",
+                "leaving",
+                "DataCenter",
+                &["DCA"],
+                json!({"units": [{"name": "DCB", "cluster": "dcb"}]}),
+            ),
+        ];
+        assert_eq!(
+            placing_replicas_on(&dcb, &deployments),
+            ["default/demo", "default/leaving", "shop/web"]
+        );
+        assert!(placing_replicas_on(&member("dcc", "DCC"), &deployments).is_empty());
+
+        let err = ClusterError::InUse {
+            name: "dcb".into(),
+            deployments: "default/demo, shop/web".into(),
+        }
+        .to_string();
+        assert!(
+            err.contains("member cluster dcb is in use")
+                && err.contains("default/demo, shop/web")
+                && err.contains("--force")
+                && !err.contains('\n'),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cluster_remove_with_force_says_what_is_left_behind_and_where() {
+        let quiet = Removal {
+            deployments: vec![],
+            inplacesets: Ok(vec![]),
+        };
+        assert_eq!(render_removal("dcb", &quiet), "member cluster dcb removed");
+
+        let forced = Removal {
+            deployments: vec!["default/demo".into()],
+            inplacesets: Ok(vec!["default/demo".into(), "shop/web".into()]),
+        };
+        let out = render_removal("dcb", &forced);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "member cluster dcb removed");
+        assert!(lines[1].contains("CafeDeployments default/demo"), "{out}");
+        assert!(
+            lines[2].starts_with("left behind in dcb")
+                && lines[2].contains("InPlaceSets default/demo, shop/web"),
+            "{out}"
+        );
+
+        let unreachable = Removal {
+            deployments: vec!["default/demo".into()],
+            inplacesets: Err("no answer within 10s".into()),
+        };
+        let out = render_removal("dcb", &unreachable);
+        assert!(
+            out.contains("could not list what is left behind in dcb (no answer within 10s)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn cli_errors_about_a_member_name_the_member() {
+        let named = ClusterError::UnknownContext {
+            context: "nope".into(),
+            available: "dca, dcb".into(),
+        }
+        .naming_member("dcx")
+        .to_string();
+        assert!(named.starts_with("member cluster dcx: "), "{named}");
+        // Already named: not twice.
+        let unreachable = ClusterError::Unreachable {
+            name: "dcx".into(),
+            server: "https://127.0.0.1:1".into(),
+            message: "refused".into(),
+        };
+        let text = unreachable.naming_member("dcx").to_string();
+        assert_eq!(text.matches("dcx").count(), 1, "{text}");
     }
 }

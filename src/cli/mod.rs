@@ -27,7 +27,11 @@ pub enum Command {
     Sim(cafe_sim::cli::SimCommand),
     /// Run the hub controllers.
     Hub(hub::HubArgs),
-    /// Run the member agent (InPlaceSet controller) in a member cluster.
+    /// Run the member agent (InPlaceSet controller) in a member cluster, with the MEMBER's kubeconfig.
+    ///
+    /// Here --kubeconfig/--context name the MEMBER cluster the agent runs in, not the hub: the
+    /// agent talks only to its own cluster, and the hub reaches it through the kubeconfig given
+    /// to `cafe cluster register`. In a pod of the member, the service account is used.
     Member(member::MemberArgs),
     /// Register, list and remove member clusters.
     Cluster(cluster::ClusterArgs),

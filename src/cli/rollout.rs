@@ -1,13 +1,20 @@
-//! `cafe rollout confirm|pause|resume|restart|undo NAME`: steering a CafeDeployment's rollout on
-//! the hub (DESIGN.md section 6, "Batches and the Beta group").
+//! `cafe rollout confirm|pause|resume|restart|undo|status|history NAME`: steering and following a
+//! CafeDeployment's rollout on the hub.
 //!
-//! Each command is one read and at most one write of the CafeDeployment; the hub controller does
-//! the rest. `confirm` sets the confirmation annotation only while the rollout waits for it, so a
+//! Each steering command is one read and at most one write of the CafeDeployment; the hub
+//! controller does the rest. `status` watches the CafeDeployment until its rollout completes
+//! (what to print and when to stop is decided in [`follow`]); `history` lists the revisions
+//! ([`revisions`]). `confirm` sets the confirmation annotation only while the rollout waits for it, so a
 //! stray confirmation cannot release a group early; `undo` puts back a template from the history
 //! the hub keeps as ControllerRevisions ([`crate::hub::history`]).
 
+use std::time::Duration;
+
 use chrono::{SecondsFormat, Utc};
+use futures::StreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -18,6 +25,12 @@ use crate::hub::history::{self, HistoryError};
 use crate::plan::revision::revision_hash;
 use crate::plan::rollout::PHASE_WAITING_FOR_CONFIRM;
 use crate::runtime::kubeconfig::{KubeconfigArgs, KubeconfigError};
+
+pub mod follow;
+pub mod revisions;
+
+pub use follow::{Follow, Verdict, parse_duration};
+pub use revisions::render_history;
 
 /// How the commands name the object they changed, like kubectl.
 const KIND: &str = "cafedeployment.apps.cafe.io";
@@ -41,6 +54,13 @@ pub enum RolloutCommand {
     /// Return the template to an earlier revision (by default the one before the current);
     /// the way back goes through the same groups.
     Undo(UndoArgs),
+    /// Follow the rollout until it completes (exit 0), printing each group as it completes;
+    /// non-zero when its progress deadline is exceeded or on --timeout. Says when it waits for
+    /// `cafe rollout confirm`.
+    Status(StatusArgs),
+    /// List the revisions the hub keeps (number, hash, images, age, change-cause): the numbers
+    /// `cafe rollout undo --to-revision` takes.
+    History(NameArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +81,15 @@ pub struct UndoArgs {
     /// The revision to return to (`.revision` of its ControllerRevision on the hub).
     #[arg(long, value_name = "N")]
     pub to_revision: Option<i64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: NameArgs,
+    /// Give up after this long (e.g. 90s, 5m, 1h30m); 0, the default, waits for ever.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +116,23 @@ pub enum RolloutError {
     },
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error("rollout of CafeDeployment {namespace}/{name} failed: {cause}")]
+    Failed {
+        namespace: String,
+        name: String,
+        cause: String,
+    },
+    #[error(
+        "timed out after {after} waiting for the rollout of CafeDeployment {namespace}/{name}{state}"
+    )]
+    TimedOut {
+        namespace: String,
+        name: String,
+        after: String,
+        state: String,
+    },
+    #[error("CafeDeployment {namespace}/{name} was deleted while its rollout was followed")]
+    Deleted { namespace: String, name: String },
 }
 
 /// Which CafeDeployment a command acts on.
@@ -145,10 +191,24 @@ fn params() -> PatchParams {
 }
 
 pub async fn run(args: RolloutArgs) -> Result<(), RolloutError> {
-    // A short command's failure is its one-line error; kube's request logs would repeat it.
-    let line = quietly(run_command(args)).await?;
-    println!("{line}");
+    let text = if matches!(args.command, RolloutCommand::Status(_)) {
+        // It prints as it goes, and a watch that fails and retries is worth its warning.
+        run_command(args).await?
+    } else {
+        // A short command's failure is its one-line error; kube's request logs would repeat it.
+        quietly(run_command(args)).await?
+    };
+    if !text.is_empty() {
+        cafe_sim::outln!("{}", text.trim_end());
+    }
     Ok(())
+}
+
+fn namespace_of(target: &NameArgs, client: &Client) -> String {
+    target
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string())
 }
 
 async fn run_command(args: RolloutArgs) -> Result<String, RolloutError> {
@@ -156,21 +216,120 @@ async fn run_command(args: RolloutArgs) -> Result<String, RolloutError> {
         RolloutCommand::Confirm(t)
         | RolloutCommand::Pause(t)
         | RolloutCommand::Resume(t)
-        | RolloutCommand::Restart(t) => (t, None),
+        | RolloutCommand::Restart(t)
+        | RolloutCommand::History(t) => (t, None),
+        RolloutCommand::Status(s) => (&s.target, None),
         RolloutCommand::Undo(u) => (&u.target, u.to_revision),
     };
     let client = target.kube.client().await?;
-    let namespace = target
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
+    let namespace = namespace_of(target, &client);
     let name = &target.name;
-    match args.command {
+    match &args.command {
         RolloutCommand::Confirm(_) => confirm(&client, &namespace, name).await,
         RolloutCommand::Pause(_) => set_pause(&client, &namespace, name, true).await,
         RolloutCommand::Resume(_) => set_pause(&client, &namespace, name, false).await,
         RolloutCommand::Restart(_) => restart(&client, &namespace, name).await,
         RolloutCommand::Undo(_) => undo(&client, &namespace, name, to_revision).await,
+        RolloutCommand::History(_) => history(&client, &namespace, name).await,
+        RolloutCommand::Status(s) => {
+            let timeout = (!s.timeout.is_zero()).then_some(s.timeout);
+            follow_rollout(&client, &namespace, name, timeout).await?;
+            Ok(String::new())
+        }
+    }
+}
+
+/// The revisions of CafeDeployment `name`, as `cafe rollout history` prints them.
+pub async fn history(client: &Client, namespace: &str, name: &str) -> Result<String, RolloutError> {
+    let t = target(client, namespace, name);
+    let cd = t.get().await?;
+    let revisions = history::list(client, namespace, &cd).await?;
+    Ok(render_history(
+        &format!("{namespace}/{name}"),
+        &revisions,
+        Utc::now(),
+    ))
+}
+
+/// Follows the rollout of CafeDeployment `name` through a watch, printing what [`Follow`] says
+/// of each state seen, until it completes (Ok), fails, or `timeout` passes.
+pub async fn follow_rollout(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Option<Duration>,
+) -> Result<(), RolloutError> {
+    let t = target(client, namespace, name);
+    let first = quietly(t.get()).await?;
+    let mut follow = Follow::new(name);
+    let watch = async {
+        if let Some(end) = report(&mut follow, &first, &t) {
+            return end;
+        }
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let events = watcher::watcher(t.api.clone(), config).default_backoff();
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Event::Apply(cd) | Event::InitApply(cd)) => {
+                    if let Some(end) = report(&mut follow, &cd, &t) {
+                        return end;
+                    }
+                }
+                Ok(Event::Delete(_)) => {
+                    return Err(RolloutError::Deleted {
+                        namespace: t.namespace.clone(),
+                        name: t.name.clone(),
+                    });
+                }
+                Ok(Event::Init | Event::InitDone) => {}
+                // The watcher backs off and retries; say so once per failure.
+                Err(e) => tracing::warn!(
+                    "watching CafeDeployment {namespace}/{name}: {}",
+                    one_line(&e)
+                ),
+            }
+        }
+        Err(RolloutError::Hub {
+            action: format!("watching CafeDeployment {namespace}/{name}"),
+            message: "the watch ended".into(),
+        })
+    };
+    let Some(limit) = timeout else {
+        return watch.await;
+    };
+    let outcome = tokio::time::timeout(limit, watch).await;
+    outcome.unwrap_or_else(|_| {
+        Err(RolloutError::TimedOut {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            after: format!("{limit:?}"),
+            state: follow
+                .last_state()
+                .map(|s| format!(" (last: {s})"))
+                .unwrap_or_default(),
+        })
+    })
+}
+
+/// Prints what `follow` says of `cd`; `Some` when that ends the command.
+fn report(
+    follow: &mut Follow,
+    cd: &CafeDeployment,
+    t: &Target,
+) -> Option<Result<(), RolloutError>> {
+    let (lines, verdict) = follow.observe(cd);
+    for line in lines {
+        cafe_sim::outln!("{line}");
+    }
+    match verdict {
+        Verdict::Waiting => None,
+        Verdict::Complete => Some(Ok(())),
+        Verdict::Failed(cause) => Some(Err(RolloutError::Failed {
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            cause,
+        })),
     }
 }
 

@@ -82,7 +82,7 @@ pub enum StatusError {
 
 pub async fn run(args: StatusArgs) -> Result<(), StatusError> {
     // Handlers before the first frame, so a signal while watching is a clean stop.
-    let shutdown = args.watch.then(crate::runtime::shutdown::on_signal);
+    let shutdown = args.watch.then(crate::runtime::shutdown::on_interrupt);
     let client = args.kube.client().await?;
     let namespace = args
         .namespace
@@ -223,12 +223,12 @@ impl Screen {
         }
         if self.redraw {
             // Cursor home, clear screen.
-            print!("\x1b[H\x1b[2J{frame}");
+            cafe_sim::out!("\x1b[H\x1b[2J{frame}");
         } else {
             if self.last.is_some() {
-                println!();
+                cafe_sim::outln!();
             }
-            print!("{frame}");
+            cafe_sim::out!("{frame}");
         }
         self.last = Some(frame.to_string());
     }

@@ -86,6 +86,16 @@ impl HistoryError {
     }
 }
 
+/// The annotation saying why a change was made (`kubectl ... --record`, or set by hand). As a
+/// Deployment's ReplicaSets do, each revision keeps the one its CafeDeployment had when the
+/// revision was recorded, so `cafe rollout history` can show it.
+pub const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
+
+/// The `kubernetes.io/change-cause` annotation of `cd`, if any.
+pub fn change_cause(cd: &CafeDeployment) -> Option<&str> {
+    cd.annotations().get(CHANGE_CAUSE).map(String::as_str)
+}
+
 /// The name of the ControllerRevision holding template `hash` of CafeDeployment `cd`.
 pub fn revision_name(cd: &str, hash: &str) -> String {
     format!("{cd}-{hash}")
@@ -109,14 +119,18 @@ pub fn snapshot(cd: &CafeDeployment, number: i64) -> Option<ControllerRevision> 
         (CAFEDEPLOYMENT.to_string(), cd.name_any()),
         (REVISION.to_string(), hash.clone()),
     ];
-    Some(controller_revision::build(
+    let mut cr = controller_revision::build(
         cd.controller_owner_ref(&())?,
         &cd.namespace()?,
         &revision_name(&cd.name_any(), &hash),
         labels.into(),
         &cd.spec.template,
         number,
-    ))
+    );
+    if let Some(cause) = change_cause(cd) {
+        cr.metadata.annotations = Some([(CHANGE_CAUSE.to_string(), cause.to_string())].into());
+    }
+    Some(cr)
 }
 
 /// What keeping template `hash` in the history takes.
@@ -289,8 +303,16 @@ pub async fn record(client: &Client, cd: &CafeDeployment) -> Result<(), HistoryE
             }
         }
         Record::Renumber { name, number } => {
+            // The template came back for a reason of its own: keep that one, if given.
+            let patch = match change_cause(cd) {
+                Some(cause) => json!({
+                    "revision": number,
+                    "metadata": {"annotations": {CHANGE_CAUSE: cause}},
+                }),
+                None => json!({ "revision": number }),
+            };
             let renumbered = api
-                .patch(&name, &params, &Patch::Merge(json!({ "revision": number })))
+                .patch(&name, &params, &Patch::Merge(patch))
                 .await
                 .map_err(|source| HistoryError::Renumber {
                     name: format!("{namespace}/{name}"),
@@ -368,6 +390,19 @@ mod tests {
         let mut local = demo;
         local.metadata.uid = None;
         assert!(snapshot(&local, 1).is_none(), "not read from the API");
+    }
+
+    #[test]
+    fn a_revision_keeps_the_change_cause_its_cafedeployment_had() {
+        let mut demo = cd("web:2");
+        assert!(snapshot(&demo, 1).unwrap().metadata.annotations.is_none());
+        demo.metadata.annotations =
+            Some([(CHANGE_CAUSE.to_string(), "new image web:2".to_string())].into());
+        let cr = snapshot(&demo, 2).unwrap();
+        assert_eq!(
+            cr.metadata.annotations.unwrap()[CHANGE_CAUSE],
+            "new image web:2"
+        );
     }
 
     #[test]

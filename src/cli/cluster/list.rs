@@ -3,12 +3,19 @@
 use crate::api::MemberCluster;
 use crate::api::labels::UNIT_LABEL_PREFIX;
 
-/// The `cafe cluster list` table: NAME, UNITS, READY, VERSION, NODES, CPU and MEMORY (free over
-/// allocatable, from the capacity the hub last probed; `-` until it has).
+/// The `cafe cluster list` table: NAME, UNITS, READY, VERSION, NODES, CPU and MEMORY as free over
+/// total (allocatable), from the capacity the hub last probed; `-` until it has. The headers say
+/// which number is which: "8/24" alone reads as used over total as often as free over total.
 pub fn render_list(members: &[MemberCluster]) -> String {
     let mut rows = vec![
         [
-            "NAME", "UNITS", "READY", "VERSION", "NODES", "CPU", "MEMORY",
+            "NAME",
+            "UNITS",
+            "READY",
+            "VERSION",
+            "NODES",
+            "CPU FREE/TOTAL",
+            "MEMORY FREE/TOTAL",
         ]
         .map(String::from)
         .to_vec(),
@@ -110,7 +117,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn list_shows_units_health_and_free_capacity() {
+    fn cluster_list_headers_say_free_over_total() {
         let m: MemberCluster = serde_json::from_value(json!({
             "apiVersion": "apps.cafe.io/v1alpha1", "kind": "MemberCluster",
             "metadata": {"name": "dca", "labels": {"unit.apps.cafe.io/DataCenter": "DCA", "other": "x"}},
@@ -134,13 +141,25 @@ mod tests {
         let out = render_list(&[m, fresh]);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
-        let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+        // Columns are separated by at least two spaces; a header may have one inside.
+        let header: Vec<&str> = lines[0]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
         assert_eq!(
-            cols(lines[0]),
+            header,
             [
-                "NAME", "UNITS", "READY", "VERSION", "NODES", "CPU", "MEMORY"
+                "NAME",
+                "UNITS",
+                "READY",
+                "VERSION",
+                "NODES",
+                "CPU FREE/TOTAL",
+                "MEMORY FREE/TOTAL"
             ]
         );
+        let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
         assert_eq!(
             cols(lines[1]),
             [
