@@ -104,3 +104,54 @@ async fn an_unreachable_member_is_reported_and_recovers() {
     h.wait_member("dcb", "True", "Probed").await;
     h.stop_hub().await;
 }
+
+/// A member without the InPlaceSet CRD (never installed, or deleted after the hub synced) is not
+/// Ready, with the reason and the command that fixes it, and a Warning Event; installing the CRD
+/// makes it Ready.
+#[tokio::test]
+async fn a_member_without_the_crd_is_not_ready() {
+    use k8s_openapi::api::core::v1::Event;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{DeleteParams, ListParams};
+
+    // No member registered yet, so no member has cafe's CRDs.
+    let mut h = Hub::start_with(hub_support::THREE_MEMBERS, &[]).await;
+    let dca = common::client(&h.sim, "dca").await;
+    h.register("dca", "DCA", &h.sim.kubeconfig(Some("dca")))
+        .await;
+    h.run_hub();
+
+    let fix = "cafe crds | kubectl --context dca apply -f -";
+    let mc = h.wait_member("dca", "False", "CRDNotInstalled").await;
+    let message = ready_of(&mc).unwrap().message;
+    assert!(message.contains(fix), "{message}");
+    let events: Api<Event> = Api::namespaced(h.hub.clone(), "default");
+    common::wait_for(
+        "a MemberNotReady Warning for dca",
+        hub_support::WAIT,
+        || async {
+            events
+                .list(&ListParams::default().fields("type=Warning,reason=MemberNotReady"))
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|e| e.involved_object.name.as_deref() == Some("dca"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    hub_support::install_crds(&dca, cafe::hub::crds::member_crds()).await;
+    h.wait_member("dca", "True", "Probed").await;
+
+    // Deleted after the hub's cache was filled: the watch fails, and the member is not Ready
+    // again rather than planned from a frozen cache.
+    let crds: Api<CustomResourceDefinition> = Api::all(dca.clone());
+    for name in cafe::hub::crds::member_crds() {
+        crds.delete(&name, &DeleteParams::default()).await.unwrap();
+    }
+    let mc = h.wait_member("dca", "False", "CRDNotInstalled").await;
+    assert!(ready_of(&mc).unwrap().message.contains(fix));
+    h.stop_hub().await;
+}

@@ -185,6 +185,18 @@ pub async fn run(cluster: Arc<Cluster>, w: WatchRequest, tx: mpsc::Sender<Bytes>
         if full {
             continue;
         }
+        // A custom resource whose CRD is gone is no longer served: Kubernetes tears down its
+        // storage and ends its watches (after the DELETED events of its objects, which the CRD
+        // finalizer removes first), and a client that watches again gets 404.
+        // https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#delete-a-customresourcedefinition
+        if !w.rt.builtin
+            && cluster
+                .store
+                .read(|s| s.registry.find(&w.rt.group, &w.rt.version, &w.rt.plural))
+                .is_none()
+        {
+            return;
+        }
         tokio::select! {
             res = changed.changed() => {
                 if res.is_err() {

@@ -64,30 +64,98 @@ pub enum PodUpdatePolicy {
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    // Priority 1: shown by `kubectl get -o wide` only, like Deployment's wide columns. The
+    // rollout phase is already a default column (Phase).
+    printcolumn(
+        name = "Units",
+        type_ = "integer",
+        description = "Topology units the replicas are split between",
+        json_path = ".status.unitCount",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        description = "The update revision, which the rollout drives every unit to",
+        json_path = ".status.updateRevision",
+        priority = "1"
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(SELECTOR_NOT_EMPTY)
+        .message("empty selector is invalid for a CafeDeployment")
+        .field_path(".selector"),
+    validation = Rule::new(MATCH_LABELS_MATCH_TEMPLATE)
+        .message(SELECTOR_DOES_NOT_MATCH)
+        .field_path(".selector"),
+    validation = Rule::new(MATCH_EXPRESSIONS_MATCH_TEMPLATE)
+        .message(SELECTOR_DOES_NOT_MATCH)
+        .field_path(".selector")
+)]
 pub struct CafeDeploymentSpec {
+    /// The workload each unit runs: InPlaceSet (the default and the only one implemented);
+    /// ReplicaSet and StatefulSet are accepted and reported by a condition.
     #[serde(default)]
     pub pod_set_type: PodSetType,
+    /// Replicas over all units, split between them by `topology`.
     #[schemars(range(min = 0))]
     pub replicas: i32,
+    /// Selects the pods of this CafeDeployment in every unit; must match the template's labels
+    /// and may not be empty (as for a Deployment).
     pub selector: LabelSelector,
+    /// The pod template every unit's InPlaceSet runs; a change to it rolls out a new revision.
     pub template: PodTemplateSpec,
     /// Revisions kept for `cafe rollout undo`.
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 0))]
     pub history_limit: i32,
+    /// Seconds a new pod must be ready, without any container crashing, to count as available.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub min_ready_seconds: i32,
+    /// How replicas map onto topology units (member clusters).
     pub topology: Topology,
+    /// How a new revision rolls out across units.
     #[serde(default)]
     pub strategy: RolloutStrategy,
     /// Third-party hooks every member InPlaceSet honours before taking a pod down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<super::Lifecycle>,
 }
+
+// The selector must select the pods the template makes, and something at all, as Deployment's
+// validation requires (ValidateDeploymentSpec in k8s.io/kubernetes pkg/apis/apps/validation:
+// "empty selector is invalid for deployment", "selector does not match template labels").
+// Kubernetes reports the mismatch at spec.template.metadata.labels; cafe names spec.selector,
+// the field a user most often gets wrong. The label-selector semantics (matchLabels entries must
+// be equal; In/NotIn/Exists/DoesNotExist, where NotIn and DoesNotExist match an absent key) are
+// those of https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors.
+const SELECTOR_DOES_NOT_MATCH: &str = "selector does not match template labels";
+
+const SELECTOR_NOT_EMPTY: &str = concat!(
+    "(has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0)",
+    " || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)"
+);
+
+const MATCH_LABELS_MATCH_TEMPLATE: &str = concat!(
+    "!has(self.selector.matchLabels) || self.selector.matchLabels.all(k,",
+    " has(self.template.metadata) && has(self.template.metadata.labels)",
+    " && k in self.template.metadata.labels",
+    " && self.template.metadata.labels[k] == self.selector.matchLabels[k])"
+);
+
+const MATCH_EXPRESSIONS_MATCH_TEMPLATE: &str = concat!(
+    "!has(self.selector.matchExpressions) || self.selector.matchExpressions.all(e,",
+    " (has(self.template.metadata) && has(self.template.metadata.labels)",
+    " && e.key in self.template.metadata.labels)",
+    " ? (e.operator == 'Exists'",
+    " || (e.operator == 'In' && has(e.values) && self.template.metadata.labels[e.key] in e.values)",
+    " || (e.operator == 'NotIn'",
+    " && !(has(e.values) && self.template.metadata.labels[e.key] in e.values)))",
+    " : (e.operator == 'NotIn' || e.operator == 'DoesNotExist'))"
+);
 
 fn default_history_limit() -> i32 {
     10
@@ -107,20 +175,27 @@ pub struct Topology {
     /// Fixed counts or percents of replicas per unit; units without an entry share the rest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unit_replicas: BTreeMap<String, IntOrPercent>,
+    /// Run replicas a unit cannot schedule in units whose clusters have room, and move them
+    /// back once the unit has room again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_reschedule: Option<AutoReschedule>,
+    /// Carry the replicas of a unit whose member cluster is lost in the other units.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<Failover>,
 }
 
+/// Lending replicas a unit cannot schedule to units with room.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoReschedule {
+    /// Reschedule replicas a unit cannot schedule (default false).
     #[serde(default)]
     pub enable: bool,
+    /// How long replicas must be unschedulable before they are lent to another unit.
     #[serde(default = "default_initial_delay")]
     #[schemars(range(min = 0))]
     pub initial_delay_seconds: i32,
+    /// Move lent replicas back once the lending unit has room (default true).
     #[serde(default = "default_true")]
     pub move_back: bool,
     /// How long the lending unit must have had room before replicas move back.
@@ -139,11 +214,14 @@ fn default_stabilization() -> i32 {
     60
 }
 
+/// Carrying a lost member's replicas in the other units.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Failover {
+    /// Carry a lost member's replicas in the other units (default false).
     #[serde(default)]
     pub enable: bool,
+    /// How long a member may be not Ready before its replicas fail over.
     #[serde(default = "default_toleration")]
     #[schemars(range(min = 0))]
     pub toleration_seconds: i32,
@@ -157,20 +235,36 @@ fn default_toleration() -> i32 {
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStrategy {
+    /// Beta: one pod in each unit first, then batches; Batch: batches only.
     #[serde(default)]
     pub upgrade_type: UpgradeType,
+    /// Pods per group after the Beta group, over all units: a count >= 1 or a percent of
+    /// `replicas`.
     #[serde(default = "default_batch_size")]
     pub batch_size: PositiveIntOrPercent,
+    /// Wait for `cafe rollout confirm` after each group before the next one starts.
     #[serde(default)]
     pub need_waiting_for_confirm: bool,
+    /// No new group starts while true; work in flight finishes.
     #[serde(default)]
     pub pause: bool,
-    /// Bounds the pods down at once in any one unit.
+    /// The most pods of one unit that may be unavailable at once during an update: a count or a
+    /// percent of the unit's replicas (default 25%). A literal 0 (or "0%") is refused: with no
+    /// surge, no pod could ever be taken down to update it. A percent that rounds down to 0 pods
+    /// allows 1, as Deployment's maxUnavailable does.
+    // Kubernetes refuses maxUnavailable 0 when maxSurge is 0 ("may not be 0 when `maxSurge` is
+    // 0", https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#max-unavailable);
+    // cafe never surges, so 0 is always refused. IntOrPercent::budget rounds percents to at least 1.
     #[serde(default = "default_max_unavailable")]
+    #[x_kube(validation = Rule::new(NOT_ZERO).message(MAX_UNAVAILABLE_ZERO))]
     pub max_unavailable_per_unit: IntOrPercent,
+    /// Seconds a group may take to become available before the rollout reports
+    /// ProgressDeadlineExceeded and stops.
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 1))]
     pub progress_deadline_seconds: i32,
+    /// InPlaceIfPossible: change the image (and labels, annotations, resources) of a running
+    /// pod; ReCreate: always replace the pod.
     #[serde(default)]
     pub pod_update_policy: PodUpdatePolicy,
     /// Wait after a pod's readiness gate turns False before touching it (traffic drains).
@@ -178,6 +272,10 @@ pub struct RolloutStrategy {
     #[schemars(range(min = 0))]
     pub grace_period_seconds: i32,
 }
+
+const NOT_ZERO: &str = "type(self) == string ? self != '0%' : self != 0";
+const MAX_UNAVAILABLE_ZERO: &str =
+    "may not be 0: cafe never surges, so no pod could be updated; use at least 1 or a percent";
 
 fn default_batch_size() -> PositiveIntOrPercent {
     PositiveIntOrPercent(IntOrPercent::Int(1))
@@ -208,34 +306,49 @@ impl Default for RolloutStrategy {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CafeDeploymentStatus {
+    /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Pods over all units.
     #[serde(default)]
     pub replicas: i32,
+    /// Ready pods over all units.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Pods ready for at least `minReadySeconds`, over all units.
     #[serde(default)]
     pub available_replicas: i32,
+    /// Pods at the update revision, over all units.
     #[serde(default)]
     pub updated_replicas: i32,
+    /// Ready pods at the update revision, over all units.
     #[serde(default)]
     pub updated_ready_replicas: i32,
+    /// The revision every unit ran when the last rollout completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<String>,
+    /// The revision of the current template, which rollouts drive every unit to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_revision: Option<String>,
+    /// Bumped when two templates hash to the same revision name, to tell them apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collision_count: Option<i32>,
     /// The label selector as a string, for the scale subresource (`kubectl scale`, HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Topology units the replicas are split between, for `kubectl get -o wide`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unit_count: i32,
+    /// The rollout toward the update revision: its groups, progress and what it waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// One row per topology unit: its share, its pods and its member's reachability.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<UnitStatus>,
     /// Replicas one unit runs for another: kept here so they survive a hub restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loans: Vec<Loan>,
+    /// Available, Progressing, UnitsResolved, ReplicaFailure, Rescheduled, CleanedUp.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -244,11 +357,15 @@ pub struct CafeDeploymentStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Loan {
+    /// The lending unit, whose replicas run elsewhere.
     pub from: String,
+    /// The borrowing unit, which runs them.
     pub to: String,
+    /// How many replicas are lent.
     pub replicas: i32,
     /// Unschedulable (the lender had no room) or Failover (the lender's member was lost).
     pub reason: String,
+    /// When the loan was made.
     pub since: Time,
     /// Why, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +400,7 @@ pub struct RolloutStatus {
     /// The group released last (1-based); 0 while none is.
     #[serde(default)]
     pub current_batch: i32,
+    /// Groups in the plan, the Beta group included.
     #[serde(default)]
     pub total_batches: i32,
     /// "current/total", for the printer column.
@@ -307,9 +425,11 @@ pub struct RolloutStatus {
     pub message: Option<String>,
 }
 
+/// One group of the rollout plan.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchStatus {
+    /// The group's position in the plan (1-based).
     pub index: i32,
     /// The Beta group: one pod in each unit.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -326,6 +446,7 @@ pub struct BatchStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutUnit {
+    /// The unit (a value of `spec.topology.values`).
     pub name: String,
     /// The unit's replicas when the plan was made.
     #[serde(default)]
@@ -345,29 +466,40 @@ pub struct RolloutUnit {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UnitStatus {
+    /// The unit (a value of `spec.topology.values`).
     pub name: String,
+    /// The MemberCluster the unit resolved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// The unit's share of `spec.replicas`, before loans.
     #[serde(default)]
     pub desired_replicas: i32,
+    /// Pods of the unit's InPlaceSet.
     #[serde(default)]
     pub replicas: i32,
+    /// Ready pods of the unit's InPlaceSet.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Pods of the unit ready for at least `minReadySeconds`.
     #[serde(default)]
     pub available_replicas: i32,
+    /// Pods of the unit at the update revision.
     #[serde(default)]
     pub updated_replicas: i32,
+    /// Pods of the unit the member's scheduler cannot place.
     #[serde(default)]
     pub unschedulable_replicas: i32,
+    /// Replicas this unit runs for other units.
     #[serde(default)]
     pub borrowed_replicas: i32,
+    /// Replicas of this unit that other units run.
     #[serde(default)]
     pub lent_replicas: i32,
     /// Replicas the unit should run now: its own share, less what it lends, plus what it
     /// borrows. Availability is judged against this.
     #[serde(default)]
     pub target_replicas: i32,
+    /// Whether the hub can reach the unit's member; when false, the counts are as last seen.
     #[serde(default)]
     pub reachable: bool,
     /// Since when the unit's member has not been reachable: its counts are the last seen, not

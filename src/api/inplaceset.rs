@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{IntOrPercent, PodUpdatePolicy};
 
+/// The desired state of an InPlaceSet: pods of one template, updated in place where possible.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "apps.cafe.io",
@@ -44,19 +45,26 @@ use super::{IntOrPercent, PodUpdatePolicy};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InPlaceSetSpec {
+    /// Pods this InPlaceSet keeps.
     #[schemars(range(min = 0))]
     pub replicas: i32,
+    /// Selects this InPlaceSet's pods (the hub writes its CafeDeployment's selector).
     pub selector: LabelSelector,
+    /// The pod template; a change to it updates the pods in place where possible.
     pub template: PodTemplateSpec,
+    /// Seconds a new pod must be ready, without any container crashing, to count as available.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub min_ready_seconds: i32,
+    /// How pods move to a new revision.
     #[serde(default)]
     pub strategy: InPlaceSetStrategy,
+    /// Third-party hooks honoured before a pod is taken down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
 }
 
+/// How pods move to a new revision.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InPlaceSetStrategy {
@@ -64,8 +72,12 @@ pub struct InPlaceSetStrategy {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub partition: i32,
+    /// The most pods that may be unavailable at once during an update: a count or a percent
+    /// of `replicas`; at least 1 is always allowed.
     #[serde(default = "default_max_unavailable")]
     pub max_unavailable: IntOrPercent,
+    /// InPlaceIfPossible: change the image (and labels, annotations, resources) of a running
+    /// pod; ReCreate: always replace the pod.
     #[serde(default)]
     pub pod_update_policy: PodUpdatePolicy,
     /// Wait after the gate turns False before touching the pod.
@@ -93,10 +105,14 @@ impl Default for InPlaceSetStrategy {
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lifecycle {
+    /// Labels and finalizers that hold a pod before it is updated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_update: Option<LifecycleHook>,
+    /// Labels and finalizers that hold a pod before it is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_delete: Option<LifecycleHook>,
+    /// Seconds a pod may be held by a hook before the InPlaceSet reports condition
+    /// LifecycleBlocked and a Warning Event.
     #[serde(default = "default_hook_timeout")]
     #[schemars(range(min = 0))]
     pub timeout_seconds: i32,
@@ -106,28 +122,39 @@ fn default_hook_timeout() -> i32 {
     300
 }
 
+/// Labels and finalizers third-party components hold a pod with.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleHook {
+    /// A pod carrying any of these labels (with these values) is not touched until the label
+    /// is removed or changed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels_handler: BTreeMap<String, String>,
+    /// A pod holding any of these finalizers is not touched until it is removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub finalizers_handler: Vec<String>,
 }
 
+/// The observed state of an InPlaceSet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InPlaceSetStatus {
+    /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Pods of this InPlaceSet.
     #[serde(default)]
     pub replicas: i32,
+    /// Ready pods.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Pods ready for at least `minReadySeconds`.
     #[serde(default)]
     pub available_replicas: i32,
+    /// Pods at the update revision.
     #[serde(default)]
     pub updated_replicas: i32,
+    /// Ready pods at the update revision.
     #[serde(default)]
     pub updated_ready_replicas: i32,
     /// Pods on the update revision that have been ready for `minReadySeconds`.
@@ -139,16 +166,22 @@ pub struct InPlaceSetStatus {
     /// Pods per revision, newest (the update revision) first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revisions: Vec<RevisionReplicas>,
+    /// Pods the scheduler cannot place.
     #[serde(default)]
     pub unschedulable_replicas: i32,
+    /// Since when some pods have been unschedulable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unschedulable_since: Option<Time>,
+    /// The revision all pods ran when the last update completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<String>,
+    /// The revision of the current template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_revision: Option<String>,
+    /// The label selector as a string, for the scale subresource (`kubectl scale`, HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Conditions of the InPlaceSet, such as LifecycleBlocked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -157,8 +190,11 @@ pub struct InPlaceSetStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionReplicas {
+    /// The revision name.
     pub revision: String,
+    /// Pods at this revision.
     pub replicas: i32,
+    /// Ready pods at this revision.
     #[serde(default)]
     pub ready_replicas: i32,
 }

@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// A member cluster registered with the hub (`cafe cluster register`).
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "apps.cafe.io",
@@ -32,19 +33,24 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MemberClusterSpec {
+    /// The hub Secret holding the member's kubeconfig (one context, credentials inline).
     pub kubeconfig_secret_ref: SecretKeyRef,
     /// Cordon: no new replicas go to this member.
     #[serde(default)]
     pub unschedulable: bool,
 }
 
+/// A key of a Secret on the hub.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    /// The Secret's namespace on the hub.
     #[schemars(length(min = 1))]
     pub namespace: String,
+    /// The Secret's name.
     #[schemars(length(min = 1))]
     pub name: String,
+    /// The Secret key holding the kubeconfig (default `kubeconfig`).
     #[serde(default = "default_key")]
     pub key: String,
 }
@@ -53,18 +59,23 @@ fn default_key() -> String {
     "kubeconfig".into()
 }
 
+/// What the hub last observed of the member.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberClusterStatus {
+    /// Ready: whether the hub reaches the member and can use it (reason and message say why not).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The member's Kubernetes version, from its /version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_version: Option<String>,
+    /// When the hub last probed the member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
     /// "DataCenter=DCA": the unit labels, for `kubectl get mc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<String>,
+    /// The member's schedulable capacity and what its pods request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
 }
@@ -72,6 +83,7 @@ pub struct MemberClusterStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Capacity {
+    /// Ready, schedulable nodes.
     pub nodes: i32,
     /// Ready, schedulable nodes only.
     pub allocatable: Resources,
@@ -83,8 +95,11 @@ pub struct Capacity {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
+    /// CPU, in millicores.
     pub cpu_millis: i64,
+    /// Memory, in bytes.
     pub memory_bytes: i64,
+    /// Pods.
     #[serde(default)]
     pub pods: i64,
 }

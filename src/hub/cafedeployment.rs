@@ -10,7 +10,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -30,6 +29,7 @@ use crate::api::labels::{
 use crate::api::{CafeDeployment, CafeDeploymentStatus, MemberCluster};
 use crate::plan::revision::revision_hash;
 use crate::plan::unit_status::{CLEANED_UP, REPLICA_FAILURE, UNITS_RESOLVED};
+use crate::runtime::events::{EventType, EventWriter, Fact, event_type};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CafeDeploymentError {
@@ -84,7 +84,7 @@ struct Context {
     members: Store<MemberCluster>,
     membership: Arc<Membership>,
     expectations: Expectations,
-    recorder: Recorder,
+    events: EventWriter,
     options: HubOptions,
     /// Consecutive failures per CafeDeployment, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<CafeDeployment>, u32>>,
@@ -100,19 +100,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<CafeDeployment> = Api::all(client.clone());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: HUB_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let events = EventWriter::new(client.clone(), HUB_MANAGER);
     let context = Arc::new(Context {
         client,
         members,
         membership,
         expectations: Expectations::default(),
-        recorder,
+        events,
         options,
         failures: Mutex::new(HashMap::new()),
     });
@@ -230,8 +224,8 @@ async fn apply(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploym
     // The rollout state is written before the member writes it calls for: after a restart the
     // hub resumes from what the status says, never from writes it cannot see.
     write_status(cd, &plan.status, version, ctx).await?;
-    for event in &plan.events {
-        publish(cd, ctx, EventType::Normal, (event.0, event.1.clone())).await;
+    for (reason, note) in &plan.events {
+        publish(cd, ctx, event_type(reason), (reason, note.clone())).await;
     }
     execute(cd, plan.writes, &sets, ctx).await?;
     let next = if plan.waiting.is_empty() {
@@ -441,14 +435,14 @@ async fn publish(
     type_: EventType,
     (reason, note): (&str, String),
 ) {
-    let event = KubeEvent {
+    let fact = Fact {
         type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
+        reason,
+        message: &note,
+        action: "Reconcile",
+        related: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &cd.object_ref(&())).await {
+    if let Err(error) = ctx.events.publish(&cd.object_ref(&()), &fact).await {
         tracing::debug!(%error, "publishing an Event failed");
     }
 }

@@ -24,12 +24,16 @@ use super::HubOptions;
 use super::membership::Membership;
 use super::probe::{self, ProbeReport, Problem, ProblemReason};
 use super::status_patch::replace_status;
-use crate::api::labels::{SYSTEM_NAMESPACE, UNIT_LABEL_PREFIX};
+use crate::api::labels::{HUB_MANAGER, SYSTEM_NAMESPACE, UNIT_LABEL_PREFIX};
 use crate::api::{MemberCluster, MemberClusterStatus};
 use crate::plan::unit_status::set_condition;
+use crate::runtime::events::{EventType, EventWriter, Fact};
 
 /// Condition type on MemberClusters.
 pub const READY: &str = "Ready";
+/// The Warning Event of a member going from Ready (or new) to not Ready, or from one reason to
+/// another: it needs a person.
+pub const MEMBER_NOT_READY: &str = "MemberNotReady";
 /// Ready=True reason.
 pub const PROBED: &str = "Probed";
 
@@ -66,6 +70,7 @@ impl MemberClusterError {
 struct Context {
     client: kube::Client,
     membership: Arc<Membership>,
+    events: EventWriter,
     options: HubOptions,
 }
 
@@ -95,6 +100,7 @@ pub async fn run(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let by_secret = members.clone();
     let context = Arc::new(Context {
+        events: EventWriter::new(client.clone(), HUB_MANAGER),
         client,
         membership,
         options,
@@ -147,6 +153,12 @@ async fn reconcile(
     if let Err(problem) = &outcome {
         tracing::debug!(member = %name, %problem, "member probe failed");
     }
+    // A member that answers but whose InPlaceSets the hub cannot watch is no more usable than
+    // one that does not answer: its Ready condition says so, with the fix.
+    let outcome = outcome.and_then(|report| match ctx.membership.watch_problem(&name) {
+        Some(problem) => Err(problem),
+        None => Ok(report),
+    });
     let desired = desired_status(
         mc.status.as_ref(),
         mc.meta().generation,
@@ -157,6 +169,18 @@ async fn reconcile(
     );
     if let Some(status) = desired {
         write_status(&ctx.client, &mc, &name, &status).await?;
+        if let Some((reason, message)) = lost(mc.status.as_ref(), &status) {
+            let fact = Fact {
+                type_: EventType::Warning,
+                reason: MEMBER_NOT_READY,
+                message: &format!("member {name} is not Ready: {reason}: {message}"),
+                action: "Probe",
+                related: None,
+            };
+            if let Err(error) = ctx.events.publish(&mc.object_ref(&()), &fact).await {
+                tracing::debug!(%error, "publishing an Event failed");
+            }
+        }
     }
     Ok(Action::requeue(ctx.options.probe_interval))
 }
@@ -288,6 +312,19 @@ async fn write_status(
         source,
     })?;
     Ok(())
+}
+
+/// The Ready=False reason and message when `new` newly says the member is not Ready (it was
+/// Ready, or not Ready for another reason, or had no condition).
+fn lost(old: Option<&MemberClusterStatus>, new: &MemberClusterStatus) -> Option<(String, String)> {
+    let ready = |s: &MemberClusterStatus| s.conditions.iter().find(|c| c.type_ == READY).cloned();
+    // Connecting is the hub's own start-up, not something a person must look at.
+    let now = ready(new).filter(|c| c.status == "False" && c.reason != "Connecting")?;
+    let before = old.and_then(ready);
+    if before.is_some_and(|b| b.status == "False" && b.reason == now.reason) {
+        return None;
+    }
+    Some((now.reason, now.message))
 }
 
 fn now() -> Time {
@@ -481,5 +518,31 @@ mod tests {
         assert_eq!(ready.last_transition_time, at(110));
         assert_eq!(s.kubernetes_version.as_deref(), Some("v1.33.0"));
         assert!(s.capacity.is_some());
+    }
+
+    #[test]
+    fn a_member_lost_is_told_once_per_transition() {
+        let status = |outcome: &Result<ProbeReport, Problem>, previous| {
+            desired_status(previous, Some(1), None, outcome, &at(100), Duration::ZERO).unwrap()
+        };
+        let ready = status(&report(), None);
+        let no_crd = Err(Problem::new(ProblemReason::CrdNotInstalled, "install it"));
+        let lost_crd = status(&no_crd, Some(&ready));
+        assert_eq!(
+            lost(Some(&ready), &lost_crd),
+            Some(("CRDNotInstalled".into(), "install it".into()))
+        );
+        // Still the same problem: not told again.
+        assert_eq!(
+            lost(Some(&lost_crd), &status(&no_crd, Some(&lost_crd))),
+            None
+        );
+        // Another problem is a new transition.
+        let gone = Err(Problem::new(ProblemReason::Unreachable, "no answer"));
+        assert!(lost(Some(&lost_crd), &status(&gone, Some(&lost_crd))).is_some());
+        // Ready, or the hub still connecting, needs no one.
+        assert_eq!(lost(Some(&lost_crd), &ready), None);
+        let connecting = Err(Problem::new(ProblemReason::Connecting, "not connected yet"));
+        assert_eq!(lost(None, &status(&connecting, None)), None);
     }
 }

@@ -92,6 +92,8 @@ pub struct MemberHandle {
 struct Connection {
     handle: MemberHandle,
     synced: Arc<AtomicBool>,
+    /// Why the InPlaceSet watch cannot work (no CRD, forbidden), until a list succeeds again.
+    watch_problem: Arc<Mutex<Option<Problem>>>,
     /// Identifies the kubeconfig the client was built from; a new one restarts the connection.
     fingerprint: u64,
     stop: CancellationToken,
@@ -159,6 +161,7 @@ impl Membership {
         }
         let (sets, writer) = reflector::store::<InPlaceSet>();
         let synced = Arc::new(AtomicBool::new(false));
+        let watch_problem = Arc::new(Mutex::new(None));
         let stop = self.shutdown.child_token();
         let handle = MemberHandle {
             name: member.to_string(),
@@ -169,7 +172,10 @@ impl Membership {
             member.to_string(),
             client,
             writer,
-            synced.clone(),
+            MemberWatch {
+                synced: synced.clone(),
+                problem: watch_problem.clone(),
+            },
             self.triggers.clone(),
             stop.clone(),
         ));
@@ -178,6 +184,7 @@ impl Membership {
             Connection {
                 handle,
                 synced,
+                watch_problem,
                 fingerprint,
                 stop,
             },
@@ -200,19 +207,36 @@ impl Membership {
         }
     }
 
-    /// Records the last probe's outcome; a change of usability requeues every CafeDeployment.
+    /// Records the last probe's outcome; a change of usability requeues every CafeDeployment
+    /// and is logged once (WARN when the member is lost or failing, INFO when it is back).
     pub fn set_health(&self, member: &str, problem: Option<Problem>) {
-        let changed = {
+        let (changed, first) = {
             let mut inner = self.lock();
             if !inner.placements.contains_key(member) {
                 return;
             }
             let old = inner.health.insert(member.to_string(), problem.clone());
-            old.map(|o| o.map(|p| p.reason)) != Some(problem.map(|p| p.reason))
+            let first = old.is_none();
+            let old = old.map(|o| o.map(|p| p.reason));
+            (old != Some(problem.as_ref().map(|p| p.reason)), first)
         };
         if changed {
+            match &problem {
+                Some(problem) => tracing::warn!(member, %problem, "member not usable"),
+                None if !first => tracing::info!(member, "member usable again"),
+                None => {}
+            }
             self.triggers.all();
         }
+    }
+
+    /// Why the member's InPlaceSet watch cannot work (404: no CRD; 401/403: forbidden), if it
+    /// cannot; cleared by the next successful list.
+    pub fn watch_problem(&self, member: &str) -> Option<Problem> {
+        let inner = self.lock();
+        let c = inner.connections.get(member)?;
+        let problem = c.watch_problem.lock().unwrap_or_else(|e| e.into_inner());
+        problem.clone()
     }
 
     /// Forgets a member entirely: the MemberCluster was deleted.
@@ -243,6 +267,15 @@ impl Membership {
         let inner = self.lock();
         if let Some(Some(problem)) = inner.health.get(member) {
             return MemberState::NotReady(problem.clone());
+        }
+        // A watch that fails after its first sync leaves the cache frozen at what it last saw:
+        // never plan from it.
+        let watch_problem = inner.connections.get(member).and_then(|c| {
+            let problem = c.watch_problem.lock().unwrap_or_else(|e| e.into_inner());
+            problem.clone()
+        });
+        if let Some(problem) = watch_problem {
+            return MemberState::NotReady(problem);
         }
         match inner.connections.get(member) {
             Some(c) if c.synced.load(Ordering::Acquire) => MemberState::Ready,
@@ -337,13 +370,38 @@ impl Membership {
     }
 }
 
+/// What the hub knows of one member's InPlaceSet watch.
+struct MemberWatch {
+    /// The cache has been filled at least once.
+    synced: Arc<AtomicBool>,
+    /// Why the watch cannot work, until a list succeeds again.
+    problem: Arc<Mutex<Option<Problem>>>,
+}
+
+impl MemberWatch {
+    /// Records `problem` (None: a list succeeded); true when that changed the member's usability.
+    fn set(&self, member: &str, problem: Option<Problem>) -> bool {
+        let mut current = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().map(|p| p.reason) == problem.as_ref().map(|p| p.reason) {
+            return false;
+        }
+        match &problem {
+            Some(p) => tracing::warn!(member, problem = %p, "member InPlaceSet watch failed"),
+            None => tracing::info!(member, "member InPlaceSet watch works again"),
+        }
+        *current = problem;
+        true
+    }
+}
+
 /// Keeps one member's InPlaceSet cache and turns its events into reconcile requests. Watch errors
-/// are retried with kube's default backoff; the cache keeps its last content meanwhile.
+/// are retried with kube's default backoff; the cache keeps its last content meanwhile, and an
+/// error that will not go away by itself (no CRD, forbidden) makes the member not Ready.
 async fn reflect_member(
     member: String,
     client: kube::Client,
     writer: reflector::store::Writer<InPlaceSet>,
-    synced: Arc<AtomicBool>,
+    watch: MemberWatch,
     triggers: Triggers,
     stop: CancellationToken,
 ) {
@@ -362,15 +420,21 @@ async fn reflect_member(
                 triggers.owner_of(&set);
             }
             Some(Ok(watcher::Event::InitDone)) => {
-                if !synced.swap(true, Ordering::AcqRel) {
+                if !watch.synced.swap(true, Ordering::AcqRel) {
                     tracing::debug!(member, "member InPlaceSet cache filled");
                 }
+                watch.set(&member, None);
                 // A re-list may have replaced anything: look at every CafeDeployment again.
                 triggers.all();
             }
             Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
             Some(Err(error)) => {
                 tracing::debug!(member, %error, "member InPlaceSet watch failed; retrying");
+                if let Some(problem) = super::probe::classify_watch(&member, &error)
+                    && watch.set(&member, Some(problem))
+                {
+                    triggers.all();
+                }
             }
         }
     }

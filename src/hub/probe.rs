@@ -23,6 +23,9 @@ pub enum ProblemReason {
     ProbeFailed,
     /// Registered, but the hub has not yet connected to it or filled its cache.
     Connecting,
+    /// The member does not serve InPlaceSets (404 listing or watching them): the CRD was never
+    /// installed there, or was deleted.
+    CrdNotInstalled,
 }
 
 impl ProblemReason {
@@ -34,6 +37,7 @@ impl ProblemReason {
             ProblemReason::Unreachable => "Unreachable",
             ProblemReason::ProbeFailed => "ProbeFailed",
             ProblemReason::Connecting => "Connecting",
+            ProblemReason::CrdNotInstalled => "CRDNotInstalled",
         }
     }
 }
@@ -102,6 +106,39 @@ async fn probe_unbounded(client: &kube::Client) -> Result<ProbeReport, Problem> 
     })
 }
 
+/// Why the hub's watch of a member's InPlaceSets failed, when that makes the member unusable:
+/// the CRD is missing (404) or the credentials may not list or watch InPlaceSets (401, 403).
+/// Other errors (a dropped connection, 410 Gone, a 500) are retried by the watcher and, when the
+/// member stops answering, caught by the probe.
+pub fn classify_watch(member: &str, error: &kube::runtime::watcher::Error) -> Option<Problem> {
+    use kube::runtime::watcher::Error as W;
+    let code = match error {
+        W::InitialListFailed(kube::Error::Api(s))
+        | W::WatchStartFailed(kube::Error::Api(s))
+        | W::WatchFailed(kube::Error::Api(s)) => s.code,
+        W::WatchError(s) => s.code,
+        _ => return None,
+    };
+    match code {
+        404 => Some(Problem::new(
+            ProblemReason::CrdNotInstalled,
+            format!(
+                "member {member} does not serve inplacesets.apps.cafe.io (404): install the CRDs \
+                 there with `cafe crds | kubectl --context {member} apply -f -`"
+            ),
+        )),
+        401 | 403 => Some(Problem::new(
+            ProblemReason::Unauthorized,
+            format!(
+                "member {member} refused to list or watch inplacesets.apps.cafe.io ({code}): the \
+                 credentials in its kubeconfig Secret must allow list and watch of InPlaceSets \
+                 in all namespaces"
+            ),
+        )),
+        _ => None,
+    }
+}
+
 /// Sorts a client error into a reason: the API's own answers by code, everything that never got
 /// an answer as Unreachable.
 pub fn classify(what: &str, error: &kube::Error) -> Problem {
@@ -121,5 +158,48 @@ pub fn classify(what: &str, error: &kube::Error) -> Problem {
             ),
         ),
         other => Problem::new(ProblemReason::Unreachable, format!("{what}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+    use kube::runtime::watcher;
+
+    use super::*;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(
+            Status::failure("refused", "Refused")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_watch_without_the_crd_names_the_fix() {
+        let problem = classify_watch("dca", &watcher::Error::InitialListFailed(api(404))).unwrap();
+        assert_eq!(problem.reason.as_str(), "CRDNotInstalled");
+        assert!(
+            problem
+                .message
+                .contains("cafe crds | kubectl --context dca apply -f -"),
+            "{}",
+            problem.message
+        );
+        let forbidden = classify_watch("dca", &watcher::Error::WatchStartFailed(api(403)));
+        assert_eq!(
+            forbidden.map(|p| p.reason),
+            Some(ProblemReason::Unauthorized)
+        );
+        // Errors the watcher gets over by itself leave the member as it is.
+        assert_eq!(
+            classify_watch("dca", &watcher::Error::WatchFailed(api(500))),
+            None
+        );
+        assert_eq!(
+            classify_watch("dca", &watcher::Error::NoResourceVersion),
+            None
+        );
     }
 }

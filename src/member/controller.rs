@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller, Error as ControllerError};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -29,6 +28,7 @@ use crate::api::labels::{MEMBER_MANAGER, REVISION};
 use crate::plan::revision::revision_hash;
 use crate::plan::update::Stage;
 use crate::runtime::api_cause;
+use crate::runtime::events::{EventType, EventWriter, Fact};
 
 /// Look again at every InPlaceSet this often even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -76,7 +76,7 @@ pub struct Context {
     pods: Store<Pod>,
     revisions: Store<ControllerRevision>,
     expectations: Arc<Expectations>,
-    recorder: Recorder,
+    events: EventWriter,
     /// The cluster serves pods/resize (Kubernetes 1.33+): resource changes apply in place.
     resize_supported: bool,
 }
@@ -88,19 +88,13 @@ pub async fn run(client: Client, resize_supported: bool, shutdown: CancellationT
     let revision_task = tokio::spawn(revision_watch);
     let expectations = Arc::new(Expectations::new(expectations::DEFAULT_TIMEOUT));
     let pod_events = pod_watch(&client, writer, pods.clone(), expectations.clone());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MEMBER_MANAGER.to_string(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let events = EventWriter::new(client.clone(), MEMBER_MANAGER);
     let context = Arc::new(Context {
         client: client.clone(),
         pods,
         revisions,
         expectations,
-        recorder,
+        events,
         resize_supported,
     });
     Controller::new(Api::<InPlaceSet>::all(client), watcher::Config::default())
@@ -523,14 +517,14 @@ async fn publish(
     note: String,
     pod: Option<&Pod>,
 ) {
-    let event = Event {
+    let fact = Fact {
         type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Update".to_string(),
-        secondary: pod.map(|p| p.object_ref(&())),
+        reason,
+        message: &note,
+        action: "Update",
+        related: pod.map(|p| p.object_ref(&())),
     };
-    if let Err(e) = ctx.recorder.publish(&event, &ips.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&ips.object_ref(&()), &fact).await {
         tracing::debug!(error = %e, "event not written");
     }
 }

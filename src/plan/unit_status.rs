@@ -111,6 +111,7 @@ pub fn aggregate(input: &StatusInput) -> CafeDeploymentStatus {
             last_transition_time: input.now.clone(),
         },
     );
+    status.unit_count = i32::try_from(units.len()).unwrap_or(i32::MAX);
     status.units = units;
     status
 }

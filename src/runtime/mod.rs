@@ -1,7 +1,8 @@
 //! Cross-cutting parts of every command: logging, kubeconfigs, shutdown, ControllerRevisions,
-//! and the wording of API errors.
+//! Events, and the wording of API errors.
 
 pub mod controller_revision;
+pub mod events;
 pub mod kubeconfig;
 pub mod logging;
 pub mod shutdown;
