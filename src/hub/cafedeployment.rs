@@ -367,9 +367,10 @@ fn event_of(w: &Write) -> (&'static str, String) {
         } => (
             "InPlaceSetApplied",
             format!(
-                "unit {unit}: InPlaceSet {} with {} replicas in member {member}",
+                "unit {unit}: InPlaceSet {} with {} replicas (partition {}) in member {member}",
                 set.name_any(),
-                set.spec.replicas
+                set.spec.replicas,
+                set.spec.strategy.partition
             ),
         ),
         Write::Delete {

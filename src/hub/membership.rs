@@ -222,6 +222,10 @@ impl Membership {
         };
         if changed {
             match &problem {
+                // The hub's own start-up, not a member failing.
+                Some(problem) if problem.reason == ProblemReason::Connecting => {
+                    tracing::info!(member, %problem, "member not usable yet");
+                }
                 Some(problem) => tracing::warn!(member, %problem, "member not usable"),
                 None if !first => tracing::info!(member, "member usable again"),
                 None => {}

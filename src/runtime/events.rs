@@ -4,18 +4,22 @@
 //! "group 1/3 started" and "group 2/3 started" became one Event whose message never changed. This
 //! writer keys on the message too, as client-go's legacy recorder does (its EventCorrelator
 //! aggregates only events whose key, message included, is identical: k8s.io/client-go
-//! tools/record/events_cache.go): the exact same fact again increments `count` and advances
-//! `lastTimestamp`; any other fact is a new core/v1 Event. Names are `<object>.<hex nanoseconds>`
-//! like the ones client-go makes (tools/record/event.go `makeEvent`), so listing Events in name
-//! order lists them in the order they happened.
+//! tools/record/events_cache.go): the exact same fact again becomes a series on its Event
+//! (`series.count`, `series.lastObservedTime`, and the legacy `count`, `lastTimestamp`); any other
+//! fact is a new core/v1 Event. Names are `<object>.<hex nanoseconds>` like the ones client-go
+//! makes (tools/record/event.go `makeEvent`), so listing Events in name order lists them in the
+//! order they happened (`kubectl get events` lists them so). Times are both `eventTime` /
+//! `series.lastObservedTime` (microseconds, what newer kubectl sorts `describe` by) and the legacy
+//! `firstTimestamp` / `lastTimestamp` (seconds, what older kubectl sorts by, so that facts of
+//! different seconds are in order there too).
 //! See <https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/event-v1/>.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::core::v1::{Event, EventSeries, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
@@ -127,7 +131,15 @@ impl EventWriter {
             .map(|s| (s.namespace.clone(), s.name.clone(), s.count + 1));
         if let Some((namespace, name, count)) = repeat {
             let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-            let patch = serde_json::json!({"count": count, "lastTimestamp": Time(now)});
+            let series = EventSeries {
+                count: Some(count),
+                last_observed_time: Some(MicroTime(now)),
+            };
+            let patch = serde_json::json!({
+                "series": series,
+                "count": count,
+                "lastTimestamp": Time(now),
+            });
             match api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -209,6 +221,7 @@ impl EventWriter {
             message: Some(fact.message.into()),
             action: Some(fact.action.into()),
             count: Some(1),
+            event_time: Some(MicroTime(now)),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
             source: Some(EventSource {
