@@ -506,4 +506,7 @@ pub struct UnitStatus {
     /// current, and count in no total.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_since: Option<Time>,
+    /// A few of the unit's pods that are not ready, and why, as its member agent reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready_pods: Vec<crate::api::NotReadyPod>,
 }

@@ -135,6 +135,30 @@ pub struct LifecycleHook {
     pub finalizers_handler: Vec<String>,
 }
 
+/// How many not-ready pods an InPlaceSet reports in its status (and the hub per unit).
+pub const NOT_READY_SHOWN: usize = 3;
+
+/// A pod that is not ready, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotReadyPod {
+    /// The pod's name.
+    pub name: String,
+    /// The revision the pod runs (its `apps.cafe.io/revision` label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Why, in one word: the scheduler's reason (`Unschedulable`), a waiting container's
+    /// (`CrashLoopBackOff`, `ImagePullBackOff`), the Ready condition's (`ContainersNotReady`), or
+    /// `ReadinessGateFalse` while cafe holds the pod out of service.
+    pub reason: String,
+    /// The message that goes with the reason, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Container restarts, summed over the pod's containers.
+    #[serde(default)]
+    pub restart_count: i32,
+}
+
 /// The observed state of an InPlaceSet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -166,6 +190,10 @@ pub struct InPlaceSetStatus {
     /// Pods per revision, newest (the update revision) first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revisions: Vec<RevisionReplicas>,
+    /// A few pods that are not ready, and why (at most [`NOT_READY_SHOWN`], by name): what a
+    /// rollout group waits for, told without the hub watching pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready_pods: Vec<NotReadyPod>,
     /// Pods the scheduler cannot place.
     #[serde(default)]
     pub unschedulable_replicas: i32,

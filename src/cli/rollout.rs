@@ -31,6 +31,7 @@ pub mod revisions;
 
 pub use follow::{Follow, Verdict, parse_duration};
 pub use revisions::render_history;
+pub(crate) use revisions::{images, images_text};
 
 /// How the commands name the object they changed, like kubectl.
 const KIND: &str = "cafedeployment.apps.cafe.io";

@@ -21,7 +21,8 @@ mod render;
 mod rollout;
 
 pub use render::{
-    format_age, render, render_json_list, render_json_one, render_list, render_one, render_table,
+    RevisionImages, format_age, render, render_json_list, render_json_one, render_list, render_one,
+    render_one_at, render_table,
 };
 pub use rollout::{group_name, render_rollout};
 
@@ -95,11 +96,34 @@ pub async fn run(args: StatusArgs) -> Result<(), StatusError> {
     };
     let items = super::cluster::quietly(fetch(&client, &target)).await?;
     let mut screen = Screen::new(args.watch);
-    screen.draw(&render(&target, &items, args.output, Utc::now()));
+    let images = revision_images(&client, &target, &items).await;
+    screen.draw(&render(&target, &items, args.output, Utc::now(), &images));
     if let Some(shutdown) = shutdown {
         watch(&client, &target, args.output, &mut screen, &shutdown).await?;
     }
     Ok(())
+}
+
+/// For one CafeDeployment: the images of each revision in its history on the hub, so the
+/// revision header says what each hash runs. Best effort: without history, hashes alone.
+async fn revision_images(
+    client: &kube::Client,
+    target: &Target,
+    items: &[CafeDeployment],
+) -> RevisionImages {
+    let (Target::One { namespace, .. }, [cd]) = (target, items) else {
+        return RevisionImages::new();
+    };
+    let Ok(history) = crate::hub::history::list(client, namespace, cd).await else {
+        return RevisionImages::new();
+    };
+    history
+        .iter()
+        .filter_map(|cr| {
+            let hash = crate::hub::history::hash_of(cr)?;
+            Some((hash.to_string(), crate::cli::rollout::images(cr)))
+        })
+        .collect()
 }
 
 /// The CafeDeployments `target` names, sorted by namespace and name. A named one that does not
@@ -151,7 +175,8 @@ pub async fn snapshot(
     output: Output,
 ) -> Result<String, StatusError> {
     let items = fetch(client, target).await?;
-    Ok(render(target, &items, output, Utc::now()))
+    let images = revision_images(client, target, &items).await;
+    Ok(render(target, &items, output, Utc::now(), &images))
 }
 
 /// Redraws `target` on every change until `shutdown` is cancelled.
@@ -196,7 +221,10 @@ async fn watch(
             Target::One { namespace, name } if items.is_empty() => {
                 format!("CafeDeployment {namespace}/{name}: deleted\n")
             }
-            _ => render(target, &items, output, Utc::now()),
+            _ => {
+                let images = revision_images(client, target, &items).await;
+                render(target, &items, output, Utc::now(), &images)
+            }
         };
         screen.draw(&frame);
     }

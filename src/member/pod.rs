@@ -80,6 +80,10 @@ pub struct PodView {
     pub ready_since: Option<Timestamp>,
     /// When the scheduler last reported it Unschedulable (None unless it is).
     pub unschedulable_since: Option<Timestamp>,
+    /// Why it is not ready (None when it is): reason and message.
+    pub not_ready: Option<(String, String)>,
+    /// Container restarts, summed over its containers.
+    pub restarts: i32,
 }
 
 fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
@@ -135,7 +139,69 @@ impl PodView {
             lifecycle: labels.get(LIFECYCLE_STATE).cloned(),
             ready_since: ready.map(since),
             unschedulable_since: unschedulable.map(since),
+            not_ready: ready.is_none().then(|| not_ready_reason(pod)),
+            restarts: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum()),
         }
+    }
+}
+
+/// Why a pod that is not ready is not, most specific first: the scheduler cannot place it, a
+/// container waits (crash loop, image pull), a container is not ready, or the readiness gate is
+/// False (the controller holds it out of service). The Ready condition's own reason otherwise.
+pub fn not_ready_reason(pod: &Pod) -> (String, String) {
+    let text = |s: Option<&String>| s.cloned().unwrap_or_default();
+    if let Some(c) = condition(pod, "PodScheduled").filter(|c| c.status == "False") {
+        return (
+            c.reason.clone().unwrap_or_else(|| "NotScheduled".into()),
+            text(c.message.as_ref()),
+        );
+    }
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    for c in statuses {
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref())
+            && let Some(reason) = &w.reason
+            && reason != "ContainerCreating"
+        {
+            let message = w
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("container {}", c.name));
+            return (reason.clone(), message);
+        }
+    }
+    if let Some(c) = condition(pod, "ContainersReady").filter(|c| c.status != "True") {
+        return (
+            c.reason
+                .clone()
+                .unwrap_or_else(|| "ContainersNotReady".into()),
+            text(c.message.as_ref()),
+        );
+    }
+    if condition(pod, READINESS_GATE).is_some_and(|c| c.status != "True") {
+        let state = pod
+            .labels()
+            .get(LIFECYCLE_STATE)
+            .cloned()
+            .unwrap_or_else(|| STATE_NORMAL.into());
+        return (
+            "ReadinessGateFalse".into(),
+            format!("{READINESS_GATE} is False (lifecycle state {state})"),
+        );
+    }
+    match condition(pod, "Ready") {
+        Some(c) => (
+            c.reason.clone().unwrap_or_else(|| "NotReady".into()),
+            text(c.message.as_ref()),
+        ),
+        None => ("Pending".into(), "no Ready condition yet".into()),
     }
 }
 
@@ -166,6 +232,35 @@ mod tests {
             },
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_not_ready_pod_says_why() {
+        let pod = |status: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+        };
+        let unschedulable = pod(json!({"conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/3 nodes are available: 3 Insufficient cpu."}]}));
+        assert_eq!(
+            not_ready_reason(&unschedulable),
+            (
+                "Unschedulable".to_string(),
+                "0/3 nodes are available: 3 Insufficient cpu.".to_string()
+            )
+        );
+        let crashing = pod(json!({
+            "conditions": [{"type": "PodScheduled", "status": "True"},
+                           {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"}],
+            "containerStatuses": [{"name": "app", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff",
+                "message": "back-off 40s restarting failed container"}}}]}));
+        assert_eq!(not_ready_reason(&crashing).0, "CrashLoopBackOff");
+        assert_eq!(PodView::of(&crashing).restarts, 3);
+        let gated = pod(json!({"conditions": [
+            {"type": "ContainersReady", "status": "True"},
+            {"type": READINESS_GATE, "status": "False"}]}));
+        assert_eq!(not_ready_reason(&gated).0, "ReadinessGateFalse");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::pod::PodView;
 use crate::api::labels::MEMBER_MANAGER;
-use crate::api::{InPlaceSet, InPlaceSetStatus, RevisionReplicas};
+use crate::api::{InPlaceSet, InPlaceSetStatus, NOT_READY_SHOWN, NotReadyPod, RevisionReplicas};
 use crate::plan::revision::current_revision;
 
 /// Condition type set while pods cannot be created or deleted, as on ReplicaSets.
@@ -139,11 +139,33 @@ pub fn compute(input: &Inputs<'_>) -> (InPlaceSetStatus, Option<Duration>) {
         unschedulable_replicas: count(unschedulable.len()),
         unschedulable_since: unschedulable.into_iter().min().map(Time),
         current_revision: Some(current),
+        not_ready_pods: not_ready_pods(&active),
         update_revision: Some(input.update_revision.to_string()),
         selector: selector_string(input.selector),
         conditions: conditions(input),
     };
     (status, recheck)
+}
+
+/// The first few not-ready pods by name, and why: bounded, so the status stays small at any
+/// scale and changes only when what a reader needs to know does.
+fn not_ready_pods(pods: &[&PodView]) -> Vec<NotReadyPod> {
+    let mut out: Vec<NotReadyPod> = pods
+        .iter()
+        .filter_map(|p| {
+            let (reason, message) = p.not_ready.clone()?;
+            Some(NotReadyPod {
+                name: p.facts.name.clone(),
+                revision: p.revision.clone(),
+                reason,
+                message,
+                restart_count: p.restarts,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.truncate(NOT_READY_SHOWN);
+    out
 }
 
 fn count(n: usize) -> i32 {
@@ -329,7 +351,39 @@ mod tests {
             lifecycle: Some("Normal".into()),
             ready_since: ready_since.map(ts),
             unschedulable_since: None,
+            not_ready: ready_since.is_none().then(|| {
+                (
+                    "ContainersNotReady".into(),
+                    "containers with unready status: [app]".into(),
+                )
+            }),
+            restarts: 0,
         }
+    }
+
+    #[test]
+    fn a_few_not_ready_pods_are_reported_with_why() {
+        let mut pods: Vec<PodView> = (0..6)
+            .map(|i| view(&format!("p{i}"), "r1", (i % 2 == 0).then_some(1)))
+            .collect();
+        pods[5].restarts = 4;
+        let sel = selector();
+        let (status, _) = compute(&inputs(&pods, &sel, None));
+        let names: Vec<&str> = status
+            .not_ready_pods
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, ["p1", "p3", "p5"]);
+        assert_eq!(status.not_ready_pods[2].restart_count, 4);
+        assert_eq!(status.not_ready_pods[0].reason, "ContainersNotReady");
+        assert_eq!(status.not_ready_pods[0].revision.as_deref(), Some("r1"));
+        // Bounded, whatever the number of pods.
+        let many: Vec<PodView> = (0..50)
+            .map(|i| view(&format!("q{i:02}"), "r1", None))
+            .collect();
+        let (status, _) = compute(&inputs(&many, &sel, None));
+        assert_eq!(status.not_ready_pods.len(), NOT_READY_SHOWN);
     }
 
     fn selector() -> LabelSelector {

@@ -152,6 +152,7 @@ fn unit_row(u: &UnitObservation) -> UnitStatus {
         target_replicas: u.target_replicas,
         reachable: u.reachable,
         unreachable_since: u.unreachable_since.clone().filter(|_| !u.reachable),
+        not_ready_pods: s.not_ready_pods,
     }
 }
 

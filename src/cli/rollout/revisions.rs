@@ -53,12 +53,17 @@ pub fn render_history(key: &str, history: &[ControllerRevision], now: DateTime<U
 
 /// `nginx:1.28`, or `web=nginx:1.28,proxy=envoy:1.30` for several containers; `?` for a
 /// revision holding no readable template.
-fn images(cr: &ControllerRevision) -> String {
-    let Some(spec) = template(cr).and_then(|t| t.spec) else {
-        return "?".to_string();
-    };
+pub(crate) fn images(cr: &ControllerRevision) -> String {
+    match template(cr).and_then(|t| t.spec) {
+        Some(spec) => images_text(&spec.containers),
+        None => "?".to_string(),
+    }
+}
+
+/// `nginx:1.28`, or `web=nginx:1.28,proxy=envoy:1.30` for several containers.
+pub(crate) fn images_text(containers: &[k8s_openapi::api::core::v1::Container]) -> String {
     let image = |c: &k8s_openapi::api::core::v1::Container| c.image.clone().unwrap_or_default();
-    match spec.containers.as_slice() {
+    match containers {
         [one] => image(one),
         many => many
             .iter()

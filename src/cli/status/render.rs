@@ -1,5 +1,7 @@
 //! Pure rendering of CafeDeployments for `cafe status`: text and JSON from plain values.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -12,9 +14,13 @@ pub fn render(
     items: &[CafeDeployment],
     output: Output,
     now: DateTime<Utc>,
+    images: &RevisionImages,
 ) -> String {
     match (target, output) {
-        (Target::One { .. }, Output::Table) => items.first().map(render_one).unwrap_or_default(),
+        (Target::One { .. }, Output::Table) => items
+            .first()
+            .map(|cd| render_one_at(cd, now, images))
+            .unwrap_or_default(),
         (Target::One { .. }, Output::Json) => {
             items.first().map(render_json_one).unwrap_or_default()
         }
@@ -27,9 +33,37 @@ pub fn render(
     }
 }
 
-/// One CafeDeployment in full: totals, one row per unit, the rollout, and the conditions that
-/// are not True.
+/// The images of each revision the CLI could find (from the hub's history), by revision hash:
+/// `nginx:1.28`, or `web=nginx:1.28,proxy=envoy:1.30`.
+pub type RevisionImages = BTreeMap<String, String>;
+
+/// The images of `cd`'s own template: those of its update revision.
+pub fn template_images(cd: &CafeDeployment) -> String {
+    cd.spec
+        .template
+        .spec
+        .as_ref()
+        .map(|s| crate::cli::rollout::images_text(&s.containers))
+        .unwrap_or_default()
+}
+
+/// `abc123 (nginx:1.28)`: a revision with its images when known.
+fn revision_with_images(revision: &str, images: &RevisionImages) -> String {
+    match images.get(revision).filter(|i| !i.is_empty()) {
+        Some(i) => format!("{revision} ({i})"),
+        None => revision.to_string(),
+    }
+}
+
+/// One CafeDeployment in full, now, without revision images.
 pub fn render_one(cd: &CafeDeployment) -> String {
+    render_one_at(cd, Utc::now(), &RevisionImages::new())
+}
+
+/// One CafeDeployment in full: totals, one row per unit (an unreachable unit's counts are shown
+/// unknown, with how long it has been away), the pods not ready and why, the rollout with when
+/// its group started and the deadline left, and the conditions that are not True.
+pub fn render_one_at(cd: &CafeDeployment, now: DateTime<Utc>, images: &RevisionImages) -> String {
     let name = cd.metadata.name.as_deref().unwrap_or("");
     let namespace = cd.metadata.namespace.as_deref().unwrap_or("default");
     let mut out = format!("Name:        {name}\nNamespace:   {namespace}\n");
@@ -45,10 +79,21 @@ pub fn render_one(cd: &CafeDeployment) -> String {
         cd.spec.replicas, status.ready_replicas, status.updated_replicas, status.available_replicas
     ));
     if let (Some(current), Some(update)) = (&status.current_revision, &status.update_revision) {
+        let mut images = images.clone();
+        images
+            .entry(update.clone())
+            .or_insert_with(|| template_images(cd));
         if current == update {
-            out.push_str(&format!("Revision:    {current}\n"));
+            out.push_str(&format!(
+                "Revision:    {}\n",
+                revision_with_images(current, &images)
+            ));
         } else {
-            out.push_str(&format!("Revision:    {current} -> {update}\n"));
+            out.push_str(&format!(
+                "Revision:    {} -> {}\n",
+                revision_with_images(current, &images),
+                revision_with_images(update, &images)
+            ));
         }
     }
     if let (Some(observed), Some(generation)) = (status.observed_generation, cd.metadata.generation)
@@ -81,18 +126,71 @@ pub fn render_one(cd: &CafeDeployment) -> String {
             .to_vec(),
         ];
         for u in &status.units {
+            // What the hub cannot see is unknown, not the last numbers it saw.
+            let count = |n: i32| {
+                if u.reachable {
+                    n.to_string()
+                } else {
+                    "?".to_string()
+                }
+            };
             rows.push(vec![
                 u.name.clone(),
                 u.cluster.clone().unwrap_or_else(|| "-".into()),
-                u.desired_replicas.to_string(),
-                u.ready_replicas.to_string(),
-                u.updated_replicas.to_string(),
-                u.available_replicas.to_string(),
-                u.unschedulable_replicas.to_string(),
-                if u.reachable { "yes" } else { "no" }.to_string(),
+                desired_with_loans(u),
+                count(u.ready_replicas),
+                count(u.updated_replicas),
+                count(u.available_replicas),
+                count(u.unschedulable_replicas),
+                match (&u.reachable, &u.unreachable_since) {
+                    (true, _) => "yes".to_string(),
+                    (false, Some(since)) => format!(
+                        "no, for {}",
+                        format_age(now.signed_duration_since(
+                            DateTime::<Utc>::from_timestamp(since.0.as_second(), 0).unwrap_or(now)
+                        ))
+                    ),
+                    (false, None) => "no".to_string(),
+                },
             ]);
         }
         out.push_str(&render_table(&rows));
+        for u in status.units.iter().filter(|u| !u.reachable) {
+            out.push_str(&format!(
+                "{}: member {} unreachable; last seen {} ready, {} available (not counted)\n",
+                u.name,
+                u.cluster.as_deref().unwrap_or("-"),
+                u.ready_replicas,
+                u.available_replicas
+            ));
+        }
+        let not_ready: Vec<String> = status
+            .units
+            .iter()
+            .flat_map(|u| {
+                u.not_ready_pods.iter().map(move |p| {
+                    let mut line = format!("  {} {}", u.name, p.name);
+                    if let Some(rev) = &p.revision {
+                        line.push_str(&format!(" (revision {rev})"));
+                    }
+                    line.push_str(&format!(": {}", p.reason));
+                    if !p.message.is_empty() {
+                        line.push_str(&format!(": {}", p.message));
+                    }
+                    if p.restart_count > 0 {
+                        line.push_str(&format!("; {} restarts", p.restart_count));
+                    }
+                    line
+                })
+            })
+            .collect();
+        if !not_ready.is_empty() {
+            out.push_str("Not ready:\n");
+            for line in not_ready {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
         // Each loan, and why: what a reader needs to tell a reschedule from a failover.
         for loan in &status.loans {
             out.push_str(&format!(
@@ -134,6 +232,32 @@ pub fn render_one(cd: &CafeDeployment) -> String {
     out.push('\n');
     let rollout = status.rollout.clone().unwrap_or_default();
     out.push_str(&super::rollout::render_rollout(&rollout));
+    if let Some(started) = &rollout.batch_started_at
+        && rollout.phase.as_deref() == Some("Progressing")
+        && rollout.current_batch > 0
+    {
+        let started = DateTime::<Utc>::from_timestamp(started.0.as_second(), 0).unwrap_or(now);
+        let elapsed = now.signed_duration_since(started);
+        let deadline =
+            chrono::Duration::seconds(i64::from(cd.spec.strategy.progress_deadline_seconds));
+        out.push_str(&format!(
+            "Group:       {} started {} ago; {}\n",
+            rollout.current_batch,
+            format_age(elapsed),
+            if elapsed < deadline {
+                format!(
+                    "{} left of progressDeadlineSeconds={}",
+                    format_age(deadline - elapsed),
+                    cd.spec.strategy.progress_deadline_seconds
+                )
+            } else {
+                format!(
+                    "past progressDeadlineSeconds={}",
+                    cd.spec.strategy.progress_deadline_seconds
+                )
+            }
+        ));
+    }
 
     let not_true: Vec<_> = status
         .conditions
@@ -162,6 +286,22 @@ pub fn render_one(cd: &CafeDeployment) -> String {
     out
 }
 
+/// A unit's desired replicas, with what loans change: `7 (5+2 borrowed)`, `3 (5-2 lent)`.
+fn desired_with_loans(u: &crate::api::UnitStatus) -> String {
+    let target = u.target_replicas;
+    if target == u.desired_replicas
+        || (target == 0 && u.borrowed_replicas == 0 && u.lent_replicas == 0)
+    {
+        return u.desired_replicas.to_string();
+    }
+    let diff = target - u.desired_replicas;
+    if diff > 0 {
+        format!("{target} ({}+{diff} borrowed)", u.desired_replicas)
+    } else {
+        format!("{target} ({}{diff} lent)", u.desired_replicas)
+    }
+}
+
 /// One line per CafeDeployment: totals, each unit's ready/desired, the rollout phase and age.
 pub fn render_list(items: &[CafeDeployment], with_namespace: bool, now: DateTime<Utc>) -> String {
     let mut header = vec![];
@@ -184,7 +324,19 @@ pub fn render_list(items: &[CafeDeployment], with_namespace: bool, now: DateTime
         let units = status
             .units
             .iter()
-            .map(|u| format!("{}:{}/{}", u.name, u.ready_replicas, u.desired_replicas))
+            .map(|u| {
+                let ready = if u.reachable {
+                    u.ready_replicas.to_string()
+                } else {
+                    "?".to_string()
+                };
+                let target = if u.target_replicas > 0 || u.lent_replicas > 0 {
+                    u.target_replicas
+                } else {
+                    u.desired_replicas
+                };
+                format!("{}:{ready}/{target}", u.name)
+            })
             .collect::<Vec<_>>();
         let mut row = vec![];
         if with_namespace {
@@ -320,9 +472,9 @@ mod tests {
             "currentRevision": "abc", "updateRevision": "def",
             "rollout": {"phase": "Progressing", "currentBatch": 2, "totalBatches": 3, "message": "waiting for DCB"},
             "units": [
-                {"name": "DCA", "cluster": "dca", "desiredReplicas": 3, "replicas": 3, "readyReplicas": 3,
+                {"name": "DCA", "cluster": "dca", "desiredReplicas": 3, "targetReplicas": 3, "replicas": 3, "readyReplicas": 3,
                  "availableReplicas": 3, "updatedReplicas": 3, "reachable": true},
-                {"name": "DCB", "cluster": "dcb", "desiredReplicas": 3, "replicas": 3, "readyReplicas": 1,
+                {"name": "DCB", "cluster": "dcb", "desiredReplicas": 3, "targetReplicas": 2, "replicas": 3, "readyReplicas": 1,
                  "availableReplicas": 1, "updatedReplicas": 2, "unschedulableReplicas": 2, "reachable": false,
                  "borrowedReplicas": 0, "lentReplicas": 1},
             ],
@@ -337,6 +489,70 @@ mod tests {
 
     fn cells(line: &str) -> Vec<&str> {
         line.split_whitespace().collect()
+    }
+
+    /// `cafe status` while DCB is lost and DCA carries its replicas, group 2 stuck on a pod
+    /// that crash-loops.
+    fn outage_loan_and_stuck_group() -> serde_json::Value {
+        json!({
+            "observedGeneration": 3, "replicas": 6, "readyReplicas": 5, "availableReplicas": 5,
+            "updatedReplicas": 3, "currentRevision": "old1", "updateRevision": "new2",
+            "units": [
+                {"name": "DCA", "cluster": "dca", "desiredReplicas": 3, "targetReplicas": 6,
+                 "replicas": 6, "readyReplicas": 5, "availableReplicas": 5, "updatedReplicas": 3,
+                 "borrowedReplicas": 3, "reachable": true,
+                 "notReadyPods": [{"name": "demo-x1", "revision": "new2", "reason": "CrashLoopBackOff",
+                                   "message": "back-off 40s restarting failed container", "restartCount": 4}]},
+                {"name": "DCB", "cluster": "dcb", "desiredReplicas": 3, "targetReplicas": 0,
+                 "replicas": 3, "readyReplicas": 3, "availableReplicas": 3, "updatedReplicas": 1,
+                 "lentReplicas": 3, "reachable": false, "unreachableSince": "2026-01-01T00:00:00Z"},
+            ],
+            "loans": [{"from": "DCB", "to": "DCA", "replicas": 3, "reason": "Failover",
+                       "since": "2026-01-01T00:00:05Z"}],
+            "rollout": {"phase": "Progressing", "revision": "new2", "currentBatch": 2, "totalBatches": 3,
+                        "batchStartedAt": "2026-01-01T00:00:10Z",
+                        "batches": [{"index": 1, "beta": true, "units": {"DCA": 1, "DCB": 1}},
+                                    {"index": 2, "units": {"DCA": 1, "DCB": 1}},
+                                    {"index": 3, "units": {"DCA": 1, "DCB": 1}}],
+                        "units": [{"name": "DCA", "replicas": 3, "update": 3, "done": 1},
+                                  {"name": "DCB", "replicas": 3, "update": 3, "done": 1}]},
+        })
+    }
+
+    #[test]
+    fn status_during_an_outage_a_loan_and_a_stuck_group_says_what_is_known() {
+        let cd = demo(outage_loan_and_stuck_group());
+        let now = DateTime::<Utc>::from_timestamp(1_767_225_700, 0).unwrap(); // 2026-01-01T00:01:40Z
+        let images = RevisionImages::from([("old1".to_string(), "demo:1".to_string())]);
+        let out = render_one_at(&cd, now, &images);
+        // The revisions with their images.
+        assert!(
+            out.contains("Revision:    old1 (demo:1) -> new2 ("),
+            "{out}"
+        );
+        // DCA carries DCB's 3: its target shows it.
+        let dca = out.lines().find(|l| l.starts_with("DCA ")).unwrap();
+        assert_eq!(cells(dca)[2..5], ["6", "(3+3", "borrowed)"], "{out}");
+        // DCB cannot be seen: its numbers are unknown, with how long it has been away.
+        let dcb = out.lines().find(|l| l.starts_with("DCB ")).unwrap();
+        assert_eq!(cells(dcb)[5..9], ["?", "?", "?", "?"], "{dcb}");
+        assert!(dcb.ends_with("no, for 100s"), "{dcb}");
+        assert!(
+            out.contains(
+                "DCB: member dcb unreachable; last seen 3 ready, 3 available (not counted)"
+            ),
+            "{out}"
+        );
+        // The stuck group: which pod, why, how often it restarted; when it started and the
+        // deadline left.
+        assert!(out.contains("Not ready:\n  DCA demo-x1 (revision new2): CrashLoopBackOff: back-off 40s restarting failed container; 4 restarts\n"), "{out}");
+        assert!(
+            out.contains("Group:       2 started 90s ago; 8m left of progressDeadlineSeconds=600"),
+            "{out}"
+        );
+        // The list view does not count what it cannot see either.
+        let list = render_list(&[cd], false, now);
+        assert!(list.contains("DCA:5/6,DCB:?/0"), "{list}");
     }
 
     #[test]
@@ -371,7 +587,7 @@ mod tests {
         );
         assert_eq!(
             cells(lines[header + 2]),
-            ["DCB", "dcb", "3", "1", "2", "1", "2", "no"]
+            ["DCB", "dcb", "2", "(3-1", "lent)", "?", "?", "?", "?", "no"]
         );
         assert!(out.contains("DCB lends 1 replica(s)"), "{out}");
         assert!(
@@ -488,7 +704,7 @@ mod tests {
                 "4",
                 "5",
                 "4",
-                "DCA:3/3,DCB:1/3",
+                "DCA:3/3,DCB:?/2",
                 "Progressing",
                 "5m"
             ]
@@ -521,17 +737,26 @@ mod tests {
         let now = Utc::now();
         let ns = Target::Namespace("apps".into());
         assert_eq!(
-            render(&ns, &[], Output::Table, now),
+            render(&ns, &[], Output::Table, now, &RevisionImages::new()),
             "No CafeDeployments in namespace apps.\n"
         );
-        assert_eq!(render(&ns, &[], Output::Json, now), "[]\n");
+        assert_eq!(
+            render(&ns, &[], Output::Json, now, &RevisionImages::new()),
+            "[]\n"
+        );
         let one = Target::One {
             namespace: "default".into(),
             name: "demo".into(),
         };
         assert!(
-            render(&one, &[demo(progressing())], Output::Table, now)
-                .starts_with("Name:        demo")
+            render(
+                &one,
+                &[demo(progressing())],
+                Output::Table,
+                now,
+                &RevisionImages::new()
+            )
+            .starts_with("Name:        demo")
         );
     }
 
