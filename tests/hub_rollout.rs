@@ -410,6 +410,40 @@ async fn a_beta_pod_that_never_gets_ready_stalls_at_the_deadline_and_undo_brings
             "{member}: only the Beta pod"
         );
     }
+    // What the stuck group waits for is told per unit, reported by the member agents: the
+    // Beta pod, its revision, and why it is not ready; and `cafe status` shows it.
+    let new = revision_hash(&serde_json::from_value(template("demo:2-unready")).unwrap());
+    let cd = r
+        .wait_rollout("each unit names its not-ready Beta pod", |_, cd| {
+            cd.status.as_ref().is_some_and(|s| {
+                s.units.iter().all(|u| {
+                    u.not_ready_pods.len() == 1
+                        && u.not_ready_pods[0].revision.as_deref() == Some(new.as_str())
+                        && !u.not_ready_pods[0].reason.is_empty()
+                })
+            })
+        })
+        .await;
+    let stuck = &cd.status.as_ref().unwrap().units[0].not_ready_pods[0];
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cafe"))
+        .args(["status", "demo", "--kubeconfig"])
+        .arg(&r.kubeconfig)
+        .args(["--context", "hub"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "Not ready:\n  DCA {} (revision {new}): {}",
+            stuck.name, stuck.reason
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("(demo:2-unready)"),
+        "the revision's image: {text}"
+    );
 
     let out = r.cafe_rollout("undo").await;
     assert!(
