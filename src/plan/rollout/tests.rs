@@ -166,6 +166,17 @@ proptest! {
     }
 }
 
+/// The strategy of a simulated rollout: no progress deadline gets in the way.
+fn simulated_strategy(up: UpgradeType, batch: i32, confirm: bool) -> RolloutStrategy {
+    RolloutStrategy {
+        upgrade_type: up,
+        batch_size: PositiveIntOrPercent(IntOrPercent::Int(batch)),
+        need_waiting_for_confirm: confirm,
+        progress_deadline_seconds: 100_000,
+        ..RolloutStrategy::default()
+    }
+}
+
 // ---- the whole rollout, simulated: the hub's step and each member's update planner ----
 
 #[derive(Clone, Debug)]
@@ -332,13 +343,7 @@ proptest! {
         confirm in any::<bool>(),
         noise in prop::collection::vec(any::<u8>(), 64),
     ) {
-        let strategy = RolloutStrategy {
-            upgrade_type: up,
-            batch_size: PositiveIntOrPercent(IntOrPercent::Int(batch)),
-            need_waiting_for_confirm: confirm,
-            progress_deadline_seconds: 100_000,
-            ..RolloutStrategy::default()
-        };
+        let strategy = simulated_strategy(up, batch, confirm);
         let replicas: i32 = units.iter().map(|u| u.target).sum();
         let revision = "new";
         let mut status: Option<RolloutStatus> = None;
@@ -811,13 +816,7 @@ proptest! {
         script in arb_loan_script(),
         noise in prop::collection::vec(any::<u8>(), 64),
     ) {
-        let strategy = RolloutStrategy {
-            upgrade_type: up,
-            batch_size: PositiveIntOrPercent(IntOrPercent::Int(batch)),
-            need_waiting_for_confirm: true,
-            progress_deadline_seconds: 100_000,
-            ..RolloutStrategy::default()
-        };
+        let strategy = simulated_strategy(up, batch, true);
         let replicas: i32 = units.iter().map(|u| u.target).sum();
         let revision = "new";
         let mut status: Option<RolloutStatus> = None;
