@@ -248,59 +248,145 @@ pub fn differs(desired: &InPlaceSet, observed: &InPlaceSet) -> bool {
 pub fn project(o: &Observed) -> Projection {
     let cd = o.deployment;
     let previous = cd.status.clone().unwrap_or_default();
-    let generation = cd.metadata.generation;
-    let refuse = |type_: &str, status: &str, reason: &str, message: String| Projection {
-        writes: vec![],
-        status: with_condition(
-            &previous, generation, type_, status, reason, message, &o.now,
-        ),
-        waiting: vec![],
-        reset_confirmation: false,
-        events: vec![],
-        recheck: None,
-    };
-
-    if cd.spec.pod_set_type != PodSetType::InPlaceSet {
-        return refuse(
-            REPLICA_FAILURE,
-            "True",
-            "UnsupportedPodSetType",
-            format!(
-                "spec.podSetType {:?} is not supported yet; use InPlaceSet",
-                cd.spec.pod_set_type
-            ),
-        );
-    }
-    let topology = &cd.spec.topology;
-    let shares = match split::split(cd.spec.replicas, &topology.values, &topology.unit_replicas) {
-        Ok(shares) => shares,
-        Err(e) => return refuse(UNITS_RESOLVED, "False", e.reason(), e.to_string()),
-    };
-    let placement = match resolve_units(&topology.unit_type, &topology.values, o.members) {
-        Ok(p) => p,
-        Err(problems) => {
-            let reason = match problems.first() {
-                Some(Unresolved::SeveralMembers { .. }) => "SeveralMembersForUnit",
-                _ => "NoMemberForUnit",
-            };
-            let message = problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            return refuse(UNITS_RESOLVED, "False", reason, message);
-        }
+    let (shares, placement) = match place(o) {
+        Ok(placed) => placed,
+        Err(refusal) => return refuse(o, &previous, refusal),
     };
     let member_of: BTreeMap<&str, &str> = placement
         .iter()
         .map(|(u, m)| (u.as_str(), m.as_str()))
         .collect();
-
     let revision = revision_hash(&cd.spec.template);
-    let current_loans = loans::deltas(&previous.loans);
-    let loan_of =
-        |deltas: &BTreeMap<String, i32>, unit: &str| deltas.get(unit).copied().unwrap_or(0);
-    let observed_units: Vec<UnitObserved> = shares
+
+    // The rollout decides what each unit runs; loans (capacity first, whatever the rollout is
+    // doing) decide where; the writes follow from both.
+    let observed_units = observe_units(o, &shares, &member_of, &previous.loans);
+    let decision = rollout::step(&RolloutInput {
+        name: &cd.name_any(),
+        strategy: &cd.spec.strategy,
+        replicas: cd.spec.replicas,
+        revision: &revision,
+        confirmed: cd.annotations().get(UPGRADE_CONFIRMED).map(String::as_str),
+        previous: previous.rollout.as_ref(),
+        units: &observed_units,
+        loans: &previous.loans,
+        now: o.now.0,
+    });
+    let facts = loan_facts(
+        o,
+        &observed_units,
+        &rollout::lend(&decision.targets, &previous.loans),
+    );
+    let loan_plan = loans::plan(&loan_policy(cd), &facts, &previous.loans, o.now.0);
+    let asked = rollout::lend(&decision.targets, &loan_plan.loans);
+    let mut plan = unit_writes(o, &shares, &member_of, &asked);
+    leftover_writes(o, &shares, &member_of, &mut plan);
+
+    let status = status_of(
+        o, &previous, &revision, &placement, &plan.rows, &decision, &loan_plan,
+    );
+    let mut events = decision.events;
+    events.extend(loan_plan.events);
+    // Loans wait on time (initial delay, stabilisation, toleration) and on capacity the probes
+    // refresh: while one may be due, look again soon.
+    let policy = loan_policy(cd);
+    let pending = facts
+        .iter()
+        .any(|f| f.unschedulable > 0 || f.not_ready_since.is_some())
+        || !status.loans.is_empty();
+    let recheck = (pending && (policy.reschedule.is_some() || policy.failover.is_some()))
+        .then_some(std::time::Duration::from_secs(1));
+    Projection {
+        writes: plan.writes,
+        status,
+        waiting: plan.waiting,
+        reset_confirmation: decision.reset_confirmation,
+        events,
+        recheck: [decision.recheck, recheck].into_iter().flatten().min(),
+    }
+}
+
+/// Why the hub projects nothing: a condition to set (type, status, reason, message).
+struct Refusal {
+    type_: &'static str,
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+/// The previous status with the refusal's condition; nothing written to any member.
+fn refuse(o: &Observed, previous: &CafeDeploymentStatus, r: Refusal) -> Projection {
+    Projection {
+        writes: vec![],
+        status: with_condition(
+            previous,
+            o.deployment.metadata.generation,
+            r.type_,
+            r.status,
+            r.reason,
+            r.message,
+            &o.now,
+        ),
+        waiting: vec![],
+        reset_confirmation: false,
+        events: vec![],
+        recheck: None,
+    }
+}
+
+/// Units mapped to members: (unit, member), in `topology.values` order.
+type Placement = Vec<(String, String)>;
+
+/// Each unit's share of the replicas and the member it maps to, or why there are none.
+fn place(o: &Observed) -> Result<(Vec<split::UnitShare>, Placement), Refusal> {
+    let cd = o.deployment;
+    if cd.spec.pod_set_type != PodSetType::InPlaceSet {
+        return Err(Refusal {
+            type_: REPLICA_FAILURE,
+            status: "True",
+            reason: "UnsupportedPodSetType",
+            message: format!(
+                "spec.podSetType {:?} is not supported yet; use InPlaceSet",
+                cd.spec.pod_set_type
+            ),
+        });
+    }
+    let topology = &cd.spec.topology;
+    let shares = split::split(cd.spec.replicas, &topology.values, &topology.unit_replicas)
+        .map_err(|e| Refusal {
+            type_: UNITS_RESOLVED,
+            status: "False",
+            reason: e.reason(),
+            message: e.to_string(),
+        })?;
+    let placement =
+        resolve_units(&topology.unit_type, &topology.values, o.members).map_err(|problems| {
+            Refusal {
+                type_: UNITS_RESOLVED,
+                status: "False",
+                reason: match problems.first() {
+                    Some(Unresolved::SeveralMembers { .. }) => "SeveralMembersForUnit",
+                    _ => "NoMemberForUnit",
+                },
+                message: problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        })?;
+    Ok((shares, placement))
+}
+
+/// What the rollout knows of each unit: its member's state and InPlaceSet, and its loans.
+fn observe_units(
+    o: &Observed,
+    shares: &[split::UnitShare],
+    member_of: &BTreeMap<&str, &str>,
+    current: &[crate::api::Loan],
+) -> Vec<UnitObserved> {
+    let net = loans::deltas(current);
+    shares
         .iter()
         .map(|share| {
             let member = member_of
@@ -318,47 +404,42 @@ pub fn project(o: &Observed) -> Projection {
                 set: find_set(o.sets, member, &share.unit)
                     .filter(|c| !c.deleting())
                     .map(|c| set_observed(&c.set)),
-                loan: loan_of(&current_loans, &share.unit),
+                loan: net.get(&share.unit).copied().unwrap_or(0),
             }
         })
-        .collect();
-    let decision = rollout::step(&RolloutInput {
-        name: &cd.name_any(),
-        strategy: &cd.spec.strategy,
-        replicas: cd.spec.replicas,
-        revision: &revision,
-        confirmed: cd.annotations().get(UPGRADE_CONFIRMED).map(String::as_str),
-        previous: previous.rollout.as_ref(),
-        units: &observed_units,
-        loans: &previous.loans,
-        now: o.now.0,
-    });
-    let asked_now = rollout::lend(&decision.targets, &previous.loans);
+        .collect()
+}
 
-    // Loans: capacity comes first, whatever the rollout is doing.
-    let requests = cd
+/// What the loan planner needs of each unit; `asked_now` is what each InPlaceSet was asked for
+/// with the loans as they are.
+fn loan_facts(
+    o: &Observed,
+    units: &[UnitObserved],
+    asked_now: &BTreeMap<String, UnitTarget>,
+) -> Vec<UnitFacts> {
+    let requests = o
+        .deployment
         .spec
         .template
         .spec
         .as_ref()
         .map_or((0, 0), super::capacity::spec_requests);
-    let facts: Vec<UnitFacts> = shares
+    units
         .iter()
-        .zip(&observed_units)
-        .map(|(share, u)| {
+        .map(|u| {
             let view = o.members.iter().find(|m| m.name == u.cluster);
-            let set = find_set(o.sets, &u.cluster, &share.unit).filter(|c| !c.deleting());
+            let set = find_set(o.sets, &u.cluster, &u.unit).filter(|c| !c.deleting());
             let status = set.and_then(|c| c.set.status.clone()).unwrap_or_default();
             // The member has acted on what the hub asks of it now, loans included.
-            let asked = asked_now.get(&share.unit).map(|t| t.replicas);
+            let asked = asked_now.get(&u.unit).map(|t| t.replicas);
             // Pods on their way out (a scale-in) still show until they are deleted: only once
             // the unit runs what it is asked do its unschedulable pods mean a shortage.
             let settled = u.set.as_ref().is_some_and(|s| {
                 s.synced && Some(s.replicas) == asked && Some(s.status_replicas) == asked
             });
             UnitFacts {
-                unit: share.unit.clone(),
-                base: share.replicas,
+                unit: u.unit.clone(),
+                base: u.target,
                 not_ready_since: match (
                     &u.unreachable,
                     view.and_then(|v| v.not_ready_since.clone()),
@@ -377,14 +458,39 @@ pub fn project(o: &Observed) -> Projection {
                 settled,
             }
         })
-        .collect();
-    let loan_plan = loans::plan(&loan_policy(cd), &facts, &previous.loans, o.now.0);
-    let asked = rollout::lend(&decision.targets, &loan_plan.loans);
+        .collect()
+}
 
-    let mut writes = vec![];
-    let mut waiting = vec![];
-    let mut rows = vec![];
-    for share in &shares {
+/// One unit as the status sees it: its share, member, whether that member is usable, and its
+/// InPlaceSet.
+struct Row<'a> {
+    share: &'a split::UnitShare,
+    member: &'a str,
+    reachable: bool,
+    current: Option<&'a ObservedSet>,
+}
+
+/// The writes the units call for, what waits, and each unit's row.
+struct UnitWrites<'a> {
+    writes: Vec<Write>,
+    waiting: Vec<String>,
+    rows: Vec<Row<'a>>,
+}
+
+/// Applies each unit's InPlaceSet where its member is usable and it differs from what is asked.
+fn unit_writes<'a>(
+    o: &'a Observed,
+    shares: &'a [split::UnitShare],
+    member_of: &BTreeMap<&'a str, &'a str>,
+    asked: &BTreeMap<String, UnitTarget>,
+) -> UnitWrites<'a> {
+    let cd = o.deployment;
+    let mut out = UnitWrites {
+        writes: vec![],
+        waiting: vec![],
+        rows: vec![],
+    };
+    for share in shares {
         let member = member_of
             .get(share.unit.as_str())
             .copied()
@@ -396,14 +502,14 @@ pub fn project(o: &Observed) -> Projection {
             .map(|t| desired_set(cd, &share.unit, *t));
         match (&state, current, desired) {
             (MemberState::Ready, Some(c), _) if c.deleting() => {
-                waiting.push(format!(
+                out.waiting.push(format!(
                     "unit {}: InPlaceSet still being deleted",
                     share.unit
                 ));
             }
             (MemberState::Ready, current, Some(desired)) => {
                 if current.is_none_or(|c| differs(&desired, &c.set)) {
-                    writes.push(Write::Apply {
+                    out.writes.push(Write::Apply {
                         member: member.to_string(),
                         unit: share.unit.clone(),
                         fingerprint: fingerprint(&desired),
@@ -413,15 +519,29 @@ pub fn project(o: &Observed) -> Projection {
                 }
             }
             (MemberState::NotReady(problem), _, _) => {
-                waiting.push(format!("unit {} (member {member}): {problem}", share.unit));
+                out.waiting
+                    .push(format!("unit {} (member {member}): {problem}", share.unit));
             }
             (MemberState::Ready, _, None) => {}
         }
-        rows.push((share, member, state == MemberState::Ready, current));
+        out.rows.push(Row {
+            share,
+            member,
+            reachable: state == MemberState::Ready,
+            current,
+        });
     }
+    out
+}
 
-    // InPlaceSets of units no longer listed go; those of a unit that moved to another member go
-    // once the new member has the unit's replicas available, so the unit never runs empty.
+/// InPlaceSets of units no longer listed go; those of a unit that moved to another member go
+/// once the new member has the unit's replicas available, so the unit never runs empty.
+fn leftover_writes(
+    o: &Observed,
+    shares: &[split::UnitShare],
+    member_of: &BTreeMap<&str, &str>,
+    plan: &mut UnitWrites<'_>,
+) {
     for observed in o.sets.iter().filter(|s| !s.deleting()) {
         let unit = observed.unit().unwrap_or_default();
         let target = member_of.get(unit).copied();
@@ -437,7 +557,7 @@ pub fn project(o: &Observed) -> Projection {
                 .and_then(|s| s.set.status.as_ref())
                 .is_some_and(|s| s.available_replicas >= share);
             if !moved {
-                waiting.push(format!(
+                plan.waiting.push(format!(
                     "unit {unit}: moving from member {} to {target}",
                     observed.member
                 ));
@@ -445,38 +565,52 @@ pub fn project(o: &Observed) -> Projection {
             }
         }
         match member_state(o.members, &observed.member) {
-            MemberState::Ready => writes.push(delete_of(observed, unit)),
-            MemberState::NotReady(problem) => waiting.push(format!(
+            MemberState::Ready => plan.writes.push(delete_of(observed, unit)),
+            MemberState::NotReady(problem) => plan.waiting.push(format!(
                 "unit {unit}: cannot delete its InPlaceSet in member {}: {problem}",
                 observed.member
             )),
         }
     }
+}
 
+/// The status: the units' rows and totals (targets after loans), the placement, the
+/// rollout's progress, and the loans.
+fn status_of(
+    o: &Observed,
+    previous: &CafeDeploymentStatus,
+    revision: &str,
+    placement: &[(String, String)],
+    rows: &[Row<'_>],
+    decision: &rollout::RolloutDecision,
+    loan_plan: &loans::LoanPlan,
+) -> CafeDeploymentStatus {
+    let cd = o.deployment;
+    let generation = cd.metadata.generation;
     let units = rows
         .iter()
-        .map(|(share, member, reachable, current)| {
-            let target = loans::carried(&share.unit, share.replicas, &loan_plan.loans);
+        .map(|row| {
+            let target = loans::carried(&row.share.unit, row.share.replicas, &loan_plan.loans);
             UnitObservation {
-                unit: share.unit.clone(),
-                cluster: Some(member.to_string()),
-                desired_replicas: share.replicas,
+                unit: row.share.unit.clone(),
+                cluster: Some(row.member.to_string()),
+                desired_replicas: row.share.replicas,
                 target_replicas: target,
                 max_unavailable: unit_max_unavailable(cd, target),
-                reachable: *reachable,
+                reachable: row.reachable,
                 unreachable_since: o
                     .members
                     .iter()
-                    .find(|m| m.name == *member)
+                    .find(|m| m.name == row.member)
                     .and_then(|m| m.not_ready_since.clone()),
-                inplaceset: current.map(|c| &*c.set),
+                inplaceset: row.current.map(|c| &*c.set),
             }
         })
         .collect();
     let mut status = unit_status::aggregate(&StatusInput {
         generation,
-        previous: &previous,
-        update_revision: revision.clone(),
+        previous,
+        update_revision: revision.to_string(),
         selector: Some(unit_status::selector_string(&cd.spec.selector)),
         units,
         now: o.now.clone(),
@@ -511,7 +645,7 @@ pub fn project(o: &Observed) -> Projection {
             last_transition_time: o.now.clone(),
         },
     );
-    status.rollout = Some(decision.status);
+    status.rollout = Some(decision.status.clone());
     for row in &mut status.units {
         row.lent_replicas = loan_plan
             .loans
@@ -527,26 +661,8 @@ pub fn project(o: &Observed) -> Projection {
             .sum();
     }
     set_rescheduled(&mut status.conditions, &loan_plan.loans, generation, &o.now);
-    status.loans = loan_plan.loans;
-    let mut events = decision.events;
-    events.extend(loan_plan.events);
-    // Loans wait on time (initial delay, stabilisation, toleration) and on capacity the probes
-    // refresh: while one may be due, look again soon.
-    let policy = loan_policy(cd);
-    let pending = facts
-        .iter()
-        .any(|f| f.unschedulable > 0 || f.not_ready_since.is_some())
-        || !status.loans.is_empty();
-    let recheck = (pending && (policy.reschedule.is_some() || policy.failover.is_some()))
-        .then_some(std::time::Duration::from_secs(1));
-    Projection {
-        writes,
-        status,
-        waiting,
-        reset_confirmation: decision.reset_confirmation,
-        events,
-        recheck: [decision.recheck, recheck].into_iter().flatten().min(),
-    }
+    status.loans = loan_plan.loans.clone();
+    status
 }
 
 /// The reschedule and failover rules of a CafeDeployment.
