@@ -192,6 +192,17 @@ async fn a_unit_short_of_room_lends_its_replicas_and_takes_them_back_when_a_node
         text.contains("DCB lent 3"),
         "cafe status shows the loan: {text}"
     );
+    // Each unit's target after the loan: DCA 8 (5+3), DCB 2 (5-3).
+    assert!(text.contains("8 (5+3 borrowed)"), "{text}");
+    assert!(text.contains("2 (5-3 lent)"), "{text}");
+    // Every replica serves, loans or not: Available, as `kubectl wait` sees it.
+    wait_for("Available while DCB lends 3", WAIT, || async {
+        let cd = h.deployments().get("demo").await.ok()?;
+        condition(&cd, "Available")
+            .is_some_and(|c| c.status == "True")
+            .then_some(())
+    })
+    .await;
 
     // A hub restart neither forgets nor repeats the loan. A harmless spec change (a new
     // generation) proves the new hub has reconciled the CafeDeployment.

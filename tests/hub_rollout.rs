@@ -97,6 +97,18 @@ impl Rollout {
             .unwrap()
     }
 
+    /// `cafe status demo` against the hub: what it prints.
+    async fn cafe_status(&self) -> String {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cafe"))
+            .args(["status", "demo", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .args(["--context", "hub"])
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     async fn confirm(&self) {
         let out = self.cafe_rollout("confirm").await;
         assert!(
@@ -425,14 +437,7 @@ async fn a_beta_pod_that_never_gets_ready_stalls_at_the_deadline_and_undo_brings
         })
         .await;
     let stuck = &cd.status.as_ref().unwrap().units[0].not_ready_pods[0];
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cafe"))
-        .args(["status", "demo", "--kubeconfig"])
-        .arg(&r.kubeconfig)
-        .args(["--context", "hub"])
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = r.cafe_status().await;
     assert!(
         text.contains(&format!(
             "Not ready:\n  DCA {} (revision {new}): {}",
@@ -677,6 +682,22 @@ async fn a_failover_never_releases_a_pod_past_the_confirmation() {
         loans.len() == 1 && loans[0].reason == "Failover" && loans[0].replicas == 3,
         "{loans:?}"
     );
+    // What is known is said, what is not is not: DCB's numbers are unknown and count in no
+    // total; DCA's target carries DCB's 3; every replica serves, so Available.
+    let cd = r
+        .wait_rollout("Available while DCA carries DCB", |_, cd| {
+            condition(cd, "Available").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    let dcb = &cd.status.as_ref().unwrap().units[1];
+    assert!(!dcb.reachable && dcb.unreachable_since.is_some(), "{dcb:?}");
+    let text = r.cafe_status().await;
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("DCB "))
+        .unwrap_or_default();
+    assert!(row.contains(" ? ") && row.contains("no, for"), "{text}");
+    assert!(text.contains("6 (3+3 borrowed)"), "{text}");
     // The hub dies and comes back while DCB is away: nothing changes.
     r.h.kill_hub().await;
     r.h.run_hub();

@@ -22,7 +22,6 @@ use super::history::{self, HistoryError};
 use super::member_writes::{MemberWriter, WriteError};
 use super::membership::{Membership, TriggerStreams};
 use super::projection::{self, MemberView, Observed, ObservedSet, Write};
-use super::status_patch::replace_status;
 use crate::api::labels::{
     CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, CLEANUP_FINALIZER, HUB_MANAGER, UPGRADE_CONFIRMED,
 };
@@ -30,6 +29,7 @@ use crate::api::{CafeDeployment, CafeDeploymentStatus, MemberCluster};
 use crate::plan::revision::revision_hash;
 use crate::plan::unit_status::{CLEANED_UP, REPLICA_FAILURE, UNITS_RESOLVED};
 use crate::runtime::events::{EventType, EventWriter, Fact, event_type};
+use crate::runtime::status_patch::replace_status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CafeDeploymentError {
@@ -111,6 +111,7 @@ pub async fn run(
         failures: Mutex::new(HashMap::new()),
     });
     Controller::new(api, watcher::Config::default())
+        .trigger_backoff(crate::runtime::backoff::watch_backoff())
         .reconcile_on(triggers.one)
         .reconcile_all_on(triggers.all)
         .graceful_shutdown_on(shutdown.cancelled_owned())

@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use super::HubOptions;
 use super::membership::Membership;
 use super::probe::{self, ProbeReport, Problem, ProblemReason};
-use super::status_patch::replace_status;
 use crate::api::labels::{HUB_MANAGER, SYSTEM_NAMESPACE, UNIT_LABEL_PREFIX};
 use crate::api::{MemberCluster, MemberClusterStatus};
 use crate::plan::unit_status::set_condition;
 use crate::runtime::events::{EventType, EventWriter, Fact};
+use crate::runtime::status_patch::replace_status;
 
 /// Condition type on MemberClusters.
 pub const READY: &str = "Ready";
@@ -87,7 +87,7 @@ pub async fn run(
     let api: Api<MemberCluster> = Api::all(client.clone());
     let registry = membership.clone();
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::runtime::backoff::watch_backoff())
         .reflect(writer)
         .inspect_ok(move |event| registry.observe(event))
         .applied_objects()

@@ -411,7 +411,9 @@ async fn reflect_member(
 ) {
     let api: Api<InPlaceSet> = Api::all(client);
     let config = watcher::Config::default().labels(CAFEDEPLOYMENT);
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let stream = watcher(api, config)
+        .backoff(crate::runtime::backoff::watch_backoff())
+        .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     loop {
         let event = tokio::select! {

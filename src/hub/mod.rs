@@ -19,7 +19,6 @@ pub mod membercluster;
 pub mod membership;
 pub mod probe;
 pub mod projection;
-pub mod status_patch;
 
 use std::sync::Arc;
 use std::time::Duration;

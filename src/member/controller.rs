@@ -98,6 +98,7 @@ pub async fn run(client: Client, resize_supported: bool, shutdown: CancellationT
         resize_supported,
     });
     Controller::new(Api::<InPlaceSet>::all(client), watcher::Config::default())
+        .trigger_backoff(crate::runtime::backoff::watch_backoff())
         .owns_stream(pod_events)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
@@ -126,7 +127,7 @@ fn pod_watch(
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
     let config = watcher::Config::default().labels(REVISION);
     watcher(Api::<Pod>::all(client.clone()), config)
-        .default_backoff()
+        .backoff(crate::runtime::backoff::watch_backoff())
         .reflect(writer)
         .inspect_ok(move |event| {
             expectations.observe_event(event);

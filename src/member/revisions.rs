@@ -95,7 +95,7 @@ pub fn watch(
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(INPLACESET);
     let events = watcher(Api::<ControllerRevision>::all(client.clone()), config)
-        .default_backoff()
+        .backoff(crate::runtime::backoff::watch_backoff())
         .reflect(writer);
     let run = events.for_each(|event| async move {
         if let Err(err) = event {

@@ -15,6 +15,7 @@ use super::pod::PodView;
 use crate::api::labels::MEMBER_MANAGER;
 use crate::api::{InPlaceSet, InPlaceSetStatus, NOT_READY_SHOWN, NotReadyPod, RevisionReplicas};
 use crate::plan::revision::current_revision;
+use crate::runtime::status_patch::replace_status;
 
 /// Condition type set while pods cannot be created or deleted, as on ReplicaSets.
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
@@ -291,7 +292,10 @@ pub async fn write_if_changed(
         field_manager: Some(MEMBER_MANAGER.to_string()),
         ..PatchParams::default()
     };
-    let patch = Patch::Merge(json!({ "status": merge_patch_body(status) }));
+    // Replaces the whole status: what became empty is removed, not kept from before.
+    let old = serde_json::to_value(&ips.status).unwrap_or(Value::Null);
+    let new = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    let patch = Patch::Merge(replace_status(&old, &new));
     api.patch_status(&ips.name_any(), &params, &patch).await?;
     tracing::debug!(
         namespace = ips.namespace().unwrap_or_default(),
@@ -301,26 +305,6 @@ pub async fn write_if_changed(
         "status written"
     );
     Ok(true)
-}
-
-/// The status as a JSON merge patch (RFC 7386): fields that became empty are sent as `null`
-/// so the API server removes them instead of keeping the old value.
-fn merge_patch_body(status: &InPlaceSetStatus) -> Value {
-    let mut value = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
-    if let Value::Object(map) = &mut value {
-        for key in [
-            "observedGeneration",
-            "unschedulableSince",
-            "currentRevision",
-            "updateRevision",
-            "selector",
-            "conditions",
-            "revisions",
-        ] {
-            map.entry(key).or_insert(Value::Null);
-        }
-    }
-    value
 }
 
 #[cfg(test)]
@@ -518,10 +502,22 @@ mod tests {
     }
 
     #[test]
-    fn empty_fields_are_removed_by_the_patch() {
-        let body = merge_patch_body(&InPlaceSetStatus::default());
-        assert_eq!(body["unschedulableSince"], Value::Null);
-        assert_eq!(body["conditions"], Value::Null);
-        assert_eq!(body["replicas"], json!(0));
+    fn fields_that_became_empty_are_removed_by_the_patch() {
+        let old = InPlaceSetStatus {
+            not_ready_pods: vec![NotReadyPod {
+                name: "p".into(),
+                reason: "ReadinessGateFalse".into(),
+                ..NotReadyPod::default()
+            }],
+            unschedulable_since: Some(Time(ts(5))),
+            ..InPlaceSetStatus::default()
+        };
+        let body = replace_status(
+            &serde_json::to_value(&old).unwrap(),
+            &serde_json::to_value(InPlaceSetStatus::default()).unwrap(),
+        );
+        assert_eq!(body["status"]["notReadyPods"], Value::Null);
+        assert_eq!(body["status"]["unschedulableSince"], Value::Null);
+        assert_eq!(body["status"]["replicas"], json!(0));
     }
 }

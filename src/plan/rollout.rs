@@ -381,11 +381,14 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutDecision {
         fresh_plan(input)
     };
 
-    // Progress of each unit's work.
+    // Progress of each unit's work. Pods a unit carries for another on the new revision are
+    // not its own progress: what it shows is capped at what its released groups ask of it.
+    let released_now = status.current_batch;
     for (row, u) in status.units.iter_mut().zip(input.units) {
         if u.unreachable.is_none() && u.reports(input.revision) {
             let work = work_of(row);
-            row.done = (u.updated_available(input.revision) - work.already()).clamp(0, work.need());
+            let cap = released(&status.batches, &row.name, released_now).min(work.need());
+            row.done = (u.updated_available(input.revision) - work.already()).clamp(0, cap);
         }
     }
     let total = i32::try_from(status.batches.len()).unwrap_or(i32::MAX);
@@ -548,6 +551,17 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutDecision {
             .to_string(),
         );
     }
+    // Each rollout's Events are its own: the same words in the next rollout are another fact.
+    let events = events
+        .into_iter()
+        .map(|(reason, note)| {
+            if note.contains(input.revision) {
+                (reason, note)
+            } else {
+                (reason, format!("{note} (revision {})", input.revision))
+            }
+        })
+        .collect();
     status.phase = Some(phase.to_string());
     status.total_batches = total;
     status.batch = Some(format!("{k}/{total}"));

@@ -1,11 +1,13 @@
 //! Cross-cutting parts of every command: logging, kubeconfigs, shutdown, ControllerRevisions,
 //! Events, and the wording of API errors.
 
+pub mod backoff;
 pub mod controller_revision;
 pub mod events;
 pub mod kubeconfig;
 pub mod logging;
 pub mod shutdown;
+pub mod status_patch;
 
 /// The API server's own words for a failed request (its Status message), else the error's
 /// text: the Status message says what was refused and why, where the error's own text wraps it

@@ -177,8 +177,10 @@ pub fn render_one_at(cd: &CafeDeployment, now: DateTime<Utc>, images: &RevisionI
                     if !p.message.is_empty() {
                         line.push_str(&format!(": {}", p.message));
                     }
-                    if p.restart_count > 0 {
-                        line.push_str(&format!("; {} restarts", p.restart_count));
+                    match p.restart_count {
+                        0 => {}
+                        1 => line.push_str("; 1 restart"),
+                        n => line.push_str(&format!("; {n} restarts")),
                     }
                     line
                 })

@@ -933,3 +933,47 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn each_rollouts_events_name_its_revision() {
+    let strategy = RolloutStrategy::default();
+    let unit = |revision: &str| UnitObserved {
+        unit: "DCA".into(),
+        cluster: "dca".into(),
+        target: 1,
+        unreachable: None,
+        loan: 0,
+        set: Some(SetObserved {
+            replicas: 1,
+            partition: 1,
+            synced: true,
+            update_revision: Some(revision.into()),
+            status_replicas: 1,
+            updated: 0,
+            updated_available: 0,
+        }),
+    };
+    let started = |revision: &str| {
+        let units = [unit(revision)];
+        let d = step(&RolloutInput {
+            name: "demo",
+            strategy: &strategy,
+            replicas: 1,
+            revision,
+            confirmed: None,
+            previous: None,
+            units: &units,
+            loans: &[],
+            now: Timestamp::UNIX_EPOCH,
+        });
+        d.events
+            .into_iter()
+            .find(|(reason, _)| *reason == "GroupStarted")
+            .map(|(_, note)| note)
+            .unwrap()
+    };
+    // The same group of two rollouts: two facts, not one counted twice.
+    let (first, second) = (started("r1"), started("r2"));
+    assert_ne!(first, second);
+    assert!(first.ends_with("(revision r1)"), "{first}");
+}

@@ -1,4 +1,4 @@
-//! Status written as a JSON merge patch that replaces the whole status: fields the hub no longer
+//! Status written as a JSON merge patch that replaces the whole status: fields a controller no longer
 //! sets are sent as `null` (RFC 7386 removes them), at every depth, since a merge patch merges
 //! nested objects; lists are replaced wholesale.
 //! https://datatracker.ietf.org/doc/html/rfc7386
