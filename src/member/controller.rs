@@ -93,11 +93,13 @@ pub async fn run(client: Client, resize_supported: bool, shutdown: CancellationT
         client: client.clone(),
         pods,
         revisions,
-        expectations,
+        expectations: expectations.clone(),
         events,
         resize_supported,
     });
-    Controller::new(Api::<InPlaceSet>::all(client), watcher::Config::default())
+    let (sets, set_writer) = reflector::store();
+    let set_events = inplaceset_watch(&client, set_writer, sets.clone(), expectations.clone());
+    Controller::for_stream(set_events, sets)
         .owns_stream(pod_events)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
@@ -114,6 +116,31 @@ pub async fn run(client: Client, resize_supported: bool, shutdown: CancellationT
         })
         .await;
     revision_task.abort();
+}
+
+/// The InPlaceSets, cached in `writer` for the controller; an InPlaceSet deleted (seen as an
+/// event or missing from a relist) has its expectations dropped, since no reconcile runs for an
+/// object that is gone.
+fn inplaceset_watch(
+    client: &Client,
+    writer: reflector::store::Writer<InPlaceSet>,
+    cache: Store<InPlaceSet>,
+    expectations: Arc<Expectations>,
+) -> impl Stream<Item = Result<InPlaceSet, watcher::Error>> + Send + 'static {
+    watcher(
+        Api::<InPlaceSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .inspect_ok(move |event| {
+        let listed: BTreeSet<String> = match event {
+            watcher::Event::InitDone => cache.state().iter().filter_map(|s| s.uid()).collect(),
+            _ => BTreeSet::new(),
+        };
+        expectations.observe_owner_event(event, |uid| listed.contains(uid));
+    })
+    .applied_objects()
 }
 
 /// Pods carrying the revision label (those the controller creates), cached in `writer`; each
