@@ -460,6 +460,62 @@ async fn a_pod_deleted_by_someone_else_is_replaced() {
     member.stop().await;
 }
 
+/// As with a ReplicaSet: a pod whose labels no longer match the selector is released (its
+/// controller ownerReference removed, the pod left running) and replaced.
+#[tokio::test]
+async fn a_pod_whose_selector_label_is_removed_is_released_and_replaced() {
+    let (sim, c, member) = setup().await;
+    let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
+    let pods: Api<Pod> = Api::default_namespaced(c.clone());
+    let ips = api
+        .create(
+            &PostParams::default(),
+            &inplaceset("demo", 3, template("demo:1")),
+        )
+        .await
+        .expect("created");
+    let before = wait_ready_pods(&pods, &ips, 3).await;
+    let stray = before[0].name_any();
+    let unlabel = serde_json::from_value(json!([
+        {"op": "remove", "path": "/metadata/labels/app"},
+    ]))
+    .expect("a JSON patch");
+    pods.patch(&stray, &PatchParams::default(), &Patch::Json::<()>(unlabel))
+        .await
+        .expect("selector label removed");
+
+    wait_pod(&pods, &stray, "no controller ownerReference", |p| {
+        p.owner_references()
+            .iter()
+            .all(|o| o.controller != Some(true))
+    })
+    .await;
+    let after = wait_ready_pods(&pods, &ips, 3).await;
+    let names: BTreeSet<String> = after.iter().map(ResourceExt::name_any).collect();
+    assert!(!names.contains(&stray), "the released pod is not counted");
+    for p in &before[1..] {
+        assert!(names.contains(&p.name_any()), "the others are untouched");
+    }
+    let released = pods
+        .get(&stray)
+        .await
+        .expect("the released pod still exists");
+    assert!(
+        released.metadata.deletion_timestamp.is_none(),
+        "released, not deleted"
+    );
+    wait_status(
+        &api,
+        "demo",
+        "status: 3 replicas, 3 ready and available",
+        |s| s.replicas == 3 && s.ready_replicas == 3 && s.available_replicas == 3,
+    )
+    .await;
+    assert_eq!(pod_creates(&sim), 4, "exactly one replacement");
+    assert_eq!(pod_deletes(&sim), 0, "nothing deleted");
+    member.stop().await;
+}
+
 #[tokio::test]
 async fn status_reports_unschedulable_pods_and_since_when_until_a_node_fits() {
     let (_sim, c, member) = setup().await;

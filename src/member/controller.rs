@@ -17,6 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, ApplyError, PodWrite, Target};
+use super::claim::{self, ClaimError};
 use super::expectations::{self, Expectations, Seen};
 use super::inplace::{self, InPlaceChange, UpdatePath};
 use super::pod::{self, PodView};
@@ -70,6 +71,8 @@ pub enum ReconcileError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Revision(#[from] RevisionError),
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     #[error("writing the status of InPlaceSet {inplaceset}: {}", api_cause(.source))]
     Status {
         inplaceset: String,
@@ -87,6 +90,7 @@ impl ReconcileError {
             Self::CacheNotSynced { .. } => "cache_not_synced",
             Self::Apply(e) => e.category(),
             Self::Revision(e) => e.category(),
+            Self::Claim(e) => e.category(),
             Self::Status { .. } => "write_status",
         }
     }
@@ -290,8 +294,11 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
         return Err(err);
     }
 
-    // observe
-    let pods = owned_pods(&ctx, &uid);
+    // observe: the pods it controls and selects; those it controls but no longer selects are
+    // released, and are no longer counted, so replacements are made
+    let claimed = claim::claim(ctx.pods.state(), &uid, &ips.spec.selector);
+    let released = release_pods(&ctx, &ips, &namespace, &uid, &claimed.release).await;
+    let pods = views_of(claimed.owned);
     let views: Vec<PodView> = pods.iter().map(|(_, v)| v.clone()).collect();
     let revision = revision_hash(&ips.spec.template);
     let pending = ctx.expectations.pending(&uid, Instant::now());
@@ -350,6 +357,7 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
     }
     created?;
     written?;
+    released?;
     // Pod events trigger the next reconcile; these bound the wait when no event will come.
     let next = [recheck, pending, work.wake]
         .into_iter()
@@ -434,17 +442,43 @@ fn cache_not_synced_status(ips: &InPlaceSet, message: &str, now: Timestamp) -> I
     status
 }
 
-/// The pods the InPlaceSet with uid `owner_uid` controls, as the cache shows them.
-fn owned_pods(ctx: &Context, owner_uid: &str) -> Vec<(Arc<Pod>, PodView)> {
-    ctx.pods
-        .state()
-        .into_iter()
-        .filter(|p| pod::is_controlled_by(p, owner_uid))
+/// Each pod with its view.
+fn views_of(pods: Vec<Arc<Pod>>) -> Vec<(Arc<Pod>, PodView)> {
+    pods.into_iter()
         .map(|p| {
             let view = PodView::of(&p);
             (p, view)
         })
         .collect()
+}
+
+/// Releases the pods the InPlaceSet controls but no longer selects, each announced by an Event;
+/// returns the first failure (the next reconcile tries again).
+async fn release_pods(
+    ctx: &Context,
+    ips: &InPlaceSet,
+    namespace: &str,
+    owner_uid: &str,
+    pods: &[Arc<Pod>],
+) -> Result<(), ClaimError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut first = None;
+    for p in pods {
+        match claim::release(&api, p, owner_uid).await {
+            Ok(()) => {
+                let note = format!(
+                    "pod {}: its labels no longer match the selector; released",
+                    p.name_any()
+                );
+                publish(ctx, ips, EventType::Normal, "PodReleased", note, Some(p)).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "pod not released");
+                first.get_or_insert(err);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// This reconcile's work: the update paths of the pods' revisions, then the pure decision.

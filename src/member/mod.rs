@@ -6,6 +6,7 @@
 //! as expectations so a stale cache never causes a second round of creations.
 
 mod apply;
+mod claim;
 mod controller;
 mod crd;
 mod expectations;
