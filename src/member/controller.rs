@@ -132,10 +132,16 @@ pub struct Context {
     revision_watch_failure: WatchFailure,
     /// Consecutive failed reconciles per InPlaceSet uid, for the retry backoff.
     failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    cache_sync_timeout: Duration,
 }
 
 /// Runs the controller until `shutdown` is cancelled; reconciles in flight finish first.
-pub async fn run(client: Client, resize_supported: bool, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    resize_supported: bool,
+    options: super::MemberOptions,
+    shutdown: CancellationToken,
+) {
     let (pods, writer) = reflector::store();
     let revision_watch_failure = WatchFailure::default();
     let (revisions, revision_watch) = revisions::watch(&client, revision_watch_failure.clone());
@@ -161,6 +167,7 @@ pub async fn run(client: Client, resize_supported: bool, shutdown: CancellationT
         pod_watch_failure,
         revision_watch_failure,
         failures: failures.clone(),
+        cache_sync_timeout: options.cache_sync_timeout,
     });
     let (sets, set_writer) = reflector::store();
     let set_events = inplaceset_watch(&client, set_writer, sets.clone(), expectations, failures);
@@ -276,14 +283,14 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
             &ctx.pods,
             "pods",
             &ctx.pod_watch_failure,
-            CACHE_SYNC_TIMEOUT,
+            ctx.cache_sync_timeout,
         )
         .await?;
         wait_synced(
             &ctx.revisions,
             "controllerrevisions",
             &ctx.revision_watch_failure,
-            CACHE_SYNC_TIMEOUT,
+            ctx.cache_sync_timeout,
         )
         .await
     };
