@@ -473,6 +473,11 @@ async fn release_pods(
     for p in pods {
         match claim::release(&api, p, owner_uid).await {
             Ok(()) => {
+                // Its later events no longer name this InPlaceSet, so a write of ours still
+                // pending on it would never be seen: it is gone as far as this owner goes.
+                if let Some(pod_uid) = p.uid() {
+                    ctx.expectations.observe(owner_uid, &pod_uid, Seen::Absent);
+                }
                 let note = format!(
                     "pod {}: its labels no longer match the selector; released",
                     p.name_any()
