@@ -3,6 +3,7 @@
 //! under it, reports status, never over-creates on a stale cache, and a restart writes nothing.
 
 mod common;
+mod member_forbidden;
 mod member_slow_watch;
 
 use std::collections::BTreeSet;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use cafe::api::InPlaceSet;
 use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE, REVISION};
+use cafe::member::{CACHE_NOT_SYNCED, MemberOptions, REPLICA_FAILURE};
 use cafe::plan::revision::revision_hash;
 use cafe_sim::sim::Sim;
 use common::{Member, ONE_MEMBER, client, install_crds, spawn_member, start_sim, wait_for};
@@ -19,6 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -457,6 +460,115 @@ async fn a_pod_deleted_by_someone_else_is_replaced() {
     .await;
     assert_eq!(pod_creates(&sim), 4, "exactly one replacement");
     assert_eq!(pod_deletes(&sim), 1, "the controller deleted nothing");
+    member.stop().await;
+}
+
+/// As with a ReplicaSet: a pod whose labels no longer match the selector is released (its
+/// controller ownerReference removed, the pod left running) and replaced.
+#[tokio::test]
+async fn a_pod_whose_selector_label_is_removed_is_released_and_replaced() {
+    let (sim, c, member) = setup().await;
+    let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
+    let pods: Api<Pod> = Api::default_namespaced(c.clone());
+    let ips = api
+        .create(
+            &PostParams::default(),
+            &inplaceset("demo", 3, template("demo:1")),
+        )
+        .await
+        .expect("created");
+    let before = wait_ready_pods(&pods, &ips, 3).await;
+    let stray = before[0].name_any();
+    let unlabel = serde_json::from_value(json!([
+        {"op": "remove", "path": "/metadata/labels/app"},
+    ]))
+    .expect("a JSON patch");
+    pods.patch(&stray, &PatchParams::default(), &Patch::Json::<()>(unlabel))
+        .await
+        .expect("selector label removed");
+
+    wait_pod(&pods, &stray, "no controller ownerReference", |p| {
+        p.owner_references()
+            .iter()
+            .all(|o| o.controller != Some(true))
+    })
+    .await;
+    let after = wait_ready_pods(&pods, &ips, 3).await;
+    let names: BTreeSet<String> = after.iter().map(ResourceExt::name_any).collect();
+    assert!(!names.contains(&stray), "the released pod is not counted");
+    for p in &before[1..] {
+        assert!(names.contains(&p.name_any()), "the others are untouched");
+    }
+    let released = pods
+        .get(&stray)
+        .await
+        .expect("the released pod still exists");
+    assert!(
+        released.metadata.deletion_timestamp.is_none(),
+        "released, not deleted"
+    );
+    wait_status(
+        &api,
+        "demo",
+        "status: 3 replicas, 3 ready and available",
+        |s| s.replicas == 3 && s.ready_replicas == 3 && s.available_replicas == 3,
+    )
+    .await;
+    assert_eq!(pod_creates(&sim), 4, "exactly one replacement");
+    assert_eq!(pod_deletes(&sim), 0, "nothing deleted");
+    member.stop().await;
+}
+
+/// An agent that may not list pods cluster-wide never fills its pod cache: each reconcile gives
+/// up after the deadline and says why in the InPlaceSet's status, instead of hanging silently.
+#[tokio::test]
+async fn a_forbidden_pod_list_sets_cache_not_synced_instead_of_hanging() {
+    let sim = start_sim(ONE_MEMBER).await;
+    let c = client(&sim, "dca").await;
+    install_crds(&c).await;
+    let shutdown = CancellationToken::new();
+    let options = MemberOptions {
+        cache_sync_timeout: Duration::from_millis(300),
+    };
+    let task = tokio::spawn(cafe::member::run_with(
+        member_forbidden::client(&sim, "dca").await,
+        options,
+        shutdown.clone(),
+    ));
+    let member = Member { shutdown, task };
+    let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
+    api.create(
+        &PostParams::default(),
+        &inplaceset("demo", 2, template("demo:1")),
+    )
+    .await
+    .expect("created");
+
+    let ips = wait_status(&api, "demo", "ReplicaFailure CacheNotSynced", |s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == REPLICA_FAILURE && c.status == "True" && c.reason == CACHE_NOT_SYNCED
+        })
+    })
+    .await;
+    let status = ips.status.expect("status");
+    let message = &status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == REPLICA_FAILURE)
+        .expect("ReplicaFailure")
+        .message;
+    for part in [
+        "cannot list pods in all namespaces",
+        member_forbidden::FORBIDDEN,
+        "check the member agent's permissions",
+    ] {
+        assert!(message.contains(part), "{message:?} lacks {part:?}");
+    }
+    assert_eq!(
+        pod_creates(&sim),
+        0,
+        "nothing created from a cache that never listed"
+    );
     member.stop().await;
 }
 

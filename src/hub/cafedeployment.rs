@@ -272,6 +272,10 @@ async fn cleanup(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeplo
     });
     execute(cd, plan.writes, &sets, ctx).await?;
     if plan.blocked.is_empty() {
+        // The finalizer goes next and nothing will reconcile this CafeDeployment again: its
+        // records would only wait for the TTL sweep.
+        ctx.expectations
+            .forget_owner(&cd.namespace().unwrap_or_default(), &cd.name_any());
         return Ok(Action::await_change());
     }
     let message = format!(

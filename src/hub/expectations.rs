@@ -2,6 +2,11 @@
 //! the member's cache shows the old state until the watch event arrives. A reconcile in that
 //! window must not write again. Like Kubernetes' controller expectations, each record expires so
 //! that a lost event cannot freeze a unit forever.
+//!
+//! The map stays bounded: a CafeDeployment's records go when its cleanup has deleted its
+//! InPlaceSets ([`Expectations::forget_owner`]), and every insert sweeps the records past their
+//! TTL, so those of an object never reconciled again do not pile up (Kubernetes drops a
+//! controller's expectations when the owner is deleted, `DeleteExpectations`).
 //! https://github.com/kubernetes/kubernetes/blob/master/pkg/controller/controller_utils.go (ControllerExpectations)
 
 use std::collections::HashMap;
@@ -29,6 +34,14 @@ enum Expected {
     Deleted { uid: Option<String>, at: Instant },
 }
 
+impl Expected {
+    fn at(&self) -> Instant {
+        match self {
+            Expected::Applied { at, .. } | Expected::Deleted { at, .. } => *at,
+        }
+    }
+}
+
 /// Writes the hub made whose effect the member caches may not show yet.
 #[derive(Default)]
 pub struct Expectations {
@@ -41,25 +54,30 @@ impl Expectations {
     }
 
     pub fn applied(&self, key: SetKey, fingerprint: String, written: &InPlaceSet) {
-        self.lock().insert(
-            key,
-            Expected::Applied {
-                fingerprint,
-                uid: written.metadata.uid.clone(),
-                generation: written.metadata.generation.unwrap_or(0),
-                at: Instant::now(),
-            },
-        );
+        let record = Expected::Applied {
+            fingerprint,
+            uid: written.metadata.uid.clone(),
+            generation: written.metadata.generation.unwrap_or(0),
+            at: Instant::now(),
+        };
+        self.insert(key, record);
     }
 
     pub fn deleted(&self, key: SetKey, uid: Option<String>) {
-        self.lock().insert(
-            key,
-            Expected::Deleted {
-                uid,
-                at: Instant::now(),
-            },
-        );
+        let record = Expected::Deleted {
+            uid,
+            at: Instant::now(),
+        };
+        self.insert(key, record);
+    }
+
+    /// Inserts `record`, first dropping every record past its TTL: one that no reconcile will
+    /// ever look at again (its CafeDeployment or unit gone) would otherwise stay for ever.
+    fn insert(&self, key: SetKey, record: Expected) {
+        let now = record.at();
+        let mut inner = self.lock();
+        inner.retain(|_, e| now.saturating_duration_since(e.at()) <= EXPECTATION_TTL);
+        inner.insert(key, record);
     }
 
     /// True when applying `fingerprint` would repeat a write the cache (`observed`) has not caught
@@ -108,6 +126,19 @@ impl Expectations {
     pub fn forget(&self, key: &SetKey) {
         self.lock().remove(key);
     }
+
+    /// The CafeDeployment `namespace/name` is gone (or its cleanup finished): its InPlaceSets,
+    /// named like it in every member, will never be reconciled again.
+    pub fn forget_owner(&self, namespace: &str, name: &str) {
+        self.lock()
+            .retain(|(_, ns, n), _| !(ns == namespace && n == name));
+    }
+
+    /// Records held, for the bound tests.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +182,45 @@ mod tests {
             !e.apply_pending(&key(), "f1", None),
             "record dropped once caught up"
         );
+    }
+
+    #[test]
+    fn records_of_deleted_cafedeployments_do_not_accumulate() {
+        let e = Expectations::default();
+        for i in 0..1000 {
+            let name = format!("cd-{i}");
+            for member in ["dca", "dcb"] {
+                let key = (member.to_string(), "default".to_string(), name.clone());
+                e.applied(key.clone(), "f1".into(), &set("u1", 1));
+                e.deleted(key, Some("u1".into()));
+            }
+            e.forget_owner("default", &name);
+        }
+        assert_eq!(e.len(), 0);
+    }
+
+    #[test]
+    fn records_never_checked_again_expire_on_the_next_insert() {
+        let e = Expectations::default();
+        let long_ago = Instant::now()
+            .checked_sub(EXPECTATION_TTL + Duration::from_secs(1))
+            .expect("the clock is past the TTL");
+        for i in 0..1000 {
+            let key = (
+                "dca".to_string(),
+                "default".to_string(),
+                format!("gone-{i}"),
+            );
+            e.insert(
+                key,
+                Expected::Deleted {
+                    uid: None,
+                    at: long_ago,
+                },
+            );
+        }
+        e.deleted(key(), Some("u1".into()));
+        assert_eq!(e.len(), 1, "only the fresh record is left");
     }
 
     #[test]

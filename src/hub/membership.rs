@@ -122,6 +122,8 @@ pub struct Membership {
     inner: Mutex<Inner>,
     triggers: Triggers,
     shutdown: CancellationToken,
+    /// Cloned into each member reflector task and dropped when it ends: counts the running ones.
+    reflectors: Arc<()>,
 }
 
 impl Membership {
@@ -130,6 +132,7 @@ impl Membership {
             inner: Mutex::new(Inner::default()),
             triggers,
             shutdown,
+            reflectors: Arc::new(()),
         }
     }
 
@@ -156,9 +159,6 @@ impl Membership {
     /// reflector of the InPlaceSets labelled `apps.cafe.io/cafedeployment`, in all namespaces.
     /// A member no longer registered (a reconcile that raced its deletion) is not connected.
     pub fn connect(&self, member: &str, fingerprint: u64, client: kube::Client) {
-        if !self.lock().placements.contains_key(member) {
-            return;
-        }
         let (sets, writer) = reflector::store::<InPlaceSet>();
         let synced = Arc::new(AtomicBool::new(false));
         let watch_problem = Arc::new(Mutex::new(None));
@@ -168,7 +168,7 @@ impl Membership {
             client: client.clone(),
             sets,
         };
-        tokio::spawn(reflect_member(
+        let reflector = reflect_member(
             member.to_string(),
             client,
             writer,
@@ -178,17 +178,32 @@ impl Membership {
             },
             self.triggers.clone(),
             stop.clone(),
-        ));
-        let old = self.lock().connections.insert(
-            member.to_string(),
-            Connection {
-                handle,
-                synced,
-                watch_problem,
-                fingerprint,
-                stop,
-            },
         );
+        // The registration check, the insert and the start of the reflector happen under one
+        // lock: a `remove` either runs first (nothing starts) or after (it stops what started).
+        // Checked and inserted in two steps, a removal in between left a reflector running for
+        // a member no longer registered.
+        let old = {
+            let mut inner = self.lock();
+            if !inner.placements.contains_key(member) {
+                return;
+            }
+            let running = self.reflectors.clone();
+            tokio::spawn(async move {
+                reflector.await;
+                drop(running);
+            });
+            inner.connections.insert(
+                member.to_string(),
+                Connection {
+                    handle,
+                    synced,
+                    watch_problem,
+                    fingerprint,
+                    stop,
+                },
+            )
+        };
         if let Some(old) = old {
             tracing::info!(member, "member kubeconfig changed; reconnected");
             old.stop.cancel();
@@ -196,6 +211,11 @@ impl Membership {
             tracing::info!(member, "member connected");
         }
         self.triggers.all();
+    }
+
+    /// Member reflectors still running (each holds a clone of `reflectors`).
+    pub fn running_reflectors(&self) -> usize {
+        Arc::strong_count(&self.reflectors) - 1
     }
 
     /// Drops the member's connection (its Secret is gone or unusable); keeps its health.
@@ -442,6 +462,62 @@ async fn reflect_member(
                     triggers.all();
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member_cluster(name: &str) -> MemberCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.cafe.io/v1alpha1",
+            "kind": "MemberCluster",
+            "metadata": {"name": name},
+            "spec": {"kubeconfigSecretRef": {"namespace": "cafe-system", "name": name}},
+        }))
+        .unwrap()
+    }
+
+    /// `connect` (a MemberCluster reconcile) and `remove` (the MemberCluster deleted) race on
+    /// two threads; whichever wins, nothing of the member is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_removed_while_connecting_keeps_no_connection_or_reflector() {
+        let (triggers, _streams) = triggers();
+        let membership = Membership::new(triggers, CancellationToken::new());
+        // Nothing listens there: the reflectors only retry until stopped.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let runtime = tokio::runtime::Handle::current();
+        for i in 0..500 {
+            let name = format!("m{i}");
+            membership.observe(&watcher::Event::Apply(member_cluster(&name)));
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    let _runtime = runtime.enter();
+                    barrier.wait();
+                    membership.connect(&name, 1, client.clone());
+                });
+                scope.spawn(|| {
+                    barrier.wait();
+                    membership.remove(&name);
+                });
+            });
+            assert!(
+                membership.handle(&name).is_none(),
+                "member {name} removed, yet still connected"
+            );
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while membership.running_reflectors() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} reflectors still running for removed members",
+                membership.running_reflectors()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

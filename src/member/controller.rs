@@ -1,7 +1,7 @@
 //! The InPlaceSet controller: the watches, the reconcile driver (observe -> decide -> perform
 //! -> status), Events, and its error policy.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,18 +17,20 @@ use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, ApplyError, PodWrite, Target};
+use super::claim::{self, ClaimError};
 use super::expectations::{self, Expectations, Seen};
 use super::inplace::{self, InPlaceChange, UpdatePath};
 use super::pod::{self, PodView};
 use super::revisions::{self, RevisionError};
 use super::status::{self, BlockedPod, Inputs, LIFECYCLE_BLOCKED, ReplicaFailure};
 use super::work::{self, Observed, Work};
-use crate::api::InPlaceSet;
 use crate::api::labels::{MEMBER_MANAGER, REVISION};
+use crate::api::{InPlaceSet, InPlaceSetStatus};
 use crate::plan::revision::revision_hash;
 use crate::plan::update::Stage;
 use crate::runtime::api_cause;
 use crate::runtime::events::{EventType, EventWriter, Fact};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Look again at every InPlaceSet this often even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -38,6 +40,14 @@ const RETRY: Duration = Duration::from_secs(5);
 const PARALLEL_POD_WRITES: usize = 16;
 /// Old templates kept (besides those pods still run) as ControllerRevisions.
 const REVISIONS_KEPT: usize = 10;
+/// How long a reconcile waits for the pod and ControllerRevision caches to list. A list that
+/// keeps failing (forbidden, most often) would otherwise hang every reconcile with no status
+/// saying why; past this the reconcile fails with ReplicaFailure `CacheNotSynced`.
+pub const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest retry delay after consecutive failed reconciles of one InPlaceSet.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The ReplicaFailure reason while a cache has not listed.
+pub const CACHE_NOT_SYNCED: &str = "CacheNotSynced";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -45,10 +55,24 @@ pub enum ReconcileError {
     CacheClosed,
     #[error("InPlaceSet {0} has no namespace or uid; it was not read from the API")]
     NotFromApi(String),
+    #[error(
+        "the {resource} cache has not synced after {waited:?}: cannot list {resource} in all \
+         namespaces{}; check the member agent's permissions (it needs list and watch on \
+         {resource} cluster-wide)",
+        .cause.as_ref().map(|c| format!(" ({c})")).unwrap_or_default()
+    )]
+    CacheNotSynced {
+        resource: &'static str,
+        waited: Duration,
+        /// The watch's last error, if it reported one.
+        cause: Option<String>,
+    },
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Revision(#[from] RevisionError),
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     #[error("writing the status of InPlaceSet {inplaceset}: {}", api_cause(.source))]
     Status {
         inplaceset: String,
@@ -63,10 +87,35 @@ impl ReconcileError {
         match self {
             Self::CacheClosed => "shutdown",
             Self::NotFromApi(_) => "invalid_object",
+            Self::CacheNotSynced { .. } => "cache_not_synced",
             Self::Apply(e) => e.category(),
             Self::Revision(e) => e.category(),
+            Self::Claim(e) => e.category(),
             Self::Status { .. } => "write_status",
         }
+    }
+}
+
+/// The last error of a watch, until its next successful list: what a reconcile waiting on
+/// that cache reports.
+#[derive(Clone, Debug, Default)]
+pub struct WatchFailure(Arc<std::sync::Mutex<Option<String>>>);
+
+impl WatchFailure {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set(&self, err: &watcher::Error) {
+        *self.lock() = Some(err.to_string());
+    }
+
+    pub fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.lock().clone()
     }
 }
 
@@ -79,25 +128,50 @@ pub struct Context {
     events: EventWriter,
     /// The cluster serves pods/resize (Kubernetes 1.33+): resource changes apply in place.
     resize_supported: bool,
+    pod_watch_failure: WatchFailure,
+    revision_watch_failure: WatchFailure,
+    /// Consecutive failed reconciles per InPlaceSet uid, for the retry backoff.
+    failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    cache_sync_timeout: Duration,
 }
 
 /// Runs the controller until `shutdown` is cancelled; reconciles in flight finish first.
-pub async fn run(client: Client, resize_supported: bool, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    resize_supported: bool,
+    options: super::MemberOptions,
+    shutdown: CancellationToken,
+) {
     let (pods, writer) = reflector::store();
-    let (revisions, revision_watch) = revisions::watch(&client);
+    let revision_watch_failure = WatchFailure::default();
+    let (revisions, revision_watch) = revisions::watch(&client, revision_watch_failure.clone());
     let revision_task = tokio::spawn(revision_watch);
     let expectations = Arc::new(Expectations::new(expectations::DEFAULT_TIMEOUT));
-    let pod_events = pod_watch(&client, writer, pods.clone(), expectations.clone());
+    let pod_watch_failure = WatchFailure::default();
+    let pod_events = pod_watch(
+        &client,
+        writer,
+        pods.clone(),
+        expectations.clone(),
+        pod_watch_failure.clone(),
+    );
+    let failures = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let events = EventWriter::new(client.clone(), MEMBER_MANAGER);
     let context = Arc::new(Context {
         client: client.clone(),
         pods,
         revisions,
-        expectations,
+        expectations: expectations.clone(),
         events,
         resize_supported,
+        pod_watch_failure,
+        revision_watch_failure,
+        failures: failures.clone(),
+        cache_sync_timeout: options.cache_sync_timeout,
     });
-    Controller::new(Api::<InPlaceSet>::all(client), watcher::Config::default())
+    let (sets, set_writer) = reflector::store();
+    let set_events = inplaceset_watch(&client, set_writer, sets.clone(), expectations, failures);
+    Controller::for_stream(set_events, sets)
         .trigger_backoff(crate::runtime::backoff::watch_backoff())
         .owns_stream(pod_events)
         .graceful_shutdown_on(shutdown.cancelled_owned())
@@ -117,6 +191,43 @@ pub async fn run(client: Client, resize_supported: bool, shutdown: CancellationT
     revision_task.abort();
 }
 
+/// The InPlaceSets, cached in `writer` for the controller; an InPlaceSet deleted (seen as an
+/// event or missing from a relist) has its expectations dropped, since no reconcile runs for an
+/// object that is gone.
+fn inplaceset_watch(
+    client: &Client,
+    writer: reflector::store::Writer<InPlaceSet>,
+    cache: Store<InPlaceSet>,
+    expectations: Arc<Expectations>,
+    failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
+) -> impl Stream<Item = Result<InPlaceSet, watcher::Error>> + Send + 'static {
+    watcher(
+        Api::<InPlaceSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .backoff(crate::runtime::backoff::watch_backoff())
+    .reflect(writer)
+    .inspect_ok(move |event| {
+        let listed: BTreeSet<String> = match event {
+            watcher::Event::InitDone => cache.state().iter().filter_map(|s| s.uid()).collect(),
+            _ => BTreeSet::new(),
+        };
+        expectations.observe_owner_event(event, |uid| listed.contains(uid));
+        // The retry backoff of a deleted InPlaceSet goes with it.
+        let mut failures = failures.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            watcher::Event::Delete(ips) => {
+                if let Some(uid) = ips.uid() {
+                    failures.remove(&uid);
+                }
+            }
+            watcher::Event::InitDone => failures.retain(|uid, _| listed.contains(uid)),
+            _ => {}
+        }
+    })
+    .applied_objects()
+}
+
 /// Pods carrying the revision label (those the controller creates), cached in `writer`; each
 /// event marks expectations observed once the cache holds it.
 fn pod_watch(
@@ -124,14 +235,17 @@ fn pod_watch(
     writer: reflector::store::Writer<Pod>,
     cache: Store<Pod>,
     expectations: Arc<Expectations>,
+    failure: WatchFailure,
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
     let config = watcher::Config::default().labels(REVISION);
+    let pod_failure = failure.clone();
     watcher(Api::<Pod>::all(client.clone()), config)
         .backoff(crate::runtime::backoff::watch_backoff())
         .reflect(writer)
         .inspect_ok(move |event| {
             expectations.observe_event(event);
             if matches!(event, watcher::Event::InitDone) {
+                failure.clear();
                 let state = cache.state();
                 let find = |uid: &str| {
                     state
@@ -149,6 +263,7 @@ fn pod_watch(
                 );
             }
         })
+        .inspect_err(move |err| pod_failure.set(err))
         .touched_objects()
 }
 
@@ -164,17 +279,34 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
         return Ok(Action::await_change());
     }
     // A cache that has not listed yet would read as "no pods" and create them all again.
-    ctx.pods
-        .wait_until_ready()
+    let synced = async {
+        wait_synced(
+            &ctx.pods,
+            "pods",
+            &ctx.pod_watch_failure,
+            ctx.cache_sync_timeout,
+        )
+        .await?;
+        wait_synced(
+            &ctx.revisions,
+            "controllerrevisions",
+            &ctx.revision_watch_failure,
+            ctx.cache_sync_timeout,
+        )
         .await
-        .map_err(|_| ReconcileError::CacheClosed)?;
-    ctx.revisions
-        .wait_until_ready()
-        .await
-        .map_err(|_| ReconcileError::CacheClosed)?;
+    };
+    if let Err(err) = synced.await {
+        if matches!(err, ReconcileError::CacheNotSynced { .. }) {
+            report_cache_not_synced(&ctx, &ips, &namespace, &err).await;
+        }
+        return Err(err);
+    }
 
-    // observe
-    let pods = owned_pods(&ctx, &uid);
+    // observe: the pods it controls and selects; those it controls but no longer selects are
+    // released, and are no longer counted, so replacements are made
+    let claimed = claim::claim(ctx.pods.state(), &uid, &ips.spec.selector);
+    let released = release_pods(&ctx, &ips, &namespace, &uid, &claimed.release).await;
+    let pods = views_of(claimed.owned);
     let views: Vec<PodView> = pods.iter().map(|(_, v)| v.clone()).collect();
     let revision = revision_hash(&ips.spec.template);
     let pending = ctx.expectations.pending(&uid, Instant::now());
@@ -233,25 +365,133 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
     }
     created?;
     written?;
+    released?;
     // Pod events trigger the next reconcile; these bound the wait when no event will come.
     let next = [recheck, pending, work.wake]
         .into_iter()
         .flatten()
         .fold(RESYNC, Duration::min);
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&uid);
     Ok(Action::requeue(next))
 }
 
-/// The pods the InPlaceSet with uid `owner_uid` controls, as the cache shows them.
-fn owned_pods(ctx: &Context, owner_uid: &str) -> Vec<(Arc<Pod>, PodView)> {
-    ctx.pods
-        .state()
-        .into_iter()
-        .filter(|p| pod::is_controlled_by(p, owner_uid))
+/// Waits until `cache` has listed, at most `timeout`; then fails naming `resource` and the
+/// watch's last error (the ReplicaSet controller likewise refuses to sync before its informers
+/// have, `WaitForNamedCacheSync`, but it has an operator watching its start-up; a member agent
+/// needs the answer in the InPlaceSet's status).
+async fn wait_synced<K>(
+    cache: &Store<K>,
+    resource: &'static str,
+    failure: &WatchFailure,
+    timeout: Duration,
+) -> Result<(), ReconcileError>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash,
+{
+    match tokio::time::timeout(timeout, cache.wait_until_ready()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(ReconcileError::CacheClosed),
+        Err(_) => Err(ReconcileError::CacheNotSynced {
+            resource,
+            waited: timeout,
+            cause: failure.get(),
+        }),
+    }
+}
+
+/// Sets ReplicaFailure `CacheNotSynced` on the InPlaceSet (best effort: the error is logged by
+/// the error policy either way). The counts stay as last written; the next reconcile after the
+/// cache syncs clears the condition.
+async fn report_cache_not_synced(
+    ctx: &Context,
+    ips: &InPlaceSet,
+    namespace: &str,
+    err: &ReconcileError,
+) {
+    let status = cache_not_synced_status(ips, &err.to_string(), Timestamp::now());
+    let api: Api<InPlaceSet> = Api::namespaced(ctx.client.clone(), namespace);
+    if let Err(e) = status::write_if_changed(&api, ips, &status).await {
+        tracing::debug!(inplaceset = %ips.name_any(), error = %e, "CacheNotSynced not written");
+    }
+}
+
+/// The InPlaceSet's status with ReplicaFailure `CacheNotSynced` saying `message`; the rest as
+/// it was (an unchanged condition keeps its time, so a repeat writes nothing).
+fn cache_not_synced_status(ips: &InPlaceSet, message: &str, now: Timestamp) -> InPlaceSetStatus {
+    let mut status = ips.status.clone().unwrap_or_default();
+    let old = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::REPLICA_FAILURE)
+        .cloned();
+    if old
+        .as_ref()
+        .is_some_and(|c| c.status == "True" && c.reason == CACHE_NOT_SYNCED && c.message == message)
+    {
+        return status;
+    }
+    status
+        .conditions
+        .retain(|c| c.type_ != status::REPLICA_FAILURE);
+    status.conditions.push(Condition {
+        type_: status::REPLICA_FAILURE.to_string(),
+        status: "True".to_string(),
+        reason: CACHE_NOT_SYNCED.to_string(),
+        message: message.to_string(),
+        last_transition_time: old
+            .filter(|c| c.status == "True")
+            .map_or(Time(now), |c| c.last_transition_time),
+        observed_generation: ips.metadata.generation,
+    });
+    status
+}
+
+/// Each pod with its view.
+fn views_of(pods: Vec<Arc<Pod>>) -> Vec<(Arc<Pod>, PodView)> {
+    pods.into_iter()
         .map(|p| {
             let view = PodView::of(&p);
             (p, view)
         })
         .collect()
+}
+
+/// Releases the pods the InPlaceSet controls but no longer selects, each announced by an Event;
+/// returns the first failure (the next reconcile tries again).
+async fn release_pods(
+    ctx: &Context,
+    ips: &InPlaceSet,
+    namespace: &str,
+    owner_uid: &str,
+    pods: &[Arc<Pod>],
+) -> Result<(), ClaimError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut first = None;
+    for p in pods {
+        match claim::release(&api, p, owner_uid).await {
+            Ok(()) => {
+                // Its later events no longer name this InPlaceSet, so a write of ours still
+                // pending on it would never be seen: it is gone as far as this owner goes.
+                if let Some(pod_uid) = p.uid() {
+                    ctx.expectations.observe(owner_uid, &pod_uid, Seen::Absent);
+                }
+                let note = format!(
+                    "pod {}: its labels no longer match the selector; released",
+                    p.name_any()
+                );
+                publish(ctx, ips, EventType::Normal, "PodReleased", note, Some(p)).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "pod not released");
+                first.get_or_insert(err);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// This reconcile's work: the update paths of the pods' revisions, then the pure decision.
@@ -530,13 +770,107 @@ async fn publish(
     }
 }
 
-fn error_policy(ips: Arc<InPlaceSet>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
+/// Retries after `RETRY`, doubling with each consecutive failure of the same InPlaceSet up to
+/// `RETRY_MAX` (a cache that cannot list, or a member refusing writes, does not go away in
+/// seconds).
+fn error_policy(ips: Arc<InPlaceSet>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut map = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ips.uid().unwrap_or_default()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = retry_delay(failures);
     tracing::warn!(
         namespace = ips.namespace().unwrap_or_default(),
         inplaceset = ips.name_any(),
         category = err.category(),
         error = %err,
-        "reconcile failed; retrying in {RETRY:?}"
+        "reconcile failed; retrying in {delay:?}"
     );
-    Action::requeue(RETRY)
+    Action::requeue(delay)
+}
+
+/// The delay before retry after `failures` consecutive failures.
+fn retry_delay(failures: u32) -> Duration {
+    RETRY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips() -> InPlaceSet {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.cafe.io/v1alpha1", "kind": "InPlaceSet",
+            "metadata": {"name": "demo", "namespace": "prod", "uid": "u-1", "generation": 3},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+        }))
+        .unwrap()
+    }
+
+    /// A pod list that is forbidden never fills the cache: the reconcile must give up with an
+    /// error naming the resource and the cause, not wait for ever.
+    #[tokio::test]
+    async fn a_cache_that_never_lists_fails_the_reconcile_instead_of_hanging() {
+        let (pods, _writer) = reflector::store::<Pod>();
+        let failure = WatchFailure::default();
+        *failure.lock() = Some("pods is forbidden: cannot list resource \"pods\"".into());
+        let waited = tokio::time::timeout(
+            Duration::from_secs(5),
+            wait_synced(&pods, "pods", &failure, Duration::from_millis(50)),
+        )
+        .await
+        .expect("the wait has a deadline");
+        let err = waited.expect_err("an unsynced cache is an error");
+        assert_eq!(err.category(), "cache_not_synced");
+        let message = err.to_string();
+        for part in [
+            "cannot list pods in all namespaces",
+            "pods is forbidden",
+            "check the member agent's permissions",
+        ] {
+            assert!(message.contains(part), "{message:?} lacks {part:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listed_cache_is_not_waited_on() {
+        let (pods, mut writer) = reflector::store::<Pod>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        wait_synced(&pods, "pods", &WatchFailure::default(), Duration::ZERO)
+            .await
+            .expect("synced");
+    }
+
+    #[test]
+    fn a_cache_not_synced_sets_replica_failure_once() {
+        let mut ips = ips();
+        let now = Timestamp::now();
+        let status = cache_not_synced_status(&ips, "cannot list pods", now);
+        let c = &status.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            (status::REPLICA_FAILURE, "True", CACHE_NOT_SYNCED)
+        );
+        assert_eq!(c.observed_generation, Some(3));
+        ips.status = Some(status.clone());
+        let later = now + Duration::from_secs(60);
+        assert_eq!(
+            cache_not_synced_status(&ips, "cannot list pods", later),
+            status,
+            "the same condition again writes nothing"
+        );
+    }
+
+    #[test]
+    fn failed_reconciles_back_off() {
+        assert_eq!(retry_delay(1), RETRY);
+        assert_eq!(retry_delay(2), RETRY * 2);
+        assert_eq!(retry_delay(3), RETRY * 4);
+        assert_eq!(retry_delay(100), RETRY_MAX);
+    }
 }

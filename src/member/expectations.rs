@@ -91,13 +91,12 @@ impl Expectations {
         now: Instant,
         seen: impl FnOnce() -> Seen,
     ) {
-        let mut map = self.lock();
-        if seen() == Seen::Absent {
-            map.entry(owner_uid.to_string())
-                .or_default()
-                .creations
-                .insert(pod_uid.to_string(), now);
-        }
+        // The cache is read under the lock the watch takes, so an event cannot slip between.
+        self.record(owner_uid, now, |pending| {
+            if seen() == Seen::Absent {
+                pending.creations.insert(pod_uid.to_string(), now);
+            }
+        });
     }
 
     /// Records that the controller deleted pod `pod_uid` of `owner_uid`, unless `seen` shows the
@@ -109,13 +108,11 @@ impl Expectations {
         now: Instant,
         seen: impl FnOnce() -> Seen,
     ) {
-        let mut map = self.lock();
-        if seen() == Seen::Present {
-            map.entry(owner_uid.to_string())
-                .or_default()
-                .deletions
-                .insert(pod_uid.to_string(), now);
-        }
+        self.record(owner_uid, now, |pending| {
+            if seen() == Seen::Present {
+                pending.deletions.insert(pod_uid.to_string(), now);
+            }
+        });
     }
 
     /// Records that the controller updated pod `pod_uid` of `owner_uid` (labels, spec or
@@ -130,13 +127,13 @@ impl Expectations {
         now: Instant,
         cached: impl FnOnce() -> Option<String>,
     ) {
-        let mut map = self.lock();
-        if cached().is_none_or(|rv| !reached(&rv, resource_version)) {
-            map.entry(owner_uid.to_string())
-                .or_default()
-                .updates
-                .insert(pod_uid.to_string(), (resource_version.to_string(), now));
-        }
+        self.record(owner_uid, now, |pending| {
+            if cached().is_none_or(|rv| !reached(&rv, resource_version)) {
+                pending
+                    .updates
+                    .insert(pod_uid.to_string(), (resource_version.to_string(), now));
+            }
+        });
     }
 
     /// The watch showed pod `pod_uid` of `owner_uid` at `resource_version`.
@@ -230,29 +227,7 @@ impl Expectations {
     pub fn pending(&self, owner_uid: &str, now: Instant) -> Option<Duration> {
         let timeout = self.timeout;
         let mut map = self.lock();
-        for (owner, pending) in map.iter_mut() {
-            let mut expired = 0;
-            let live = |at: &Instant| now.saturating_duration_since(*at) < timeout;
-            for writes in [&mut pending.creations, &mut pending.deletions] {
-                writes.retain(|_, at| {
-                    expired += usize::from(!live(at));
-                    live(at)
-                });
-            }
-            pending.updates.retain(|_, (_, at)| {
-                expired += usize::from(!live(at));
-                live(at)
-            });
-            if expired > 0 {
-                tracing::warn!(
-                    owner_uid = owner.as_str(),
-                    expired,
-                    ?timeout,
-                    "pod writes never seen by the watch; trusting the cache again"
-                );
-            }
-        }
-        map.retain(|_, p| !p.is_empty());
+        sweep(&mut map, timeout, now);
         let pending = map.get(owner_uid)?;
         let oldest = pending
             .creations
@@ -267,6 +242,72 @@ impl Expectations {
     pub fn forget(&self, owner_uid: &str) {
         self.lock().remove(owner_uid);
     }
+
+    /// Feeds one InPlaceSet watch event: an InPlaceSet deleted (or missing from a relist) is
+    /// never reconciled again, so its records go now, as the ReplicaSet controller deletes a
+    /// ReplicaSet's expectations when it sees the ReplicaSet deleted (`DeleteExpectations`).
+    /// `listed` reads the InPlaceSet cache after a relist: whether that uid is still there.
+    pub fn observe_owner_event(
+        &self,
+        event: &watcher::Event<InPlaceSet>,
+        listed: impl Fn(&str) -> bool,
+    ) {
+        match event {
+            watcher::Event::Delete(ips) => {
+                if let Some(uid) = ips.metadata.uid.as_deref() {
+                    self.forget(uid);
+                }
+            }
+            watcher::Event::InitDone => self.lock().retain(|owner, _| listed(owner)),
+            watcher::Event::Apply(_) | watcher::Event::InitApply(_) | watcher::Event::Init => {}
+        }
+    }
+
+    /// InPlaceSets with records, for the bound tests.
+    #[cfg(test)]
+    fn owners(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Inserts one record under the lock, first sweeping those past the timeout: records no
+    /// reconcile will look at again must not wait for one that may never come.
+    fn record(&self, owner_uid: &str, now: Instant, insert: impl FnOnce(&mut Pending)) {
+        let mut map = self.lock();
+        sweep(&mut map, self.timeout, now);
+        let pending = map.entry(owner_uid.to_string()).or_default();
+        insert(pending);
+        if pending.is_empty() {
+            map.remove(owner_uid);
+        }
+    }
+}
+
+/// Drops the writes older than `timeout` (with a warning per InPlaceSet), and the InPlaceSets
+/// left with none.
+fn sweep(map: &mut HashMap<String, Pending>, timeout: Duration, now: Instant) {
+    for (owner, pending) in map.iter_mut() {
+        let mut expired = 0;
+        let live = |at: &Instant| now.saturating_duration_since(*at) < timeout;
+        for writes in [&mut pending.creations, &mut pending.deletions] {
+            writes.retain(|_, at| {
+                expired += usize::from(!live(at));
+                live(at)
+            });
+        }
+        pending.updates.retain(|_, (_, at)| {
+            expired += usize::from(!live(at));
+            live(at)
+        });
+        if expired > 0 {
+            tracing::warn!(
+                owner_uid = owner.as_str(),
+                expired,
+                ?timeout,
+                "pod writes never seen by the watch; trusting the cache again"
+            );
+        }
+    }
+    map.retain(|_, p| !p.is_empty());
 }
 
 /// The uid of the InPlaceSet controlling `pod`, and the pod's uid.
@@ -364,6 +405,54 @@ mod tests {
         e.expect_creation(OWNER, "p3", start + Duration::from_secs(8), || Seen::Absent);
         assert!(e.pending(OWNER, start + Duration::from_secs(12)).is_some());
         assert_eq!(e.lock().len(), 1);
+    }
+
+    fn owner_event(uid: &str) -> InPlaceSet {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.cafe.io/v1alpha1", "kind": "InPlaceSet",
+            "metadata": {"name": "x", "namespace": "default", "uid": uid},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn records_of_deleted_inplacesets_do_not_accumulate() {
+        let e = Expectations::new(DEFAULT_TIMEOUT);
+        let now = t0();
+        for i in 0..1000 {
+            let owner = format!("ips-{i}");
+            e.expect_creation(&owner, "p1", now, || Seen::Absent);
+            e.expect_deletion(&owner, "p2", now, || Seen::Present);
+            e.observe_owner_event(&watcher::Event::Delete(owner_event(&owner)), |_| true);
+        }
+        assert_eq!(e.owners(), 0);
+        // Deleted while the watch was down: the relist no longer lists them.
+        for i in 0..1000 {
+            e.expect_creation(&format!("ips-{i}"), "p1", now, || Seen::Absent);
+        }
+        e.expect_creation(OWNER, "p1", now, || Seen::Absent);
+        e.observe_owner_event(&watcher::Event::InitDone, |uid| uid == OWNER);
+        assert_eq!(e.owners(), 1);
+    }
+
+    #[test]
+    fn records_never_checked_again_expire_on_the_next_insert() {
+        let e = Expectations::new(Duration::from_secs(10));
+        let start = t0();
+        for i in 0..1000 {
+            e.expect_creation(&format!("gone-{i}"), "p1", start, || Seen::Absent);
+        }
+        assert_eq!(e.owners(), 1000);
+        e.expect_creation(OWNER, "p2", start + Duration::from_secs(10), || {
+            Seen::Absent
+        });
+        assert_eq!(e.owners(), 1, "only the fresh record is left");
+        // A write the cache already shows leaves no empty record behind.
+        e.expect_creation("other", "p3", start + Duration::from_secs(10), || {
+            Seen::Present
+        });
+        assert_eq!(e.owners(), 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! as expectations so a stale cache never causes a second round of creations.
 
 mod apply;
+mod claim;
 mod controller;
 mod crd;
 mod expectations;
@@ -17,10 +18,12 @@ mod revisions;
 mod status;
 mod work;
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 
 pub use apply::ApplyError;
-pub use controller::ReconcileError;
+pub use controller::{CACHE_NOT_SYNCED, ReconcileError};
 pub use status::REPLICA_FAILURE;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +49,36 @@ impl MemberError {
     }
 }
 
+/// The member agent's timing.
+#[derive(Clone, Debug)]
+pub struct MemberOptions {
+    /// How long a reconcile waits for the pod and ControllerRevision caches to list before it
+    /// reports ReplicaFailure `CacheNotSynced` and retries.
+    pub cache_sync_timeout: Duration,
+}
+
+impl Default for MemberOptions {
+    fn default() -> Self {
+        Self {
+            cache_sync_timeout: controller::CACHE_SYNC_TIMEOUT,
+        }
+    }
+}
+
 /// Runs the InPlaceSet controller against one member cluster until `shutdown` is cancelled.
 ///
 /// It first waits (logging why) until the InPlaceSet CRD is Established; it never installs
 /// CRDs itself. On cancellation, reconciles in flight finish and the function returns `Ok`.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) -> Result<(), MemberError> {
+    run_with(client, MemberOptions::default(), shutdown).await
+}
+
+/// [`run`] with other timing.
+pub async fn run_with(
+    client: kube::Client,
+    options: MemberOptions,
+    shutdown: CancellationToken,
+) -> Result<(), MemberError> {
     if !crd::wait_established(&client, &shutdown).await? {
         return Ok(());
     }
@@ -58,7 +86,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) -> Result<()
         return Ok(());
     };
     tracing::info!("InPlaceSet controller starting");
-    controller::run(client, resize_supported, shutdown).await;
+    controller::run(client, resize_supported, options, shutdown).await;
     tracing::info!("InPlaceSet controller stopped");
     Ok(())
 }

@@ -20,6 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
+use super::controller::WatchFailure;
 use crate::api::InPlaceSet;
 use crate::api::labels::{INPLACESET, MEMBER_MANAGER, REVISION};
 use crate::runtime::api_cause;
@@ -86,8 +87,10 @@ fn is_status(err: &kube::Error, code: u16) -> bool {
 /// retries with backoff on watch errors and never ends by itself).
 // `use<>`: the future owns its client; it does not borrow `client` (edition 2024 would capture
 // the reference's lifetime by default).
+/// `failure` keeps the last watch error until a list succeeds (for a reconcile's status).
 pub fn watch(
     client: &Client,
+    failure: WatchFailure,
 ) -> (
     Store<ControllerRevision>,
     impl Future<Output = ()> + Send + 'static + use<>,
@@ -97,10 +100,16 @@ pub fn watch(
     let events = watcher(Api::<ControllerRevision>::all(client.clone()), config)
         .backoff(crate::runtime::backoff::watch_backoff())
         .reflect(writer);
-    let run = events.for_each(|event| async move {
-        if let Err(err) = event {
-            tracing::warn!(error = %err, "ControllerRevision watch failed; retrying");
+    let run = events.for_each(move |event| {
+        match &event {
+            Err(err) => {
+                tracing::warn!(error = %err, "ControllerRevision watch failed; retrying");
+                failure.set(err);
+            }
+            Ok(watcher::Event::InitDone) => failure.clear(),
+            Ok(_) => {}
         }
+        std::future::ready(())
     });
     (store, run)
 }
