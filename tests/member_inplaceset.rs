@@ -879,3 +879,37 @@ async fn the_agent_waits_for_the_crd_and_stops_on_cancel() {
     let waiting = spawn_member(client(&bare, "dca").await);
     waiting.stop().await;
 }
+
+/// After a long outage of its cluster's API the member agent watches again within seconds: a
+/// spec change made right after the cluster is back is acted on promptly, not after a backoff
+/// grown to half a minute (kube's default) while the API was away.
+#[tokio::test]
+async fn the_agent_acts_within_seconds_after_an_outage() {
+    let (sim, c, member) = setup().await;
+    let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
+    let pods: Api<Pod> = Api::default_namespaced(c.clone());
+    let ips = api
+        .create(
+            &PostParams::default(),
+            &inplaceset("demo", 1, template("demo:1")),
+        )
+        .await
+        .expect("created");
+    wait_ready_pods(&pods, &ips, 1).await;
+    sim.cluster("dca")
+        .expect("dca")
+        .faults
+        .outage(Duration::from_secs(40));
+    wait_for("the API back", Duration::from_secs(60), || async {
+        api.get("demo").await.ok().map(|_| ())
+    })
+    .await;
+    patch_spec(&api, "demo", json!({"replicas": 2})).await;
+    // The watches retry at most a few seconds apart (runtime::backoff::MAX_DELAY, with jitter).
+    wait_for("the second pod", Duration::from_secs(20), || async {
+        let status = api.get("demo").await.ok()?.status?;
+        (status.ready_replicas == 2).then_some(())
+    })
+    .await;
+    member.stop().await;
+}
