@@ -437,7 +437,8 @@ pub struct BatchStatus {
     /// Pods this group creates or updates, per unit.
     #[serde(default)]
     pub units: BTreeMap<String, i32>,
-    /// Pending, Progressing, WaitingForConfirm, Completed.
+    /// Pending, Progressing, WaitingForConfirm, Completed, or Stalled (past the progress
+    /// deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
 }

@@ -29,6 +29,8 @@ pub const GROUP_PENDING: &str = "Pending";
 pub const GROUP_PROGRESSING: &str = "Progressing";
 pub const GROUP_WAITING: &str = "WaitingForConfirm";
 pub const GROUP_COMPLETED: &str = "Completed";
+/// The group missed its progress deadline; nothing proceeds until the user acts.
+pub const GROUP_STALLED: &str = "Stalled";
 
 /// One unit's work, fixed when the plan is made.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -418,10 +420,16 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutDecision {
             Progress {
                 status: "True",
                 reason: "RolloutCompleted",
-                message: format!(
-                    "all {total} groups done; every unit runs revision {}",
-                    input.revision
-                ),
+                message: match total {
+                    1 => format!(
+                        "the group is done; every unit runs revision {}",
+                        input.revision
+                    ),
+                    _ => format!(
+                        "all {total} groups done; every unit runs revision {}",
+                        input.revision
+                    ),
+                },
             },
         )
     } else if status.deadline_exceeded && !pause {
@@ -544,6 +552,9 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutDecision {
             match b.index.cmp(&k) {
                 std::cmp::Ordering::Less => GROUP_COMPLETED,
                 std::cmp::Ordering::Greater => GROUP_PENDING,
+                std::cmp::Ordering::Equal if !complete_now && status.deadline_exceeded => {
+                    GROUP_STALLED
+                }
                 std::cmp::Ordering::Equal if !complete_now => GROUP_PROGRESSING,
                 std::cmp::Ordering::Equal if phase == PHASE_WAITING_FOR_CONFIRM => GROUP_WAITING,
                 std::cmp::Ordering::Equal => GROUP_COMPLETED,

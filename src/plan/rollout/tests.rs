@@ -554,6 +554,8 @@ fn a_missed_deadline_stalls_until_the_user_acts() {
             .iter()
             .any(|(r, _)| *r == "ProgressDeadlineExceeded")
     );
+    // The group's own row says so too.
+    assert_eq!(d.status.batches[0].state.as_deref(), Some(GROUP_STALLED));
     // Sticky.
     let d = run(Some(&d.status), at(121), false);
     assert!(d.status.deadline_exceeded);
