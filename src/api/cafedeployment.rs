@@ -1,4 +1,4 @@
-//! CafeDeployment: the workload a user applies to the hub (DESIGN.md section 5).
+//! CafeDeployment: the workload a user applies to the hub.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! InPlaceSet: the per-unit workload the hub projects into each member (DESIGN.md section 5).
+//! InPlaceSet: the per-unit workload the hub projects into each member.
 
 use std::collections::BTreeMap;
 

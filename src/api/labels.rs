@@ -1,4 +1,4 @@
-//! Well-known labels, annotations, condition types and finalizers (DESIGN.md section 2).
+//! Well-known labels, annotations, condition types and finalizers.
 
 /// Prefix of the unit labels on MemberClusters: `unit.apps.cafe.io/<unitType>=<value>`.
 pub const UNIT_LABEL_PREFIX: &str = "unit.apps.cafe.io/";

@@ -1,5 +1,5 @@
 //! A member's schedulable capacity from its Nodes and Pods: what the scheduler could still place
-//! there (DESIGN.md section 6, reschedule). Pure.
+//! there. Pure.
 
 use std::collections::BTreeSet;
 

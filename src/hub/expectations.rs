@@ -1,4 +1,4 @@
-//! Read your own writes (DESIGN.md section 3): after the hub applies or deletes a member InPlaceSet,
+//! Read your own writes: after the hub applies or deletes a member InPlaceSet,
 //! the member's cache shows the old state until the watch event arrives. A reconcile in that
 //! window must not write again. Like Kubernetes' controller expectations, each record expires so
 //! that a lost event cannot freeze a unit forever.

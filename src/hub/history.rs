@@ -1,5 +1,5 @@
 //! The template history of each CafeDeployment, kept on the hub as ControllerRevisions (apps/v1)
-//! in its namespace, for `cafe rollout undo` (DESIGN.md section 6).
+//! in its namespace, for `cafe rollout undo`.
 //!
 //! One ControllerRevision per template: named `<cafedeployment>-<hash>`, labelled with the
 //! CafeDeployment's name and the revision hash, controlled by the CafeDeployment (garbage

@@ -1,6 +1,6 @@
 //! Writes to members: server-side apply and delete of InPlaceSets, each bounded by a timeout and
 //! recorded as an expectation, so that a reconcile running before the member cache shows a write
-//! does not repeat it (DESIGN.md section 3, "read your own writes").
+//! does not repeat it.
 
 use std::time::Duration;
 

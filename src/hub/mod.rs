@@ -1,5 +1,5 @@
 //! The hub: MemberCluster health and capacity, the membership registry, and the CafeDeployment
-//! controller (DESIGN.md section 3).
+//! controller.
 //!
 //! - [`membercluster`] probes each registered member and writes MemberCluster status; it also keeps
 //!   the [`membership`] registry (one client and one InPlaceSet reflector per member) in step with

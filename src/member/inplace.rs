@@ -1,4 +1,4 @@
-//! How a pod moves from one template to the next (DESIGN.md section 6, step 2): in place when
+//! How a pod moves from one template to the next: in place when
 //! only what Kubernetes lets a running pod change differs, by recreation otherwise; and, for
 //! the in-place path, the patches that start it and the check that the kubelet carried it out.
 //!

@@ -1,4 +1,4 @@
-//! The per-pod state machine of an in-place upgrade (DESIGN.md section 6), as a pure function:
+//! The per-pod state machine of an in-place upgrade, as a pure function:
 //! given one pod as the cache shows it, the next single write to make, or why to wait.
 //!
 //! Normal -> PreparingUpdate (gate False; grace period; pre-update hooks released) -> Updating

@@ -1,4 +1,4 @@
-//! The member agent: the InPlaceSet controller of one member cluster (DESIGN.md sections 3, 6).
+//! The member agent: the InPlaceSet controller of one member cluster.
 //!
 //! It keeps `spec.replicas` pods from each InPlaceSet's template, each behind the
 //! `apps.cafe.io/InPlaceUpdateReady` readiness gate, and summarises them into the InPlaceSet's

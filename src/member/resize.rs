@@ -1,4 +1,4 @@
-//! The resource rules of an in-place update (DESIGN.md section 6, step 2): which changes to a
+//! The resource rules of an in-place update: which changes to a
 //! container's cpu and memory the `pods/resize` subresource accepts, the pod's QoS class it
 //! must keep, and the comparison of Kubernetes quantities both need, since the API server
 //! stores `0.5` and `500m` alike.

@@ -1,6 +1,6 @@
 //! InPlaceSet status: summarising the pods (pure) and writing it only when it changed.
 //!
-//! The hub never watches member pods (DESIGN.md section 3); this summary is all it sees.
+//! The hub never watches member pods; this summary is all it sees.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Reschedule, move back and failover (DESIGN.md section 6), pure.
+//! Reschedule, move back and failover, pure.
 //!
 //! Capacity follows demand through loans: replicas of one unit that another unit runs for it.
 //! A unit whose pods stay unschedulable past `initialDelaySeconds` lends them to units with room;

@@ -1,5 +1,5 @@
 //! The revision of a pod template: ONE function, used by the hub and every member, so that a
-//! revision means the same thing everywhere (DESIGN.md section 2).
+//! revision means the same thing everywhere.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::Value;

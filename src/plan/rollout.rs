@@ -1,4 +1,4 @@
-//! Cross-cluster rollouts (DESIGN.md section 6, "Batches and the Beta group"), pure.
+//! Cross-cluster rollouts, pure.
 //!
 //! When a CafeDeployment gets a new revision, or more replicas, each unit has work: pods to
 //! create at the new revision and pods to update to it. [`groups`] cuts that work into groups: the

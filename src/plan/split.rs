@@ -1,4 +1,4 @@
-//! The unit split (DESIGN.md section 5): how a CafeDeployment's `replicas` are shared between its
+//! The unit split: how a CafeDeployment's `replicas` are shared between its
 //! topology units.
 //!
 //! Fixed counts come first, then percents of `replicas` (rounded down), then the remainder is

@@ -1,4 +1,4 @@
-//! A CafeDeployment's status from its units' InPlaceSets (DESIGN.md section 5): totals, one row per
+//! A CafeDeployment's status from its units' InPlaceSets: totals, one row per
 //! unit, and the `Available` and `Progressing` conditions. Pure: the hub observes, this decides.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};

@@ -2,7 +2,7 @@
 //! scale-down, and which to start updating now, within the partition and `maxUnavailable`.
 //!
 //! Pure: the controller reads its pods into [`PodUpdateFacts`], asks [`plan`], and moves the
-//! chosen pods into `PreparingUpdate` / `PreparingDelete` (DESIGN.md section 6). Each pod's own
+//! chosen pods into `PreparingUpdate` / `PreparingDelete`. Each pod's own
 //! steps after that are the controller's per-pod state machine; this planner only decides when a
 //! pod may *start* being taken down, which is where the availability budget is spent.
 
