@@ -135,6 +135,16 @@ async fn wait_status(
     .await
 }
 
+/// Creates InPlaceSet `name` with `replicas` pods of `image`.
+async fn create_set(api: &Api<InPlaceSet>, name: &str, replicas: i32, image: &str) -> InPlaceSet {
+    api.create(
+        &PostParams::default(),
+        &inplaceset(name, replicas, template(image)),
+    )
+    .await
+    .expect("created")
+}
+
 async fn patch_spec(api: &Api<InPlaceSet>, name: &str, spec: Value) -> InPlaceSet {
     api.patch(
         name,
@@ -232,13 +242,7 @@ async fn scales_out_to_eight_and_in_to_two() {
     let (sim, c, member) = setup().await;
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
-    let ips = api
-        .create(
-            &PostParams::default(),
-            &inplaceset("demo", 5, template("demo:1")),
-        )
-        .await
-        .expect("created");
+    let ips = create_set(&api, "demo", 5, "demo:1").await;
     let five: BTreeSet<String> = wait_ready_pods(&pods, &ips, 5)
         .await
         .iter()
@@ -433,13 +437,7 @@ async fn a_pod_deleted_by_someone_else_is_replaced() {
     let (sim, c, member) = setup().await;
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
-    let ips = api
-        .create(
-            &PostParams::default(),
-            &inplaceset("demo", 3, template("demo:1")),
-        )
-        .await
-        .expect("created");
+    let ips = create_set(&api, "demo", 3, "demo:1").await;
     let before = wait_ready_pods(&pods, &ips, 3).await;
     let victim = before[0].name_any();
     pods.delete(&victim, &DeleteParams::default())
@@ -470,13 +468,7 @@ async fn a_pod_whose_selector_label_is_removed_is_released_and_replaced() {
     let (sim, c, member) = setup().await;
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
-    let ips = api
-        .create(
-            &PostParams::default(),
-            &inplaceset("demo", 3, template("demo:1")),
-        )
-        .await
-        .expect("created");
+    let ips = create_set(&api, "demo", 3, "demo:1").await;
     let before = wait_ready_pods(&pods, &ips, 3).await;
     let stray = before[0].name_any();
     let unlabel = serde_json::from_value(json!([
@@ -537,12 +529,7 @@ async fn a_forbidden_pod_list_sets_cache_not_synced_instead_of_hanging() {
     ));
     let member = Member { shutdown, task };
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
-    api.create(
-        &PostParams::default(),
-        &inplaceset("demo", 2, template("demo:1")),
-    )
-    .await
-    .expect("created");
+    create_set(&api, "demo", 2, "demo:1").await;
 
     let ips = wait_status(&api, "demo", "ReplicaFailure CacheNotSynced", |s| {
         s.conditions.iter().any(|c| {
@@ -701,13 +688,7 @@ async fn a_restarted_controller_creates_and_deletes_nothing() {
     let (sim, c, member) = setup().await;
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
-    let ips = api
-        .create(
-            &PostParams::default(),
-            &inplaceset("demo", 4, template("demo:1")),
-        )
-        .await
-        .expect("created");
+    let ips = create_set(&api, "demo", 4, "demo:1").await;
     let before = wait_ready_pods(&pods, &ips, 4).await;
     wait_status(&api, "demo", "status: 4 ready", |s| s.ready_replicas == 4).await;
     member.stop().await;
@@ -770,13 +751,7 @@ async fn no_over_creation_or_over_deletion_under_a_stale_pod_cache() {
         }
     };
 
-    let ips = api
-        .create(
-            &PostParams::default(),
-            &inplaceset("demo", 5, template("demo:1")),
-        )
-        .await
-        .expect("created");
+    let ips = create_set(&api, "demo", 5, "demo:1").await;
     nudge(api.clone()).await;
     wait_ready_pods(&pods, &ips, 5).await;
     assert_eq!(pod_creates(&sim), 5, "no pod created twice");
@@ -864,13 +839,7 @@ async fn the_agent_waits_for_the_crd_and_stops_on_cancel() {
     install_crds(&c).await;
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
-    let ips = api
-        .create(
-            &PostParams::default(),
-            &inplaceset("demo", 1, template("demo:1")),
-        )
-        .await
-        .expect("created");
+    let ips = create_set(&api, "demo", 1, "demo:1").await;
     wait_ready_pods(&pods, &ips, 1).await;
     member.stop().await;
 
@@ -888,13 +857,7 @@ async fn the_agent_acts_within_seconds_after_an_outage() {
     let (sim, c, member) = setup().await;
     let api: Api<InPlaceSet> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
-    let ips = api
-        .create(
-            &PostParams::default(),
-            &inplaceset("demo", 1, template("demo:1")),
-        )
-        .await
-        .expect("created");
+    let ips = create_set(&api, "demo", 1, "demo:1").await;
     wait_ready_pods(&pods, &ips, 1).await;
     sim.cluster("dca")
         .expect("dca")

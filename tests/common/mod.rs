@@ -48,16 +48,20 @@ pub async fn start_sim(config: &str) -> Sim {
 }
 
 pub async fn client(sim: &Sim, cluster: &str) -> kube::Client {
+    kube::Client::try_from(config(sim, cluster).await).expect("client")
+}
+
+/// The client configuration of `cluster`, from the kubeconfig the simulator publishes.
+pub async fn config(sim: &Sim, cluster: &str) -> kube::Config {
     let yaml = sim.kubeconfig(Some(cluster));
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig parses");
     let options = kube::config::KubeConfigOptions {
         context: Some(cluster.to_string()),
         ..Default::default()
     };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+    kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
-        .expect("kube config");
-    kube::Client::try_from(config).expect("client")
+        .expect("kube config")
 }
 
 /// Installs cafe's CRDs and waits until each is Established.

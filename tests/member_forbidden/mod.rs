@@ -19,16 +19,7 @@ pub const FORBIDDEN: &str = "pods is forbidden: User \"system:serviceaccount:caf
      cannot list resource \"pods\" in API group \"\" at the cluster scope";
 
 pub async fn client(sim: &Sim, cluster: &str) -> kube::Client {
-    let yaml = sim.kubeconfig(Some(cluster));
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig parses");
-    let options = kube::config::KubeConfigOptions {
-        context: Some(cluster.to_string()),
-        ..Default::default()
-    };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-        .await
-        .expect("kube config");
-    ClientBuilder::try_from(config)
+    ClientBuilder::try_from(crate::common::config(sim, cluster).await)
         .expect("client builder")
         .with_layer(&ForbidPodListLayer)
         .build()

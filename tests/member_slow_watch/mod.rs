@@ -17,16 +17,7 @@ use tower_service::Service;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub async fn client(sim: &Sim, cluster: &str, delay: Duration) -> kube::Client {
-    let yaml = sim.kubeconfig(Some(cluster));
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig parses");
-    let options = kube::config::KubeConfigOptions {
-        context: Some(cluster.to_string()),
-        ..Default::default()
-    };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-        .await
-        .expect("kube config");
-    ClientBuilder::try_from(config)
+    ClientBuilder::try_from(crate::common::config(sim, cluster).await)
         .expect("client builder")
         .with_layer(&SlowPodWatchLayer(delay))
         .build()

@@ -177,6 +177,28 @@ fn simulated_strategy(up: UpgradeType, batch: i32, confirm: bool) -> RolloutStra
     }
 }
 
+/// One hub step of a simulated rollout toward revision "new".
+fn simulated_step(
+    strategy: &RolloutStrategy,
+    replicas: i32,
+    confirmed: Option<&str>,
+    previous: Option<&RolloutStatus>,
+    units: &[UnitObserved],
+    loans: &[Loan],
+) -> RolloutDecision {
+    step(&RolloutInput {
+        name: "demo",
+        strategy,
+        replicas,
+        revision: "new",
+        confirmed,
+        previous,
+        units,
+        loans,
+        now: Timestamp::UNIX_EPOCH,
+    })
+}
+
 // ---- the whole rollout, simulated: the hub's step and each member's update planner ----
 
 #[derive(Clone, Debug)]
@@ -361,17 +383,7 @@ proptest! {
                 set: u.spec.map(|_| u.observed(revision)),
             }).collect();
             let before = status.as_ref().map(|s| s.current_batch);
-            let d = step(&RolloutInput {
-                name: "demo",
-                strategy: &strategy,
-                replicas,
-                revision,
-                confirmed: confirmed.as_deref(),
-                previous: status.as_ref(),
-                units: &observed,
-                loans: &[],
-                now: Timestamp::UNIX_EPOCH,
-            });
+            let d = simulated_step(&strategy, replicas, confirmed.as_deref(), status.as_ref(), &observed, &[]);
             if d.reset_confirmation {
                 confirmed = Some("false".into());
             }
@@ -862,17 +874,7 @@ proptest! {
                 loan: net.get(&u.name).copied().unwrap_or(0),
                 set: u.spec.map(|_| u.observed(revision)),
             }).collect();
-            let d = step(&RolloutInput {
-                name: "demo",
-                strategy: &strategy,
-                replicas,
-                revision,
-                confirmed: confirmed.as_deref(),
-                previous: status.as_ref(),
-                units: &observed,
-                loans: &loans,
-                now: Timestamp::UNIX_EPOCH,
-            });
+            let d = simulated_step(&strategy, replicas, confirmed.as_deref(), status.as_ref(), &observed, &loans);
             if d.reset_confirmation {
                 confirmed = Some("false".into());
             }
