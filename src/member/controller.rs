@@ -331,10 +331,9 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
         expectations: &ctx.expectations,
     };
     let template = pod::new_pod(&ips, &revision).ok_or(ReconcileError::NotFromApi(key.clone()))?;
-    let old_template = match work.create_old {
-        0 => None,
-        _ => old_pod(&ctx, &ips, &revision).ok_or(ReconcileError::NotFromApi(key.clone()))?,
-    };
+    let old_template = (work.create_old > 0)
+        .then(|| old_pod(&ctx, &ips, &revision))
+        .flatten();
     let (created, written) =
         perform(&ctx, &ips, &target, &work, &template, old_template.as_ref()).await;
 
@@ -516,14 +515,11 @@ fn decide(
     work
 }
 
-/// A new pod at the revision the partition keeps, `Ok(None)` when the InPlaceSet never had
-/// another template (then the pods are made at the update revision: there is nothing older).
-/// `Err` when the InPlaceSet was not read from the API.
-fn old_pod(ctx: &Context, ips: &InPlaceSet, update: &str) -> Option<Option<Pod>> {
-    match revisions::old_revision(&ctx.revisions, ips, update) {
-        Some((revision, template)) => pod::new_pod_from(ips, &revision, &template).map(Some),
-        None => Some(None),
-    }
+/// A new pod at the revision the partition keeps; `None` when the InPlaceSet never had another
+/// template (then the pods are made at the update revision: there is nothing older).
+fn old_pod(ctx: &Context, ips: &InPlaceSet, update: &str) -> Option<Pod> {
+    let (revision, template) = revisions::old_revision(&ctx.revisions, ips, update)?;
+    pod::new_pod_from(ips, &revision, &template)
 }
 
 /// Creates the new pods (those the partition keeps old from the old template) and performs the
