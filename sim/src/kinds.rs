@@ -86,6 +86,38 @@ fn check_name_conflicts(inner: &Inner, t: &ResourceType, name: &str) -> Result<(
     Ok(())
 }
 
+/// Kubernetes caps the total size of an object's annotations (keys and values) at 256 KiB
+/// (`TotalAnnotationSizeLimitB` in apimachinery's ValidateAnnotations). Client-side
+/// `kubectl apply` keeps the whole applied object in one annotation, so this is the limit that
+/// makes it refuse large objects, as a real API server does.
+pub const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
+
+/// Checks what every object's metadata must satisfy, on create and update.
+pub fn validate_metadata(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+    let size: usize = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    if size > TOTAL_ANNOTATION_SIZE_LIMIT {
+        return Err(ApiError::invalid(
+            &rt.group,
+            &rt.kind,
+            meta_str(obj, "name"),
+            vec![Cause {
+                reason: "FieldValueTooLong".into(),
+                message: format!("Too long: must have at most {TOTAL_ANNOTATION_SIZE_LIMIT} bytes"),
+                field: "metadata.annotations".into(),
+            }],
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate_update(
     rt: &ResourceType,
     old: &Value,

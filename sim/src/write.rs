@@ -216,6 +216,7 @@ fn create_with(
         metadata_mut(&mut obj).insert("name".into(), json!(name));
     }
     kinds::validate_name(rt, &name)?;
+    kinds::validate_metadata(rt, &obj)?;
     if inner
         .get(
             &rt.storage,
@@ -535,6 +536,7 @@ pub fn commit_update(
     }
     let mut new = schema_check(rt, new, Some(old), opts.strict)?;
     kinds::validate_update(rt, old, &new, opts.subresource.as_deref())?;
+    kinds::validate_metadata(rt, &new)?;
     if meta::spec_part(old) != meta::spec_part(&new) {
         let generation = meta::get_i64(old, "/metadata/generation").unwrap_or(0) + 1;
         metadata_mut(&mut new).insert("generation".into(), json!(generation));

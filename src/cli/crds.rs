@@ -51,13 +51,71 @@ impl Part {
         }
     }
 
-    /// The CRDs of this part.
+    /// The CRDs of this part, as installed (see [`fit_for_client_side_apply`]).
     pub fn crds(self) -> Vec<CustomResourceDefinition> {
-        match self {
+        let crds = match self {
             Part::Hub => vec![CafeDeployment::crd(), MemberCluster::crd()],
             Part::Member => vec![InPlaceSet::crd()],
+        };
+        crds.into_iter().map(fit_for_client_side_apply).collect()
+    }
+}
+
+/// Client-side `kubectl apply` keeps the whole applied object in an annotation, and Kubernetes
+/// caps an object's annotations at 256 KiB; the embedded pod template's upstream descriptions
+/// alone are larger than that. Inside the pod template each description keeps its first
+/// sentence, which is what `kubectl explain` needs to name the field; cafe's own fields keep
+/// their whole text.
+pub fn fit_for_client_side_apply(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    if let Some(versions) = value
+        .pointer_mut("/spec/versions")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for version in versions {
+            let template = version.pointer_mut(
+                "/schema/openAPIV3Schema/properties/spec/properties/template/properties",
+            );
+            if let Some(template) = template {
+                first_sentences(template);
+            }
         }
     }
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+fn first_sentences(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = first_sentence(text);
+                    }
+                    _ => first_sentences(value),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(first_sentences),
+        _ => {}
+    }
+}
+
+/// Up to and including the first full stop followed by white space, not counting those of
+/// common abbreviations.
+fn first_sentence(text: &str) -> String {
+    const ABBREVIATIONS: [&str; 4] = ["e.g.", "i.e.", "etc.", "vs."];
+    for (i, _) in text.match_indices('.') {
+        let end = i + 1;
+        let followed_by_space = text[end..].starts_with(char::is_whitespace);
+        let abbreviated = ABBREVIATIONS.iter().any(|a| text[..end].ends_with(a));
+        if followed_by_space && !abbreviated {
+            return text[..end].to_string();
+        }
+    }
+    text.to_string()
 }
 
 /// Every CRD cafe installs: CafeDeployment and MemberCluster on the hub, InPlaceSet in members.
@@ -198,6 +256,32 @@ mod tests {
         assert_eq!(
             names(Part::Member.crds()),
             [format!("{}.yaml", InPlaceSet::crd_name())]
+        );
+    }
+
+    #[test]
+    fn every_crd_fits_the_annotation_client_side_apply_writes() {
+        for crd in all() {
+            let applied = serde_json::to_string(&crd).expect("json");
+            assert!(
+                applied.len() < 256 * 1024,
+                "{} is {} bytes as JSON: `kubectl apply` (client-side) would be refused",
+                crd.metadata.name.clone().unwrap_or_default(),
+                applied.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_description_keeps_its_first_sentence() {
+        assert_eq!(
+            first_sentence("Name of the container, e.g. app. Each container must have one."),
+            "Name of the container, e.g. app."
+        );
+        assert_eq!(first_sentence("No full stop"), "No full stop");
+        assert_eq!(
+            first_sentence("Version 1.2 is fine. More."),
+            "Version 1.2 is fine."
         );
     }
 }

@@ -11,13 +11,12 @@ use std::time::Duration;
 use cafe_sim::config::{ConfigError, Role, SimConfig};
 use cafe_sim::sim::{Sim, SimError};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{ClusterError, one_line};
-use crate::api::{CafeDeployment, InPlaceSet, MemberCluster};
+use crate::api::CafeDeployment;
 use crate::runtime::kubeconfig::{KubeconfigError, client_from_yaml};
 
 /// The demo applied by `--demo` (and shown in the README).
@@ -200,16 +199,11 @@ async fn start(
         .await
         .map_err(DevError::NotReady)?;
     let hub = cluster_client(sim, hub_name).await?;
-    install_crds(
-        &hub,
-        hub_name,
-        &[CafeDeployment::crd(), MemberCluster::crd()],
-    )
-    .await?;
+    install_crds(&hub, hub_name, &super::crds::Part::Hub.crds()).await?;
     let mut member_clients = vec![];
     for m in members {
         let client = cluster_client(sim, &m.name).await?;
-        install_crds(&client, &m.name, &[InPlaceSet::crd()]).await?;
+        install_crds(&client, &m.name, &super::crds::Part::Member.crds()).await?;
         member_clients.push((m.name.clone(), client));
     }
     for m in members {
