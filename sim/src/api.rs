@@ -193,6 +193,9 @@ pub fn handle(
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
             ))
         }
+        (&Method::POST, Some(name), Some("token")) => cluster
+            .store
+            .read(|s| crate::tokens::request(&cluster.tokens, s, &store_ns, name, req)),
         (&Method::POST, Some(name), Some("eviction")) => {
             cluster
                 .store
