@@ -34,6 +34,7 @@ pub mod openapi;
 pub mod output;
 pub mod patch;
 pub mod pods;
+pub mod protobuf;
 pub mod quantity;
 pub mod rbac;
 pub mod registry;
