@@ -103,7 +103,7 @@ impl Attributes {
         self
     }
 
-    pub fn sub(mut self, subresource: &str) -> Self {
+    pub fn of_subresource(mut self, subresource: &str) -> Self {
         self.subresource = subresource.into();
         self
     }
@@ -994,11 +994,11 @@ mod tests {
         .unwrap();
         let evict = Attributes::resource("create", "", "pods", "ns")
             .named("p")
-            .sub("eviction");
+            .of_subresource("eviction");
         assert!(!rules.iter().any(|r| r.allows(&evict)));
         let scale = Attributes::resource("update", "apps", "deployments", "ns")
             .named("d")
-            .sub("scale");
+            .of_subresource("scale");
         assert!(rules.iter().any(|r| r.allows(&scale)));
         let star: PolicyRule =
             serde_json::from_value(json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}))
@@ -1072,7 +1072,7 @@ mod tests {
                 user,
                 &Attributes::resource("create", "", "pods", "x")
                     .named("p")
-                    .sub("eviction"),
+                    .of_subresource("eviction"),
                 ""
             ),
             "pods \"p\" is forbidden: User \"system:serviceaccount:ns:sa\" cannot create resource \"pods/eviction\" in API group \"\" in the namespace \"x\""
