@@ -333,9 +333,35 @@ pub fn review(
     }
 }
 
-/// RBAC's privilege-escalation prevention for creates and replaces (POST, PUT) of Roles,
-/// ClusterRoles and their bindings: a user may only grant what they hold, unless they have
-/// `escalate` on the role (for roles) or `bind` on the referenced role (for bindings).
+/// The object a write asks to store: the body of a create or replace, or the current object
+/// with a patch applied (PolicyRule lists have no merge key, so every non-JSON patch replaces
+/// `rules` whole, as a merge patch does).
+fn intended_object(cluster: &Cluster, a: &Attributes, req: &Request) -> Result<Value, ApiError> {
+    let body = req.body_value()?;
+    if a.verb != "patch" {
+        return Ok(body);
+    }
+    let ns = if a.resource.starts_with("cluster") {
+        ""
+    } else {
+        a.namespace.as_str()
+    };
+    let Some(current) = cluster
+        .store
+        .read(|s| s.get(&storage(&a.resource), ns, &a.name))
+    else {
+        return Ok(body);
+    };
+    match crate::write::PatchKind::from_content_type(&req.content_type, false) {
+        Some(crate::write::PatchKind::Json) => crate::patch::json_patch(&current, &body)
+            .map_err(|e| ApiError::new(422, "Invalid", e.to_string())),
+        _ => Ok(crate::patch::merge_patch(&current, &body)),
+    }
+}
+
+/// RBAC's privilege-escalation prevention for writes of Roles, ClusterRoles and their bindings:
+/// a user may only grant what they hold, unless they have `escalate` on the role (for roles) or
+/// `bind` on the referenced role (for bindings).
 /// https://kubernetes.io/docs/reference/access-authn-authz/rbac/#privilege-escalation-prevention-and-bootstrapping
 pub fn check_escalation(
     cluster: &Cluster,
@@ -343,15 +369,11 @@ pub fn check_escalation(
     a: &Attributes,
     req: &Request,
 ) -> Result<(), ApiError> {
-    let writes_whole_object = matches!(a.verb.as_str(), "create" | "update");
-    if user.in_group(MASTERS)
-        || a.api_group != RBAC_GROUP
-        || !writes_whole_object
-        || !a.subresource.is_empty()
-    {
+    let writes = matches!(a.verb.as_str(), "create" | "update" | "patch");
+    if user.in_group(MASTERS) || a.api_group != RBAC_GROUP || !writes || !a.subresource.is_empty() {
         return Ok(());
     }
-    let body = req.body_value()?;
+    let body = intended_object(cluster, a, req)?;
     let name = match meta_str(&body, "name") {
         "" => a.name.clone(),
         n => n.to_string(),

@@ -711,7 +711,7 @@ async fn granting_more_than_you_hold_needs_escalate_or_bind() {
         "apps",
         "rbac-writer",
         json!([
-            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "patch"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
         ]),
     )
@@ -750,6 +750,17 @@ async fn granting_more_than_you_hold_needs_escalate_or_bind() {
         "{}",
         escalation.message
     );
+    // Patching in more than it holds is the same escalation.
+    let widen =
+        json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete"]}]});
+    let patch = roles
+        .patch(
+            "pods-get",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&widen),
+        )
+        .await;
+    assert_eq!(api_err(patch.unwrap_err()).code, 403);
     let bind_admin = obj::<RoleBinding>(json!({
         "metadata": {"name": "lead-admin"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
