@@ -42,6 +42,14 @@ impl Request {
         if self.body.is_empty() {
             return Ok(Value::Null);
         }
+        if self.content_type.starts_with(crate::protobuf::CONTENT_TYPE) {
+            return crate::protobuf::to_json(&self.body).map_err(|e| match e {
+                crate::protobuf::ProtoError::Unsupported(_) => {
+                    ApiError::new(415, "UnsupportedMediaType", e.to_string())
+                }
+                _ => ApiError::bad_request(format!("error decoding protobuf: {e}")),
+            });
+        }
         match serde_json::from_slice::<Value>(&self.body) {
             Ok(v) => Ok(v),
             Err(json_err) => {
@@ -193,6 +201,9 @@ pub fn handle(
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
             ))
         }
+        (&Method::POST, Some(name), Some("token")) => cluster
+            .store
+            .read(|s| crate::tokens::request(&cluster.tokens, s, &store_ns, name, req)),
         (&Method::POST, Some(name), Some("eviction")) => {
             cluster
                 .store

@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterConfig, KubeletTiming};
 use crate::faults::Faults;
-use crate::metrics::Metrics;
+use crate::metrics::{CallLog, CallRecord, Metrics};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::tls::{ClusterIdentity, TlsError};
+use crate::tokens::Tokens;
 use crate::write::{self, WriteOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,10 @@ pub struct Cluster {
     pub metrics: Metrics,
     pub address: SocketAddr,
     pub timing: KubeletTiming,
+    /// ServiceAccount tokens this cluster issued.
+    pub tokens: Tokens,
+    /// The per-user record of resource requests.
+    pub calls: CallLog,
 }
 
 impl Cluster {
@@ -56,6 +61,11 @@ impl Cluster {
 
     pub fn minor(&self) -> &str {
         self.version.split('.').nth(1).unwrap_or("33")
+    }
+
+    /// Every recorded resource request (the last [`crate::metrics::CALL_RECORD_LIMIT`]), oldest first.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.calls.snapshot()
     }
 }
 
@@ -102,6 +112,8 @@ pub async fn start(
         metrics: Metrics::default(),
         address,
         timing,
+        tokens: Tokens::default(),
+        calls: CallLog::default(),
     });
     tokio::spawn(crate::server::serve(
         cluster.clone(),
@@ -111,6 +123,10 @@ pub async fn start(
     tokio::spawn(crate::scheduler::run(store.clone(), shutdown.clone()));
     tokio::spawn(crate::kubelet::run(store.clone(), timing, shutdown.clone()));
     tokio::spawn(crate::gc::run(store, shutdown.clone()));
+    tokio::spawn(crate::auth::run_controllers(
+        cluster.clone(),
+        shutdown.clone(),
+    ));
     Ok(RunningCluster { cluster, shutdown })
 }
 
@@ -135,6 +151,23 @@ fn seed(store: &Store, config: &ClusterConfig, version: &str) -> Result<(), Clus
         for node in crate::nodes::node_objects(&config.name, &config.nodes, &kubelet_version) {
             write::create(s, &nodes, "", node, &opts).map_err(|e| err("nodes", e))?;
         }
+        let rbac_type = |plural: &str| {
+            s.registry
+                .find("rbac.authorization.k8s.io", "v1", plural)
+                .ok_or_else(|| err(plural, crate::status::ApiError::not_found_path(plural)))
+        };
+        let (roles, bindings) = (
+            rbac_type("clusterroles")?,
+            rbac_type("clusterrolebindings")?,
+        );
+        for role in crate::rbac::bootstrap_cluster_roles() {
+            write::create(s, &roles, "", role, &opts).map_err(|e| err("clusterroles", e))?;
+        }
+        for binding in crate::rbac::bootstrap_cluster_role_bindings() {
+            write::create(s, &bindings, "", binding, &opts)
+                .map_err(|e| err("clusterrolebindings", e))?;
+        }
+        crate::auth::aggregate(s);
         Ok(())
     })
 }

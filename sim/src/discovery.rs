@@ -19,7 +19,7 @@ const VERBS: [&str; 8] = [
 
 fn subresource_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
-        "binding" | "eviction" => vec!["create"],
+        "binding" | "eviction" | "token" => vec!["create"],
         "finalize" => vec!["update"],
         _ => vec!["get", "patch", "update"],
     }
@@ -32,7 +32,7 @@ fn resource_entries(t: &ResourceType) -> Vec<Value> {
         "singularName": t.singular,
         "namespaced": t.namespaced,
         "kind": t.kind,
-        "verbs": VERBS,
+        "verbs": if crate::registry::is_review(&t.group, &t.plural) { vec!["create"] } else { VERBS.to_vec() },
     });
     if !t.short_names.is_empty() {
         main["shortNames"] = json!(t.short_names);
@@ -59,6 +59,7 @@ fn resource_entries(t: &ResourceType) -> Vec<Value> {
             "scale" => ("Scale", Some("autoscaling"), Some("v1")),
             "binding" => ("Binding", None, None),
             "eviction" => ("Eviction", Some("policy"), Some("v1")),
+            "token" => ("TokenRequest", Some("authentication.k8s.io"), Some("v1")),
             _ => (t.kind.as_str(), None, None),
         };
         let mut entry = json!({

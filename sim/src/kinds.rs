@@ -23,8 +23,15 @@ pub fn storage_type(inner: &Inner, rt: &ResourceType) -> Arc<ResourceType> {
 }
 
 pub fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
-    // Events use dotted names with timestamps; everything else here is a DNS subdomain.
-    if meta::is_dns_subdomain(name) || (rt.plural == "events" && !name.contains('/')) {
+    // Events use dotted names with timestamps; everything else here is a DNS subdomain, except
+    // RBAC objects, whose names only need to be path segments ("system:basic-user").
+    let path_segment =
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%']);
+    let rbac = rt.builtin && rt.group == "rbac.authorization.k8s.io";
+    if meta::is_dns_subdomain(name)
+        || (rt.plural == "events" && !name.contains('/'))
+        || (rbac && path_segment)
+    {
         return Ok(());
     }
     Err(ApiError::invalid(

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod cel_rules;
 pub mod cli;
 pub mod client;
@@ -33,7 +34,9 @@ pub mod openapi;
 pub mod output;
 pub mod patch;
 pub mod pods;
+pub mod protobuf;
 pub mod quantity;
+pub mod rbac;
 pub mod registry;
 pub mod route;
 pub mod scheduler;
@@ -46,6 +49,7 @@ pub mod table;
 #[cfg(test)]
 mod test_store;
 pub mod tls;
+pub mod tokens;
 pub mod validation;
 pub mod watch;
 pub mod write;

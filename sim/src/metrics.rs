@@ -1,5 +1,10 @@
 //! Request counters per cluster, verb, resource and code, served at /metrics (Prometheus text).
 //! Names follow the API server's `apiserver_request_total`, so benchmarks can count writes.
+//! Also the per-user call record tests read to prove which identity did what.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -68,6 +73,45 @@ impl Metrics {
                 pred(&parsed).then(|| value.parse::<f64>().ok().map(|v| v as u64))?
             })
             .sum()
+    }
+}
+
+/// One resource request as the call record keeps it (think of an audit log entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub user: String,
+    pub user_agent: String,
+    /// The authorization verb: get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: String,
+    pub api_group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    pub code: u16,
+}
+
+/// How many calls the record keeps; older ones are dropped so long runs stay bounded.
+pub const CALL_RECORD_LIMIT: usize = 200_000;
+
+/// The last [`CALL_RECORD_LIMIT`] resource requests of one cluster.
+#[derive(Default)]
+pub struct CallLog {
+    calls: Mutex<VecDeque<CallRecord>>,
+}
+
+impl CallLog {
+    pub fn push(&self, call: CallRecord) {
+        let mut calls = self.calls.lock();
+        if calls.len() >= CALL_RECORD_LIMIT {
+            calls.pop_front();
+        }
+        calls.push_back(call);
+    }
+
+    /// The recorded calls, oldest first.
+    pub fn snapshot(&self) -> Vec<CallRecord> {
+        self.calls.lock().iter().cloned().collect()
     }
 }
 

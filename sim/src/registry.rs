@@ -120,6 +120,30 @@ impl ResourceType {
     }
 }
 
+/// Kinds that are only ever created, answered from the request and never stored.
+pub const REVIEWS: [(&str, &str, &str); 3] = [
+    (
+        "authorization.k8s.io",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+    ),
+    (
+        "authorization.k8s.io",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+    ),
+    (
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+    ),
+];
+
+/// Whether a resource is one of the create-only review kinds.
+pub fn is_review(group: &str, plural: &str) -> bool {
+    REVIEWS.iter().any(|(g, _, p)| *g == group && *p == plural)
+}
+
 /// All served resources of one cluster.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -160,7 +184,7 @@ impl Registry {
                 "serviceaccounts",
                 true,
                 &["sa"],
-                &[],
+                &["token"],
             ),
             b(
                 "coordination.k8s.io",
@@ -207,45 +231,8 @@ impl Registry {
                 &["deploy"],
                 &["status", "scale"],
             ),
-            // Stored and served only (no authorization is enforced from them, no disruption
-            // controller fills a PodDisruptionBudget's status): enough for `kubectl apply -k` of
-            // cafe's install manifests.
-            b(
-                "rbac.authorization.k8s.io",
-                "v1",
-                "ClusterRole",
-                "clusterroles",
-                false,
-                &[],
-                &[],
-            ),
-            b(
-                "rbac.authorization.k8s.io",
-                "v1",
-                "ClusterRoleBinding",
-                "clusterrolebindings",
-                false,
-                &[],
-                &[],
-            ),
-            b(
-                "rbac.authorization.k8s.io",
-                "v1",
-                "Role",
-                "roles",
-                true,
-                &[],
-                &[],
-            ),
-            b(
-                "rbac.authorization.k8s.io",
-                "v1",
-                "RoleBinding",
-                "rolebindings",
-                true,
-                &[],
-                &[],
-            ),
+            // Stored and served only: no disruption controller fills its status (enough for
+            // `kubectl apply -k` of cafe's install manifests).
             b(
                 "policy",
                 "v1",
@@ -265,6 +252,25 @@ impl Registry {
                 &["status"],
             ),
         ];
+        // RBAC and the review kinds (https://kubernetes.io/docs/reference/access-authn-authz/rbac/).
+        let rbac = "rbac.authorization.k8s.io";
+        types.extend([
+            b(rbac, "v1", "Role", "roles", true, &[], &[]),
+            b(rbac, "v1", "ClusterRole", "clusterroles", false, &[], &[]),
+            b(rbac, "v1", "RoleBinding", "rolebindings", true, &[], &[]),
+            b(
+                rbac,
+                "v1",
+                "ClusterRoleBinding",
+                "clusterrolebindings",
+                false,
+                &[],
+                &[],
+            ),
+        ]);
+        for (group, kind, plural) in REVIEWS {
+            types.push(b(group, "v1", kind, plural, false, &[], &[]));
+        }
         for t in types.iter_mut() {
             if t.has_subresource("scale") {
                 t.scale = Some(ScalePaths {

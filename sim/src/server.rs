@@ -1,5 +1,6 @@
-//! The HTTPS front of a simulated cluster: TLS, bearer-token authentication, fault injection,
-//! metrics, and dispatch to discovery, OpenAPI and resource handlers.
+//! The HTTPS front of a simulated cluster: TLS, authentication, impersonation and RBAC
+//! authorization (see `auth.rs`), fault injection, metrics and the call record, and dispatch to
+//! discovery, OpenAPI and resource handlers.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Reply, Request};
 use crate::cluster::Cluster;
-use crate::metrics::RequestLabels;
+use crate::metrics::{CallRecord, RequestLabels};
+use crate::rbac::{Attributes, UserInfo};
 use crate::route::{self, Route};
 use crate::status::ApiError;
-use crate::{discovery, openapi};
+use crate::{auth, discovery, openapi, registry};
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -122,17 +124,24 @@ async fn handle(
         .store
         .read(|s| route::parse(&path, |g, v, p| s.registry.find(g, v, p).is_some()));
     let public = matches!(route, Route::Version | Route::Health);
-    if !public {
+    let user = if public {
+        None
+    } else {
         let auth = header(&req, http::header::AUTHORIZATION);
         let token = auth.strip_prefix("Bearer ").unwrap_or("");
-        if token != cluster.identity.token {
+        let Some(caller) = auth::authenticate(&cluster, token) else {
             return Ok(error_response(&ApiError::new(
                 401,
                 "Unauthorized",
                 "Unauthorized",
             )));
+        };
+        let wanted = auth::Impersonation::from_headers(req.headers());
+        match auth::impersonate(&cluster, caller, &wanted) {
+            Ok(user) => Some(user),
+            Err(e) => return Ok(error_response(&e)),
         }
-    }
+    };
     let query = query_of(req.uri());
     let request = Request {
         method: req.method().clone(),
@@ -151,7 +160,23 @@ async fn handle(
             )));
         }
     };
-    if !public && let Some(code) = cluster.faults.injected_error() {
+    let Some(user) = user else {
+        return Ok(dispatch(&cluster, route, &request, None).await);
+    };
+    let attrs = auth::attributes(&route, &request, &path);
+    let decision = auth::authorize(&cluster, &user, &attrs);
+    let denied = if decision.allowed {
+        auth::check_escalation(&cluster, &user, &attrs, &request).err()
+    } else {
+        Some(auth::forbidden(&user, &attrs, &decision.reason))
+    };
+    if let Some(e) = denied {
+        if let Route::Resource(path) = &route {
+            record(&cluster, &user, &attrs, &request, path, e.code);
+        }
+        return Ok(error_response(&e));
+    }
+    if let Some(code) = cluster.faults.injected_error() {
         let mut e = ApiError::new(
             code,
             match code {
@@ -165,14 +190,19 @@ async fn handle(
             e.retry_after_seconds = Some(1);
         }
         if let Route::Resource(path) = &route {
-            record(&cluster, &request, path, code);
+            record(&cluster, &user, &attrs, &request, path, code);
         }
         return Ok(error_response(&e));
     }
-    Ok(dispatch(&cluster, route, &request).await)
+    Ok(dispatch(&cluster, route, &request, Some((&user, &attrs))).await)
 }
 
-async fn dispatch(cluster: &Arc<Cluster>, route: Route, req: &Request) -> Response<Body> {
+async fn dispatch(
+    cluster: &Arc<Cluster>,
+    route: Route,
+    req: &Request,
+    caller: Option<(&UserInfo, &Attributes)>,
+) -> Response<Body> {
     let reg = || cluster.store.registry();
     match route {
         Route::Version => json_response(
@@ -233,13 +263,20 @@ async fn dispatch(cluster: &Arc<Cluster>, route: Route, req: &Request) -> Respon
             }
         }
         Route::Resource(path) => {
-            let result = api::handle(cluster, req, &path);
+            let Some((user, attrs)) = caller else {
+                return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+            };
+            let result = if registry::is_review(&path.group, &path.plural) {
+                auth::review(cluster, user, &path, req)
+            } else {
+                api::handle(cluster, req, &path)
+            };
             let code = match &result {
                 Ok(Reply::Json(c, _)) => *c,
                 Ok(Reply::Watch(_)) => 200,
                 Err(e) => e.code,
             };
-            record(cluster, req, &path, code);
+            record(cluster, user, attrs, req, &path, code);
             match result {
                 Ok(Reply::Json(code, v)) => json_response(code, &v),
                 Ok(Reply::Watch(w)) => watch_response(cluster.clone(), w),
@@ -250,13 +287,32 @@ async fn dispatch(cluster: &Arc<Cluster>, route: Route, req: &Request) -> Respon
     }
 }
 
-fn record(cluster: &Cluster, req: &Request, path: &route::ResourcePath, code: u16) {
+/// Counts the request in the metrics and appends it to the per-user call record.
+fn record(
+    cluster: &Cluster,
+    user: &UserInfo,
+    attrs: &Attributes,
+    req: &Request,
+    path: &route::ResourcePath,
+    code: u16,
+) {
     cluster.metrics.record(RequestLabels {
         cluster: cluster.name.clone(),
         verb: api::verb_of(req, path).to_string(),
         resource: path.plural.clone(),
         subresource: path.subresource.clone().unwrap_or_default(),
         code: code.to_string(),
+    });
+    cluster.calls.push(CallRecord {
+        user: user.name.clone(),
+        user_agent: req.user_agent.clone(),
+        verb: attrs.verb.clone(),
+        api_group: attrs.api_group.clone(),
+        resource: attrs.resource.clone(),
+        subresource: attrs.subresource.clone(),
+        namespace: attrs.namespace.clone(),
+        name: attrs.name.clone(),
+        code,
     });
 }
 

@@ -80,6 +80,11 @@ impl Sim {
         self.clusters.iter().find(|c| c.name == name)
     }
 
+    /// The call record of one cluster (empty for an unknown cluster), oldest first.
+    pub fn calls(&self, cluster: &str) -> Vec<crate::metrics::CallRecord> {
+        self.cluster(cluster).map(|c| c.calls()).unwrap_or_default()
+    }
+
     /// A kubeconfig with one context per cluster, named after it; `current` is the current context.
     pub fn kubeconfig(&self, current: Option<&str>) -> String {
         kubeconfig_yaml(&self.clusters, current)
