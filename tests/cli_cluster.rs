@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cafe::api::MemberCluster;
-use cafe::cli::cluster::{self, ClusterError};
+use cafe::cli::cluster::{self, ClusterError, Credentials};
 use common::{TWO_MEMBERS, client, install_crds, start_sim};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
@@ -59,9 +59,16 @@ async fn register_writes_the_kubeconfig_secret_and_a_labelled_membercluster() {
 
     // The sim's kubeconfig has every cluster in it; only dca's context must be stored.
     let all = sim.kubeconfig(Some("hub"));
-    cluster::register(&hub, "dca", &all, Some("dca"), &dca_unit())
-        .await
-        .expect("registered");
+    cluster::register(
+        &hub,
+        "dca",
+        &all,
+        Some("dca"),
+        &dca_unit(),
+        Credentials::Kubeconfig,
+    )
+    .await
+    .expect("registered");
 
     let s = secret(&hub, "dca-kubeconfig")
         .await
@@ -107,6 +114,7 @@ async fn register_writes_the_kubeconfig_secret_and_a_labelled_membercluster() {
         &all,
         Some("dca"),
         &[("Zone".into(), "Z1".into())],
+        Credentials::Kubeconfig,
     )
     .await
     .expect("re-registered");
@@ -141,6 +149,7 @@ async fn register_refuses_an_unreachable_member_and_writes_nothing() {
         &sim.kubeconfig(Some("dca")),
         Some("dca"),
         &dca_unit(),
+        Credentials::Kubeconfig,
     )
     .await
     .expect_err("unreachable member refused");
@@ -161,17 +170,31 @@ async fn register_refuses_bad_kubeconfigs_and_writes_nothing() {
     let good = sim.kubeconfig(Some("dca"));
     let token = &sim.cluster("dca").unwrap().identity.token;
 
-    let err = cluster::register(&hub, "dca", "clusters: [: nope", None, &dca_unit())
-        .await
-        .expect_err("not YAML");
+    let err = cluster::register(
+        &hub,
+        "dca",
+        "clusters: [: nope",
+        None,
+        &dca_unit(),
+        Credentials::Kubeconfig,
+    )
+    .await
+    .expect_err("not YAML");
     assert!(
         matches!(err, ClusterError::InvalidKubeconfig { .. }),
         "{err}"
     );
 
-    let err = cluster::register(&hub, "dca", &good, Some("dcz"), &dca_unit())
-        .await
-        .expect_err("unknown context");
+    let err = cluster::register(
+        &hub,
+        "dca",
+        &good,
+        Some("dcz"),
+        &dca_unit(),
+        Credentials::Kubeconfig,
+    )
+    .await
+    .expect_err("unknown context");
     let text = err.to_string();
     assert!(
         text.contains("\"dcz\"") && text.contains("dca") && text.contains("--context"),
@@ -179,19 +202,40 @@ async fn register_refuses_bad_kubeconfigs_and_writes_nothing() {
     );
 
     let wrong_token = good.replace(token.as_str(), "not-the-token");
-    let err = cluster::register(&hub, "dca", &wrong_token, Some("dca"), &dca_unit())
-        .await
-        .expect_err("bad credentials");
+    let err = cluster::register(
+        &hub,
+        "dca",
+        &wrong_token,
+        Some("dca"),
+        &dca_unit(),
+        Credentials::Kubeconfig,
+    )
+    .await
+    .expect_err("bad credentials");
     assert!(matches!(err, ClusterError::Unauthorized { .. }), "{err}");
 
-    let err = cluster::register(&hub, "DCA!", &good, Some("dca"), &dca_unit())
-        .await
-        .expect_err("bad name");
+    let err = cluster::register(
+        &hub,
+        "DCA!",
+        &good,
+        Some("dca"),
+        &dca_unit(),
+        Credentials::Kubeconfig,
+    )
+    .await
+    .expect_err("bad name");
     assert!(matches!(err, ClusterError::Name(_)), "{err}");
 
-    let err = cluster::register(&hub, "dca", &good, Some("dca"), &[])
-        .await
-        .expect_err("no units");
+    let err = cluster::register(
+        &hub,
+        "dca",
+        &good,
+        Some("dca"),
+        &[],
+        Credentials::Kubeconfig,
+    )
+    .await
+    .expect_err("no units");
     assert!(matches!(err, ClusterError::NoUnits), "{err}");
 
     assert_nothing_written(&hub).await;
@@ -207,6 +251,7 @@ async fn register_refuses_a_hub_without_the_crds() {
         &sim.kubeconfig(Some("dca")),
         Some("dca"),
         &dca_unit(),
+        Credentials::Kubeconfig,
     )
     .await
     .expect_err("no CRD");
@@ -223,15 +268,23 @@ async fn list_shows_registered_members_and_remove_deletes_membercluster_and_secr
     let hub = client(&sim, "hub").await;
     install_crds(&hub).await;
     let all = sim.kubeconfig(None);
-    cluster::register(&hub, "dca", &all, Some("dca"), &dca_unit())
-        .await
-        .unwrap();
+    cluster::register(
+        &hub,
+        "dca",
+        &all,
+        Some("dca"),
+        &dca_unit(),
+        Credentials::Kubeconfig,
+    )
+    .await
+    .unwrap();
     cluster::register(
         &hub,
         "dcb",
         &all,
         Some("dcb"),
         &[("DataCenter".into(), "DCB".into())],
+        Credentials::Kubeconfig,
     )
     .await
     .unwrap();
@@ -552,6 +605,7 @@ async fn cluster_remove_refuses_a_member_in_use() {
             &all,
             Some(name),
             &[("DataCenter".into(), unit.into())],
+            Credentials::Kubeconfig,
         )
         .await
         .unwrap();

@@ -12,12 +12,14 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
 use serde_json::json;
 
 use crate::api::labels::{CAFEDEPLOYMENT, SYSTEM_NAMESPACE, unit_label};
 use crate::api::{CafeDeployment, InPlaceSet, MemberCluster, SecretKeyRef};
+use crate::hub::access;
 use crate::runtime::kubeconfig::{KubeconfigArgs, KubeconfigError};
 
 mod flatten;
@@ -84,6 +86,20 @@ pub struct RegisterArgs {
     /// Context of the hub in that file (default: its current context).
     #[arg(long, value_name = "HUB_CONTEXT")]
     pub hub_context: Option<String>,
+    /// Store the member kubeconfig's own credentials in the hub, instead of creating a
+    /// least-privilege ServiceAccount `cafe-system/cafe-hub` in the member and storing its token.
+    #[arg(long)]
+    pub use_kubeconfig_credentials: bool,
+}
+
+/// Which credentials the hub gets for a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// A ServiceAccount of the hub's own in the member, allowed exactly what the hub does there
+    /// (see `hub::access`); its token is stored, and renewed by the hub.
+    Dedicated,
+    /// The given kubeconfig's credentials, as they are.
+    Kubeconfig,
 }
 
 /// Where the hub is, for the subcommands that only talk to the hub.
@@ -169,6 +185,13 @@ pub enum ClusterError {
         "{action} on the hub: {message}; check that the hub is reachable and that your hub credentials may do this"
     )]
     Hub { action: String, message: String },
+    #[error(
+        "setting up the hub's own identity: {source}; your member credentials must be allowed to create a ServiceAccount, a ClusterRole and their bindings there, or pass --use-kubeconfig-credentials to store them instead"
+    )]
+    Access {
+        #[source]
+        source: crate::hub::access::AccessError,
+    },
     #[error("no MemberCluster {0:?} on the hub; `cafe cluster list` shows the registered clusters")]
     NotFound(String),
     #[error(
@@ -204,7 +227,8 @@ impl ClusterError {
             | ClusterError::NoContext { .. }
             | ClusterError::IncompleteContext { .. }
             | ClusterError::UnsupportedAuth { .. }
-            | ClusterError::CredentialFile { .. }) => ClusterError::Member {
+            | ClusterError::CredentialFile { .. }
+            | ClusterError::Access { .. }) => ClusterError::Member {
                 name: name.to_string(),
                 source: Box::new(e),
             },
@@ -252,7 +276,20 @@ async fn register_command(args: RegisterArgs) -> Result<Vec<(String, String)>, C
     check_name(&args.name)?;
     let member = read_member_kubeconfig(&args.kubeconfig)?;
     let hub = hub_client(args.hub_kubeconfig, args.hub_context).await?;
-    register_kubeconfig(&hub, &args.name, member, args.context.as_deref(), &units).await?;
+    let credentials = if args.use_kubeconfig_credentials {
+        Credentials::Kubeconfig
+    } else {
+        Credentials::Dedicated
+    };
+    register_kubeconfig(
+        &hub,
+        &args.name,
+        member,
+        args.context.as_deref(),
+        &units,
+        credentials,
+    )
+    .await?;
     Ok(units)
 }
 
@@ -272,17 +309,20 @@ async fn hub_client(
 ///
 /// Guarantees, in order: the name, the units and the member kubeconfig are valid; the chosen
 /// `context` (default: the kubeconfig's current context) exists; the member answers `/version`
-/// and accepts those credentials (`/api`); the hub has the MemberCluster CRD. Only then does it
-/// write: namespace `cafe-system` (if missing), Secret `<name>-kubeconfig` (key `kubeconfig`:
-/// that one context, flattened, credentials inline) and MemberCluster `name` with one
+/// and accepts those credentials (`/api`); with [`Credentials::Dedicated`], the hub's own
+/// identity is set up in the member (`hub::access::grant`) and its token answers too; the hub has
+/// the MemberCluster CRD. Only then does it write on the hub: namespace `cafe-system` (if
+/// missing), Secret `<name>-kubeconfig` (key `kubeconfig`: that one context, flattened,
+/// credentials inline; the token's validity in annotations) and MemberCluster `name` with one
 /// `unit.apps.cafe.io/<TYPE>=<VALUE>` label per unit. Registering again updates both (units no
-/// longer given are removed). On any error before the writes, nothing is written.
+/// longer given are removed). On any error before the writes, nothing is written on the hub.
 pub async fn register(
     hub: &kube::Client,
     name: &str,
     member_kubeconfig_yaml: &str,
     context: Option<&str>,
     units: &[(String, String)],
+    credentials: Credentials,
 ) -> Result<(), ClusterError> {
     let kubeconfig = Kubeconfig::from_yaml(member_kubeconfig_yaml).map_err(|e| {
         ClusterError::InvalidKubeconfig {
@@ -290,7 +330,7 @@ pub async fn register(
             message: one_line(&e),
         }
     })?;
-    register_kubeconfig(hub, name, kubeconfig, context, units).await
+    register_kubeconfig(hub, name, kubeconfig, context, units, credentials).await
 }
 
 async fn register_kubeconfig(
@@ -299,20 +339,43 @@ async fn register_kubeconfig(
     member: Kubeconfig,
     context: Option<&str>,
     units: &[(String, String)],
+    credentials: Credentials,
 ) -> Result<(), ClusterError> {
     check_name(name)?;
     check_units(units)?;
     let flat = flatten(member, context)?;
-    let yaml = serde_saphyr::to_string(&flat).map_err(|e| ClusterError::InvalidKubeconfig {
-        origin: "(flattened)".into(),
-        message: one_line(&e),
-    })?;
-    probe(name, &flat, &yaml).await?;
-    write_registration(hub, name, &yaml, units).await
+    let yaml = to_yaml(&flat)?;
+    let operator = probe(name, &flat, &yaml).await?;
+    let (yaml, annotations) = match credentials {
+        Credentials::Kubeconfig => (yaml, BTreeMap::new()),
+        Credentials::Dedicated => {
+            let issued = quietly(async {
+                access::grant(&operator).await?;
+                access::issue_token(&operator, access::TOKEN_LIFETIME).await
+            })
+            .await
+            .map_err(|source| ClusterError::Access { source })?;
+            let own = access::with_token(&flat, &issued.token)
+                .map_err(|source| ClusterError::Access { source })?;
+            let yaml = to_yaml(&own)?;
+            // The token must work before the hub is told to use it.
+            probe(name, &own, &yaml).await?;
+            (yaml, issued.annotations())
+        }
+    };
+    write_registration(hub, name, &yaml, units, &annotations).await
 }
 
-/// The member must answer `/version` with the credentials the hub will use.
-async fn probe(name: &str, flat: &Kubeconfig, yaml: &str) -> Result<(), ClusterError> {
+fn to_yaml(kubeconfig: &Kubeconfig) -> Result<String, ClusterError> {
+    serde_saphyr::to_string(kubeconfig).map_err(|e| ClusterError::InvalidKubeconfig {
+        origin: "(flattened)".into(),
+        message: one_line(&e),
+    })
+}
+
+/// The member must answer `/version` and accept the credentials of `yaml` (`/api`); the client
+/// that did.
+async fn probe(name: &str, flat: &Kubeconfig, yaml: &str) -> Result<kube::Client, ClusterError> {
     let server = flat
         .clusters
         .first()
@@ -337,7 +400,7 @@ async fn probe(name: &str, flat: &Kubeconfig, yaml: &str) -> Result<(), ClusterE
     };
     match tokio::time::timeout(PROBE_TIMEOUT, quietly(answer)).await {
         Err(_) => Err(unreachable(format!("no answer within {PROBE_TIMEOUT:?}"))),
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(_)) => Ok(client),
         Ok(Err(kube::Error::Api(s))) if s.code == 401 || s.code == 403 => {
             Err(ClusterError::Unauthorized {
                 name: name.to_string(),
@@ -354,6 +417,7 @@ async fn write_registration(
     name: &str,
     kubeconfig_yaml: &str,
     units: &[(String, String)],
+    annotations: &BTreeMap<String, String>,
 ) -> Result<(), ClusterError> {
     let clusters: Api<MemberCluster> = Api::all(hub.clone());
     // Before the first write: the CRD must be there, or the Secret would be written for nothing.
@@ -387,6 +451,7 @@ async fn write_registration(
             "name": secret_name,
             "namespace": SYSTEM_NAMESPACE,
             "labels": {SECRET_MEMBER_LABEL: name},
+            "annotations": annotations,
         },
         "type": "Opaque",
         "data": {SECRET_KEY: BASE64.encode(kubeconfig_yaml)},
@@ -487,6 +552,9 @@ pub async fn list(hub: &kube::Client) -> Result<Vec<MemberCluster>, ClusterError
 pub struct Removal {
     pub deployments: Vec<String>,
     pub inplacesets: Result<Vec<String>, String>,
+    /// The hub's own identity in the member, when registration created one: `Ok` once removed,
+    /// `Err` with why it could not be.
+    pub identity: Option<Result<(), String>>,
 }
 
 /// Deletes MemberCluster `name` and the kubeconfig Secret it references. Refused while
@@ -524,6 +592,7 @@ pub async fn remove(hub: &kube::Client, name: &str, force: bool) -> Result<Remov
     } else {
         hub_inplacesets(hub, &member).await
     };
+    let stored = stored_kubeconfig(hub, &member).await;
     // The MemberCluster first: the hub stops using the member before its credentials go.
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => {}
@@ -535,6 +604,13 @@ pub async fn remove(hub: &kube::Client, name: &str, force: bool) -> Result<Remov
             ));
         }
     }
+    // Then the identity registration made in the member, with its own token (it may delete
+    // itself, and nothing else), while the Secret still holds that token.
+    let identity = match &stored {
+        Ok((yaml, true)) => Some(revoke(yaml).await),
+        Ok((_, false)) => None,
+        Err(cause) => Some(Err(cause.clone())),
+    };
     let r = &member.spec.kubeconfig_secret_ref;
     let secrets: Api<Secret> = Api::namespaced(hub.clone(), &r.namespace);
     match secrets.delete(&r.name, &DeleteParams::default()).await {
@@ -550,7 +626,61 @@ pub async fn remove(hub: &kube::Client, name: &str, force: bool) -> Result<Remov
     Ok(Removal {
         deployments,
         inplacesets,
+        identity,
     })
+}
+
+/// The member kubeconfig the hub holds for `member`, and whether its token is one registration
+/// issued (so there is an identity to remove). `Err` says why it could not be read.
+async fn stored_kubeconfig(
+    hub: &kube::Client,
+    member: &MemberCluster,
+) -> Result<(String, bool), String> {
+    let r = &member.spec.kubeconfig_secret_ref;
+    let secret = match Api::<Secret>::namespaced(hub.clone(), &r.namespace)
+        .get_opt(&r.name)
+        .await
+    {
+        Ok(Some(secret)) => secret,
+        // Nothing stored: nothing of the hub's can be in the member either.
+        Ok(None) => return Ok((String::new(), false)),
+        Err(e) => {
+            return Err(format!(
+                "reading Secret {}/{}: {}",
+                r.namespace,
+                r.name,
+                one_line(&e)
+            ));
+        }
+    };
+    let issued = secret
+        .annotations()
+        .contains_key(access::TOKEN_SERVICE_ACCOUNT);
+    let yaml = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| String::from_utf8_lossy(&b.0).to_string());
+    match yaml {
+        Some(yaml) => Ok((yaml, issued)),
+        None if !issued => Ok((String::new(), false)),
+        None => Err(format!(
+            "Secret {}/{} has no key {}",
+            r.namespace, r.name, r.key
+        )),
+    }
+}
+
+/// Removes the hub's identity from the member through `yaml`, the hub's stored kubeconfig.
+async fn revoke(yaml: &str) -> Result<(), String> {
+    let client = crate::runtime::kubeconfig::client_from_yaml(yaml, None, "member kubeconfig")
+        .await
+        .map_err(|e| one_line(&e))?;
+    match tokio::time::timeout(PROBE_TIMEOUT, quietly(access::revoke(&client))).await {
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(one_line(&e)),
+    }
 }
 
 /// `namespace/name` of each CafeDeployment that places replicas on `member`: its topology
@@ -640,6 +770,18 @@ async fn hub_inplacesets(
 /// replicas there, what keeps running in it without the hub.
 pub fn render_removal(name: &str, removal: &Removal) -> String {
     let mut out = format!("member cluster {name} removed");
+    match &removal.identity {
+        Some(Ok(())) => out.push_str(&format!(
+            "\nthe hub's ServiceAccount {}/{} and its roles were removed from {name}",
+            SYSTEM_NAMESPACE,
+            access::IDENTITY
+        )),
+        Some(Err(cause)) => out.push_str(&format!(
+            "\ncould not remove the hub's ServiceAccount and roles from {name} ({cause}); remove them there with `kubectl --context {name} delete clusterrole {}` (everything else goes with it)",
+            access::IDENTITY
+        )),
+        None => {}
+    }
     if removal.deployments.is_empty() {
         return out;
     }
@@ -782,12 +924,14 @@ mod tests {
         let quiet = Removal {
             deployments: vec![],
             inplacesets: Ok(vec![]),
+            identity: None,
         };
         assert_eq!(render_removal("dcb", &quiet), "member cluster dcb removed");
 
         let forced = Removal {
             deployments: vec!["default/demo".into()],
             inplacesets: Ok(vec!["default/demo".into(), "shop/web".into()]),
+            identity: None,
         };
         let out = render_removal("dcb", &forced);
         let lines: Vec<&str> = out.lines().collect();
@@ -802,10 +946,15 @@ mod tests {
         let unreachable = Removal {
             deployments: vec!["default/demo".into()],
             inplacesets: Err("no answer within 10s".into()),
+            identity: Some(Err("no answer within 10s".into())),
         };
         let out = render_removal("dcb", &unreachable);
         assert!(
             out.contains("could not list what is left behind in dcb (no answer within 10s)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kubectl --context dcb delete clusterrole cafe-hub"),
             "{out}"
         );
     }

@@ -214,6 +214,7 @@ async fn start(
             &sim.kubeconfig(Some(&m.name)),
             Some(&m.name),
             &m.units,
+            super::cluster::Credentials::Dedicated,
         )
         .await
         .map_err(|source| DevError::Register {

@@ -21,6 +21,7 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::HubOptions;
+use super::access;
 use super::membership::Membership;
 use super::probe::{self, ProbeReport, Problem, ProblemReason};
 use crate::api::labels::{HUB_MANAGER, SYSTEM_NAMESPACE, UNIT_LABEL_PREFIX};
@@ -36,6 +37,8 @@ pub const READY: &str = "Ready";
 pub const MEMBER_NOT_READY: &str = "MemberNotReady";
 /// Ready=True reason.
 pub const PROBED: &str = "Probed";
+/// The Warning Event of a token renewal that failed (the old token still works until it expires).
+pub const TOKEN_RENEWAL_FAILED: &str = "TokenRenewalFailed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemberClusterError {
@@ -54,6 +57,20 @@ pub enum MemberClusterError {
     },
     #[error("MemberCluster has no name")]
     Unnamed,
+    #[error("renewing the hub's token for member {name}: {source}")]
+    RenewToken {
+        name: String,
+        #[source]
+        source: super::access::AccessError,
+    },
+    #[error("storing the renewed token of member {name} in Secret {namespace}/{secret}: {source}")]
+    StoreToken {
+        name: String,
+        namespace: String,
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl MemberClusterError {
@@ -63,6 +80,8 @@ impl MemberClusterError {
             MemberClusterError::ReadSecret { .. } => "read_secret",
             MemberClusterError::WriteStatus { .. } => "write_status",
             MemberClusterError::Unnamed => "unnamed",
+            MemberClusterError::RenewToken { .. } => "renew_token",
+            MemberClusterError::StoreToken { .. } => "store_token",
         }
     }
 }
@@ -144,8 +163,15 @@ async fn reconcile(
         .name
         .clone()
         .ok_or(MemberClusterError::Unnamed)?;
+    let mut next = ctx.options.probe_interval;
     let outcome = match connect(&mc, &name, &ctx).await? {
-        Ok(client) => probe::probe(&client, ctx.options.probe_timeout).await,
+        Ok((client, stored)) => {
+            let outcome = probe::probe(&client, ctx.options.probe_timeout).await;
+            if outcome.is_ok() {
+                next = next.min(renew_token(&mc, &name, &client, &stored, &ctx).await);
+            }
+            outcome
+        }
         Err(problem) => Err(problem),
     };
     ctx.membership
@@ -182,7 +208,84 @@ async fn reconcile(
             }
         }
     }
-    Ok(Action::requeue(ctx.options.probe_interval))
+    Ok(Action::requeue(next))
+}
+
+/// Renews the hub's token for the member once [`access::renewal_time`] has come, through the
+/// member's own client (the identity may request tokens for itself only), and stores it in the
+/// Secret; the Secret's change then reconnects the member with it. A failure is reported
+/// (Event, log) and retried at the next probe: the old token works until it expires. Returns how
+/// long until the next renewal is due.
+async fn renew_token(
+    mc: &MemberCluster,
+    name: &str,
+    member: &kube::Client,
+    stored: &Stored,
+    ctx: &Context,
+) -> Duration {
+    let Some(due) = access::renewal_time(&stored.annotations) else {
+        return Duration::MAX;
+    };
+    let now = chrono::Utc::now();
+    if now < due {
+        return (due - now).to_std().unwrap_or(Duration::ZERO);
+    }
+    match store_renewed_token(mc, name, member, stored, ctx).await {
+        Ok(()) => {
+            tracing::info!(member = %name, "hub token for the member renewed");
+            ctx.options.probe_interval
+        }
+        Err(error) => {
+            tracing::warn!(member = %name, %error, category = error.category(), "token renewal failed; retrying at the next probe");
+            let fact = Fact {
+                type_: EventType::Warning,
+                reason: TOKEN_RENEWAL_FAILED,
+                message: &error.to_string(),
+                action: "RenewToken",
+                related: None,
+            };
+            if let Err(error) = ctx.events.publish(&mc.object_ref(&()), &fact).await {
+                tracing::debug!(%error, "publishing an Event failed");
+            }
+            ctx.options.probe_interval
+        }
+    }
+}
+
+async fn store_renewed_token(
+    mc: &MemberCluster,
+    name: &str,
+    member: &kube::Client,
+    stored: &Stored,
+    ctx: &Context,
+) -> Result<(), MemberClusterError> {
+    let renew_error = |source| MemberClusterError::RenewToken {
+        name: name.to_string(),
+        source,
+    };
+    let issued = access::issue_token(member, access::TOKEN_LIFETIME)
+        .await
+        .map_err(renew_error)?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&stored.text)
+        .map_err(|e| renew_error(access::AccessError::Kubeconfig(e.to_string())))?;
+    let renewed = access::with_token(&kubeconfig, &issued.token).map_err(renew_error)?;
+    let yaml = serde_saphyr::to_string(&renewed)
+        .map_err(|e| renew_error(access::AccessError::Kubeconfig(e.to_string())))?;
+    let r = &mc.spec.kubeconfig_secret_ref;
+    let patch = serde_json::json!({
+        "metadata": {"annotations": issued.annotations()},
+        "data": {r.key.clone(): base64::Engine::encode(&base64::engine::general_purpose::STANDARD, yaml)},
+    });
+    Api::<Secret>::namespaced(ctx.client.clone(), &r.namespace)
+        .patch(&r.name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(|source| MemberClusterError::StoreToken {
+            name: name.to_string(),
+            namespace: r.namespace.clone(),
+            secret: r.name.clone(),
+            source,
+        })?;
+    Ok(())
 }
 
 fn error_policy(_: Arc<MemberCluster>, error: &MemberClusterError, ctx: Arc<Context>) -> Action {
@@ -196,18 +299,18 @@ async fn connect(
     mc: &MemberCluster,
     name: &str,
     ctx: &Context,
-) -> Result<Result<kube::Client, Problem>, MemberClusterError> {
-    let kubeconfig = match read_kubeconfig(&ctx.client, mc).await? {
-        Ok(text) => text,
+) -> Result<Result<(kube::Client, Stored), Problem>, MemberClusterError> {
+    let stored = match read_kubeconfig(&ctx.client, mc).await? {
+        Ok(stored) => stored,
         Err(problem) => {
             ctx.membership.disconnect(name);
             return Ok(Err(problem));
         }
     };
-    let fingerprint = fingerprint(&kubeconfig);
+    let fingerprint = fingerprint(&stored.text);
     if ctx.membership.fingerprint(name) != Some(fingerprint) {
         let origin = format!("MemberCluster {name}");
-        match crate::runtime::kubeconfig::client_from_yaml(&kubeconfig, None, &origin).await {
+        match crate::runtime::kubeconfig::client_from_yaml(&stored.text, None, &origin).await {
             Ok(client) => ctx.membership.connect(name, fingerprint, client),
             Err(e) => {
                 ctx.membership.disconnect(name);
@@ -221,7 +324,15 @@ async fn connect(
     Ok(ctx
         .membership
         .client(name)
+        .map(|client| (client, stored))
         .ok_or_else(|| Problem::new(ProblemReason::Connecting, "not connected yet")))
+}
+
+/// A member's kubeconfig as the hub stores it, with its Secret's annotations (a token's
+/// validity, see [`access`]).
+struct Stored {
+    text: String,
+    annotations: BTreeMap<String, String>,
 }
 
 /// The kubeconfig text, or why there is none. Only Secrets in `cafe-system` are read: that is
@@ -229,7 +340,7 @@ async fn connect(
 async fn read_kubeconfig(
     client: &kube::Client,
     mc: &MemberCluster,
-) -> Result<Result<String, Problem>, MemberClusterError> {
+) -> Result<Result<Stored, Problem>, MemberClusterError> {
     let r = &mc.spec.kubeconfig_secret_ref;
     if r.namespace != SYSTEM_NAMESPACE {
         return Ok(Err(Problem::new(
@@ -274,15 +385,18 @@ async fn read_kubeconfig(
             format!("Secret {}/{} has no key {:?}", r.namespace, r.name, r.key),
         )));
     };
-    Ok(String::from_utf8(bytes).map_err(|_| {
-        Problem::new(
-            ProblemReason::KubeconfigInvalid,
-            format!(
-                "Secret {}/{} key {:?} is not UTF-8 text",
-                r.namespace, r.name, r.key
-            ),
-        )
-    }))
+    let annotations = secret.annotations().clone();
+    Ok(String::from_utf8(bytes)
+        .map(|text| Stored { text, annotations })
+        .map_err(|_| {
+            Problem::new(
+                ProblemReason::KubeconfigInvalid,
+                format!(
+                    "Secret {}/{} key {:?} is not UTF-8 text",
+                    r.namespace, r.name, r.key
+                ),
+            )
+        }))
 }
 
 /// Identifies a kubeconfig without keeping a second copy of the credentials around.

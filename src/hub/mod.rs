@@ -9,6 +9,7 @@
 //!   CafeDeployment through the registry.
 //! - [`projection`], [`capacity`] and `crate::plan` are the pure parts; the rest is I/O.
 
+pub mod access;
 pub mod cafedeployment;
 pub mod capacity;
 pub mod crds;
