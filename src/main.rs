@@ -1,6 +1,6 @@
 //! The `cafe` command line.
 
-// Output goes through `cafe_sim::out!`/`outln!`: `print!` panics on a closed pipe.
+// Output goes through `cafe_base::out!`/`outln!`: `print!` panics on a closed pipe.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use clap::Parser;
@@ -12,7 +12,7 @@ async fn main() -> std::process::ExitCode {
     match cafe::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            cafe_sim::output::error_line(format_args!("error: {e}"));
+            cafe_base::output::error_line(format_args!("error: {e}"));
             std::process::ExitCode::FAILURE
         }
     }

@@ -172,8 +172,8 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         return Ok(());
     }
 
-    cafe_sim::outln!("{}", ready_line(&sim, &kubeconfig));
-    cafe_sim::outln!("{}", usage(&kubeconfig, &members, args.demo));
+    cafe_base::outln!("{}", ready_line(&sim, &kubeconfig));
+    cafe_base::outln!("{}", usage(&kubeconfig, &members, args.demo));
 
     // Run until a signal, or until a controller gives up (then report it, non-zero).
     let mut watched = tasks;
