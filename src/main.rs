@@ -8,7 +8,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = cafe::cli::Cli::parse();
-    cafe::runtime::logging::init();
+    cafe::runtime::logging::init(cli.log_format());
     match cafe::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

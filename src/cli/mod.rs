@@ -72,6 +72,17 @@ pub enum CliError {
     Dev(#[from] dev::DevError),
 }
 
+impl Cli {
+    /// `--log-format` of the long-running commands; text for the others.
+    pub fn log_format(&self) -> crate::runtime::args::LogFormat {
+        match &self.command {
+            Command::Hub(args) => args.runtime.log_format,
+            Command::Member(args) => args.runtime.log_format,
+            _ => Default::default(),
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         #[cfg(feature = "sim")]

@@ -70,6 +70,8 @@ pub struct HubOptions {
     /// At start-up the CafeDeployment controller waits up to this long for every registered member
     /// to be connected (or known to be unreachable), so that a restart acts on complete caches.
     pub startup_settle: Duration,
+    /// Where the controllers report metrics and the readiness of their watches.
+    pub telemetry: crate::runtime::Telemetry,
 }
 
 impl Default for HubOptions {
@@ -84,6 +86,7 @@ impl Default for HubOptions {
             member_wait: Duration::from_secs(5),
             resync_interval: Duration::from_secs(300),
             startup_settle: Duration::from_secs(30),
+            telemetry: Default::default(),
         }
     }
 }
@@ -101,6 +104,7 @@ impl HubOptions {
             member_wait: Duration::from_millis(500),
             resync_interval: Duration::from_secs(30),
             startup_settle: Duration::from_secs(5),
+            telemetry: Default::default(),
         }
     }
 }

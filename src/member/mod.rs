@@ -55,12 +55,15 @@ pub struct MemberOptions {
     /// How long a reconcile waits for the pod and ControllerRevision caches to list before it
     /// reports ReplicaFailure `CacheNotSynced` and retries.
     pub cache_sync_timeout: Duration,
+    /// Where the controller reports metrics and the readiness of its watches.
+    pub telemetry: crate::runtime::Telemetry,
 }
 
 impl Default for MemberOptions {
     fn default() -> Self {
         Self {
             cache_sync_timeout: controller::CACHE_SYNC_TIMEOUT,
+            telemetry: Default::default(),
         }
     }
 }
