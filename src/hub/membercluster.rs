@@ -27,6 +27,8 @@ use crate::api::labels::{HUB_MANAGER, SYSTEM_NAMESPACE, UNIT_LABEL_PREFIX};
 use crate::api::{MemberCluster, MemberClusterStatus};
 use crate::plan::unit_status::set_condition;
 use crate::runtime::events::{EventType, EventWriter, Fact};
+use crate::runtime::kubeconfig::KubeconfigError;
+use crate::runtime::metrics::controllers;
 use crate::runtime::status_patch::replace_status;
 
 /// Condition type on MemberClusters.
@@ -139,6 +141,18 @@ async fn reconcile(
     mc: Arc<MemberCluster>,
     ctx: Arc<Context>,
 ) -> Result<Action, MemberClusterError> {
+    let metrics = ctx.membership.telemetry().metrics.clone();
+    metrics
+        .measure(controllers::MEMBERCLUSTER, reconcile_one(mc, ctx), |e| {
+            e.category()
+        })
+        .await
+}
+
+async fn reconcile_one(
+    mc: Arc<MemberCluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, MemberClusterError> {
     let name = mc
         .metadata
         .name
@@ -159,6 +173,10 @@ async fn reconcile(
         Some(problem) => Err(problem),
         None => Ok(report),
     });
+    ctx.membership
+        .telemetry()
+        .metrics
+        .set_member_reachable(&name, outcome.is_ok());
     let desired = desired_status(
         mc.status.as_ref(),
         mc.meta().generation,
@@ -207,7 +225,19 @@ async fn connect(
     let fingerprint = fingerprint(&kubeconfig);
     if ctx.membership.fingerprint(name) != Some(fingerprint) {
         let origin = format!("MemberCluster {name}");
-        match crate::runtime::kubeconfig::client_from_yaml(&kubeconfig, None, &origin).await {
+        // The member's writes count under its name in `cafe_api_writes_total`.
+        let metrics = &ctx.membership.telemetry().metrics;
+        let client = crate::runtime::kubeconfig::config_from_yaml(&kubeconfig, None, &origin)
+            .await
+            .and_then(|config| {
+                metrics
+                    .client(config, name)
+                    .map_err(|e| KubeconfigError::Invalid {
+                        origin: origin.clone(),
+                        message: e.to_string(),
+                    })
+            });
+        match client {
             Ok(client) => ctx.membership.connect(name, fingerprint, client),
             Err(e) => {
                 ctx.membership.disconnect(name);

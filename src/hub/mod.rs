@@ -28,6 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::MemberCluster;
 
+/// Readiness names: the hub CRDs Established, and the MemberCluster cache listed.
+pub const CRDS_WATCH: &str = "hub CRDs";
+pub const MEMBERCLUSTERS_WATCH: &str = "memberclusters";
+
 /// Why the hub could not run. Controllers retry their own failures; only start-up fails the hub.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -122,19 +126,31 @@ pub async fn run_with(
     options: HubOptions,
     shutdown: CancellationToken,
 ) -> Result<(), HubError> {
+    // Every watch is known to /readyz from the start: until the CRDs exist, it names them all.
+    let readiness = &options.telemetry.readiness;
+    for watch in [
+        CRDS_WATCH,
+        MEMBERCLUSTERS_WATCH,
+        cafedeployment::CAFEDEPLOYMENTS_WATCH,
+    ] {
+        readiness.register(watch);
+    }
     let hub_crds = crds::hub_crds();
     tokio::select! {
         r = crds::wait_established(&client, &hub_crds) => r?,
         () = shutdown.cancelled() => return Ok(()),
     }
+    readiness.mark_synced(CRDS_WATCH);
     tracing::info!("hub CRDs established; starting controllers");
 
     let (triggers, trigger_streams) = membership::triggers();
     let membership = Arc::new(membership::Membership::new(
         triggers,
         shutdown.child_token(),
+        options.telemetry.clone(),
     ));
     let (members, writer) = reflector::store::<MemberCluster>();
+    readiness.track(MEMBERCLUSTERS_WATCH, members.clone());
 
     let member_controller = membercluster::run(
         client.clone(),

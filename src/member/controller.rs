@@ -1,6 +1,7 @@
 //! The InPlaceSet controller: the watches, the reconcile driver (observe -> decide -> perform
 //! -> status), Events, and its error policy.
 
+use crate::runtime::metrics::controllers;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,6 +134,7 @@ pub struct Context {
     /// Consecutive failed reconciles per InPlaceSet uid, for the retry backoff.
     failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
     cache_sync_timeout: Duration,
+    metrics: Arc<crate::runtime::metrics::Metrics>,
 }
 
 /// Runs the controller until `shutdown` is cancelled; reconciles in flight finish first.
@@ -168,8 +170,13 @@ pub async fn run(
         revision_watch_failure,
         failures: failures.clone(),
         cache_sync_timeout: options.cache_sync_timeout,
+        metrics: options.telemetry.metrics.clone(),
     });
+    let readiness = &options.telemetry.readiness;
+    readiness.track(super::PODS_WATCH, context.pods.clone());
+    readiness.track(super::REVISIONS_WATCH, context.revisions.clone());
     let (sets, set_writer) = reflector::store();
+    readiness.track(super::INPLACESETS_WATCH, sets.clone());
     let set_events = inplaceset_watch(&client, set_writer, sets.clone(), expectations, failures);
     Controller::for_stream(set_events, sets)
         .trigger_backoff(crate::runtime::backoff::watch_backoff())
@@ -267,8 +274,17 @@ fn pod_watch(
         .touched_objects()
 }
 
-/// Observe the pods, decide, perform, write status.
 async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let metrics = ctx.metrics.clone();
+    metrics
+        .measure(controllers::INPLACESET, reconcile_one(ips, ctx), |e| {
+            e.category()
+        })
+        .await
+}
+
+/// Observe the pods, decide, perform, write status.
+async fn reconcile_one(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let key = format!("{}/{}", ips.namespace().unwrap_or_default(), ips.name_any());
     let (Some(namespace), Some(uid)) = (ips.namespace(), ips.uid()) else {
         return Err(ReconcileError::NotFromApi(key));

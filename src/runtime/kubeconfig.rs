@@ -190,6 +190,19 @@ pub async fn client_from_yaml(
     context: Option<&str>,
     origin: &str,
 ) -> Result<kube::Client, KubeconfigError> {
+    let config = config_from_yaml(yaml, context, origin).await?;
+    kube::Client::try_from(config).map_err(|e| KubeconfigError::Invalid {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The client configuration in kubeconfig text (`origin` names it in errors).
+pub async fn config_from_yaml(
+    yaml: &str,
+    context: Option<&str>,
+    origin: &str,
+) -> Result<kube::Config, KubeconfigError> {
     let invalid = |message: String| KubeconfigError::Invalid {
         origin: origin.to_string(),
         message,
@@ -199,10 +212,9 @@ pub async fn client_from_yaml(
         context: context.map(String::from),
         ..Default::default()
     };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+    kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
-        .map_err(|e| invalid(e.to_string()))?;
-    kube::Client::try_from(config).map_err(|e| invalid(e.to_string()))
+        .map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]

@@ -32,9 +32,11 @@ pub const ROLLOUT_PHASES: [&str; 5] = [
 ];
 
 /// Controller names, the `controller` label.
-pub const CAFEDEPLOYMENT: &str = "cafedeployment";
-pub const MEMBERCLUSTER: &str = "membercluster";
-pub const INPLACESET: &str = "inplaceset";
+pub mod controllers {
+    pub const CAFEDEPLOYMENT: &str = "cafedeployment";
+    pub const MEMBERCLUSTER: &str = "membercluster";
+    pub const INPLACESET: &str = "inplaceset";
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControllerLabels {
@@ -175,6 +177,23 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Runs one reconcile of `controller` and records it (and its error's category).
+    pub async fn measure<T, E>(
+        &self,
+        controller: &'static str,
+        reconcile: impl std::future::Future<Output = Result<T, E>>,
+        category: impl Fn(&E) -> &'static str,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = reconcile.await;
+        self.reconciled(
+            controller,
+            started.elapsed(),
+            result.as_ref().err().map(category),
+        );
+        result
     }
 
     pub fn set_member_reachable(&self, member: &str, reachable: bool) {
@@ -368,9 +387,9 @@ mod tests {
     #[test]
     fn a_failed_reconcile_counts_as_a_reconcile_and_as_an_error_of_its_category() {
         let metrics = Metrics::default();
-        metrics.reconciled(INPLACESET, Duration::from_millis(3), None);
+        metrics.reconciled(controllers::INPLACESET, Duration::from_millis(3), None);
         metrics.reconciled(
-            INPLACESET,
+            controllers::INPLACESET,
             Duration::from_millis(3),
             Some("cache_not_synced"),
         );
