@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -114,14 +114,15 @@ pub async fn run(
         options,
         failures: Mutex::new(HashMap::new()),
     });
-    let controller = Controller::new(api, watcher::Config::default());
-    context
-        .options
-        .telemetry
-        .readiness
-        .track(CAFEDEPLOYMENTS_WATCH, controller.store());
-    controller
-        .trigger_backoff(crate::runtime::backoff::watch_backoff())
+    // The watch Controller::new would run, with its first list reported to /readyz.
+    let (store, writer) = reflector::store();
+    let readiness = context.options.telemetry.readiness.clone();
+    let stream = watcher(api, watcher::Config::default())
+        .backoff(crate::runtime::backoff::watch_backoff())
+        .reflect(writer)
+        .inspect_ok(move |event| readiness.observe(CAFEDEPLOYMENTS_WATCH, event))
+        .applied_objects();
+    Controller::for_stream(stream, store)
         .reconcile_on(triggers.one)
         .reconcile_all_on(triggers.all)
         .graceful_shutdown_on(shutdown.cancelled_owned())

@@ -91,7 +91,13 @@ pub async fn run(
     let stream = watcher(api, watcher::Config::default())
         .backoff(crate::runtime::backoff::watch_backoff())
         .reflect(writer)
-        .inspect_ok(move |event| registry.observe(event))
+        .inspect_ok(move |event| {
+            registry
+                .telemetry()
+                .readiness
+                .observe(super::MEMBERCLUSTERS_WATCH, event);
+            registry.observe(event);
+        })
         .applied_objects()
         // Our own status writes must not trigger an extra probe: only spec and label changes do
         // (the probe interval drives the rest).

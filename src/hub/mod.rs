@@ -150,7 +150,6 @@ pub async fn run_with(
         options.telemetry.clone(),
     ));
     let (members, writer) = reflector::store::<MemberCluster>();
-    readiness.track(MEMBERCLUSTERS_WATCH, members.clone());
 
     let member_controller = membercluster::run(
         client.clone(),

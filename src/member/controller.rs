@@ -2,6 +2,7 @@
 //! -> status), Events, and its error policy.
 
 use crate::runtime::metrics::controllers;
+use crate::runtime::readiness::Readiness;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,7 +147,11 @@ pub async fn run(
 ) {
     let (pods, writer) = reflector::store();
     let revision_watch_failure = WatchFailure::default();
-    let (revisions, revision_watch) = revisions::watch(&client, revision_watch_failure.clone());
+    let (revisions, revision_watch) = revisions::watch(
+        &client,
+        revision_watch_failure.clone(),
+        options.telemetry.readiness.clone(),
+    );
     let revision_task = tokio::spawn(revision_watch);
     let expectations = Arc::new(Expectations::new(expectations::DEFAULT_TIMEOUT));
     let pod_watch_failure = WatchFailure::default();
@@ -156,6 +161,7 @@ pub async fn run(
         pods.clone(),
         expectations.clone(),
         pod_watch_failure.clone(),
+        options.telemetry.readiness.clone(),
     );
     let failures = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let events = EventWriter::new(client.clone(), MEMBER_MANAGER);
@@ -172,12 +178,16 @@ pub async fn run(
         cache_sync_timeout: options.cache_sync_timeout,
         metrics: options.telemetry.metrics.clone(),
     });
-    let readiness = &options.telemetry.readiness;
-    readiness.track(super::PODS_WATCH, context.pods.clone());
-    readiness.track(super::REVISIONS_WATCH, context.revisions.clone());
+
     let (sets, set_writer) = reflector::store();
-    readiness.track(super::INPLACESETS_WATCH, sets.clone());
-    let set_events = inplaceset_watch(&client, set_writer, sets.clone(), expectations, failures);
+    let set_events = inplaceset_watch(
+        &client,
+        set_writer,
+        sets.clone(),
+        expectations,
+        failures,
+        options.telemetry.readiness.clone(),
+    );
     Controller::for_stream(set_events, sets)
         .trigger_backoff(crate::runtime::backoff::watch_backoff())
         .owns_stream(pod_events)
@@ -207,6 +217,7 @@ fn inplaceset_watch(
     cache: Store<InPlaceSet>,
     expectations: Arc<Expectations>,
     failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    readiness: Readiness,
 ) -> impl Stream<Item = Result<InPlaceSet, watcher::Error>> + Send + 'static {
     watcher(
         Api::<InPlaceSet>::all(client.clone()),
@@ -215,6 +226,7 @@ fn inplaceset_watch(
     .backoff(crate::runtime::backoff::watch_backoff())
     .reflect(writer)
     .inspect_ok(move |event| {
+        readiness.observe(super::INPLACESETS_WATCH, event);
         let listed: BTreeSet<String> = match event {
             watcher::Event::InitDone => cache.state().iter().filter_map(|s| s.uid()).collect(),
             _ => BTreeSet::new(),
@@ -243,6 +255,7 @@ fn pod_watch(
     cache: Store<Pod>,
     expectations: Arc<Expectations>,
     failure: WatchFailure,
+    readiness: Readiness,
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
     let config = watcher::Config::default().labels(REVISION);
     let pod_failure = failure.clone();
@@ -250,6 +263,7 @@ fn pod_watch(
         .backoff(crate::runtime::backoff::watch_backoff())
         .reflect(writer)
         .inspect_ok(move |event| {
+            readiness.observe(super::PODS_WATCH, event);
             expectations.observe_event(event);
             if matches!(event, watcher::Event::InitDone) {
                 failure.clear();

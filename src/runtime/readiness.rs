@@ -49,21 +49,13 @@ impl Readiness {
         !watches.is_empty() && watches.values().all(|synced| *synced)
     }
 
-    /// Marks `name` synced once `store` has listed (in a task of its own); registers it now.
-    pub fn track<K>(&self, name: &str, store: kube::runtime::reflector::Store<K>)
-    where
-        K: kube::Resource + Clone + Send + Sync + 'static,
-        K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
-    {
-        self.register(name);
-        let readiness = self.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            // Err: the store's writer was dropped (the controller stopped) before it listed.
-            if store.wait_until_ready().await.is_ok() {
-                readiness.mark_synced(&name);
-            }
-        });
+    /// Marks `name` synced when `event` ends a watch's (re-)list. Fed from the watch stream
+    /// itself: awaiting `Store::wait_until_ready` from a second task would steal the wake-up of
+    /// the controller waiting on the same store (kube's ready signal wakes one waiter).
+    pub fn observe<K>(&self, name: &str, event: &kube::runtime::watcher::Event<K>) {
+        if matches!(event, kube::runtime::watcher::Event::InitDone) {
+            self.mark_synced(name);
+        }
     }
 }
 
