@@ -357,3 +357,25 @@ fn cafe_hub_refuses_bad_flag_values_with_a_one_line_cause_naming_the_flag() {
         "{stderr}"
     );
 }
+
+#[test]
+fn cafe_hub_without_any_configuration_says_where_it_looked() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cafe"))
+        .args(["hub", "--admin-address", "off"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("HOME", "/nonexistent")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("error: no cluster configuration found")
+            && line.contains("$KUBECONFIG (/nonexistent/kubeconfig: no such file)")
+            && line.contains("/nonexistent/.kube/config (no such file)")
+            && line.contains("in-cluster"),
+        "{stderr}"
+    );
+}
