@@ -127,21 +127,7 @@ async fn run_sim(config: SimConfig, dir: PathBuf) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
-    }
-}
+pub use cafe_base::signal::wait_for_signal;
 
 async fn run_ctl(ctl: CtlArgs) -> Result<(), CliError> {
     let path = ctl.state_dir.join("sim.json");

@@ -6,6 +6,8 @@ use std::path::Path;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use cafe_base::is_dns_label;
+
 use crate::quantity;
 
 #[derive(Debug, Error)]
@@ -276,16 +278,6 @@ impl SimConfig {
         }
         Ok(())
     }
-}
-
-pub fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 #[cfg(test)]

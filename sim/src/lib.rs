@@ -6,8 +6,12 @@
 // ApiError mirrors metav1.Status (code, reason, message, causes); it is the rare path, so its
 // size is not worth boxing at every call site.
 #![allow(clippy::result_large_err)]
-// Output goes through `out!`/`outln!` (module `output`): `print!` panics on a closed pipe.
+// Output goes through `out!`/`outln!` (from cafe-base): `print!` panics on a closed pipe.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
+// Shared with cafe through cafe-base; re-exported so `cafe_sim::quantity` and `cafe_sim::outln!`
+// keep their names.
+pub use cafe_base::{out, outln, output, quantity};
 
 pub mod api;
 pub mod apply;
@@ -31,11 +35,9 @@ pub mod meta;
 pub mod metrics;
 pub mod nodes;
 pub mod openapi;
-pub mod output;
 pub mod patch;
 pub mod pods;
 pub mod protobuf;
-pub mod quantity;
 pub mod rbac;
 pub mod registry;
 pub mod route;

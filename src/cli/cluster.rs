@@ -250,7 +250,7 @@ async fn run_command(args: ClusterArgs) -> Result<(), ClusterError> {
             let units = register_command(args)
                 .await
                 .map_err(|e| e.naming_member(&name))?;
-            cafe_sim::outln!(
+            cafe_base::outln!(
                 "member cluster {name} registered with unit {}",
                 render_units(&units)
             );
@@ -258,13 +258,13 @@ async fn run_command(args: ClusterArgs) -> Result<(), ClusterError> {
         }
         ClusterCommand::List(hub) => {
             let hub = hub_client(hub.kubeconfig, hub.context).await?;
-            cafe_sim::out!("{}", render_list(&list(&hub).await?));
+            cafe_base::out!("{}", render_list(&list(&hub).await?));
             Ok(())
         }
         ClusterCommand::Remove(args) => {
             let hub = hub_client(args.hub.kubeconfig, args.hub.context).await?;
             let removal = remove(&hub, &args.name, args.force).await?;
-            cafe_sim::outln!("{}", render_removal(&args.name, &removal));
+            cafe_base::outln!("{}", render_removal(&args.name, &removal));
             Ok(())
         }
     }

@@ -184,7 +184,7 @@ pub fn run(args: CrdsArgs) -> Result<(), CrdsError> {
         Some(dir) => write_all(&dir),
         None => {
             let docs = all().iter().map(to_yaml).collect::<Result<Vec<_>, _>>()?;
-            cafe_sim::out!("{}", docs.join("---\n"));
+            cafe_base::out!("{}", docs.join("---\n"));
             Ok(())
         }
     }

@@ -5,6 +5,7 @@
 //! controller per member, and optionally the demo CafeDeployment. Ctrl-C (or SIGTERM) stops the
 //! controllers first, then the clusters, and exits 0.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -157,10 +158,10 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let controllers = CancellationToken::new();
     let started = tokio::select! {
         r = start(&sim, &hub_name, &members, args.demo, &controllers) => r,
-        _ = shutdown.cancelled() => Ok(vec![]),
+        _ = shutdown.cancelled() => Ok((vec![], None)),
     };
-    let tasks = match started {
-        Ok(tasks) => tasks,
+    let (tasks, admin) = match started {
+        Ok(started) => started,
         Err(e) => {
             stop(&sim, &dir, &controllers, vec![]).await;
             return Err(e);
@@ -171,8 +172,8 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         return Ok(());
     }
 
-    cafe_sim::outln!("{}", ready_line(&sim, &kubeconfig));
-    cafe_sim::outln!("{}", usage(&kubeconfig, &members, args.demo));
+    cafe_base::outln!("{}", ready_line(&sim, &kubeconfig));
+    cafe_base::outln!("{}", usage(&kubeconfig, &members, args.demo, admin));
 
     // Run until a signal, or until a controller gives up (then report it, non-zero).
     let mut watched = tasks;
@@ -194,7 +195,7 @@ async fn start(
     members: &[Member],
     demo: bool,
     controllers: &CancellationToken,
-) -> Result<Vec<Controller>, DevError> {
+) -> Result<(Vec<Controller>, Option<SocketAddr>), DevError> {
     sim.wait_ready(READY_TIMEOUT)
         .await
         .map_err(DevError::NotReady)?;
@@ -224,6 +225,22 @@ async fn start(
     }
 
     let mut tasks = vec![];
+    // The hub's admin server, as `cafe hub` has one, on a free loopback port (several `cafe dev`
+    // may run at once); the agents share the process and have nothing of their own to show.
+    let telemetry = crate::runtime::Telemetry::default();
+    let admin = match crate::runtime::admin::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        telemetry.clone(),
+        controllers.child_token(),
+    )
+    .await
+    {
+        Ok(server) => Some(server.address),
+        Err(error) => {
+            tracing::warn!(%error, "no admin server for the hub");
+            None
+        }
+    };
     let token = controllers.child_token();
     let client = hub.clone();
     tasks.push(Controller {
@@ -232,6 +249,7 @@ async fn start(
             // Simulated members answer in milliseconds: probe often so the demo reacts quickly.
             let options = crate::hub::HubOptions {
                 probe_interval: std::time::Duration::from_secs(2),
+                telemetry,
                 ..Default::default()
             };
             crate::hub::run_with(client, options, token)
@@ -254,7 +272,7 @@ async fn start(
     if demo {
         apply_demo(&hub).await?;
     }
-    Ok(tasks)
+    Ok((tasks, admin))
 }
 
 struct Controller {
@@ -393,7 +411,7 @@ fn ready_line(sim: &Sim, kubeconfig: &Path) -> String {
     )
 }
 
-fn usage(kubeconfig: &Path, members: &[Member], demo: bool) -> String {
+fn usage(kubeconfig: &Path, members: &[Member], demo: bool, admin: Option<SocketAddr>) -> String {
     let member = members.first().map_or("dca", |m| m.name.as_str());
     let mut lines = vec![
         String::new(),
@@ -413,6 +431,11 @@ fn usage(kubeconfig: &Path, members: &[Member], demo: bool) -> String {
             "  kubectl apply -f examples/cafedeployment.yaml".to_string(),
             "  cafe status             # in a checkout: cargo run --release -- status".to_string(),
         ]);
+    }
+    if let Some(admin) = admin {
+        lines.push(format!(
+            "  curl http://{admin}/metrics   # the hub's metrics; also /healthz, /readyz"
+        ));
     }
     lines.push("Ctrl-C stops the controllers, then the clusters.".to_string());
     lines.join("\n")
@@ -469,6 +492,21 @@ fn signal_token() -> std::io::Result<CancellationToken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_usage_text_shows_where_the_hubs_metrics_are() {
+        let members = [Member {
+            name: "dca".into(),
+            units: vec![("DataCenter".into(), "DCA".into())],
+        }];
+        let admin = SocketAddr::from(([127, 0, 0, 1], 41234));
+        let text = usage(Path::new("/tmp/k"), &members, true, Some(admin));
+        assert!(
+            text.contains("curl http://127.0.0.1:41234/metrics"),
+            "{text}"
+        );
+        assert!(!usage(Path::new("/tmp/k"), &members, true, None).contains("curl"));
+    }
 
     #[test]
     fn default_topology_is_a_hub_and_two_units() {

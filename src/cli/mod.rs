@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod crds;
+#[cfg(feature = "sim")]
 pub mod dev;
 pub mod hub;
 pub mod member;
@@ -22,8 +23,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run simulated hub and member clusters with the controllers (the demo).
+    #[cfg(feature = "sim")]
     Dev(dev::DevArgs),
     /// Run simulated Kubernetes clusters (the local control plane for tests and demos).
+    #[cfg(feature = "sim")]
     Sim(cafe_sim::cli::SimCommand),
     /// Run the hub controllers.
     Hub(hub::HubArgs),
@@ -47,6 +50,7 @@ pub enum Command {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[cfg(feature = "sim")]
     #[error(transparent)]
     Sim(#[from] cafe_sim::cli::CliError),
     #[error(transparent)]
@@ -63,13 +67,27 @@ pub enum CliError {
     Rollout(#[from] rollout::RolloutError),
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    #[cfg(feature = "sim")]
     #[error(transparent)]
     Dev(#[from] dev::DevError),
 }
 
+impl Cli {
+    /// `--log-format` of the long-running commands; text for the others.
+    pub fn log_format(&self) -> crate::runtime::args::LogFormat {
+        match &self.command {
+            Command::Hub(args) => args.runtime.log_format,
+            Command::Member(args) => args.runtime.log_format,
+            _ => Default::default(),
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        #[cfg(feature = "sim")]
         Command::Dev(args) => Ok(dev::run(args).await?),
+        #[cfg(feature = "sim")]
         Command::Sim(cmd) => Ok(cafe_sim::cli::run(cmd).await?),
         Command::Hub(args) => Ok(hub::run(args).await?),
         Command::Member(args) => Ok(member::run(args).await?),

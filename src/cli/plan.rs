@@ -140,8 +140,8 @@ pub fn run(args: PlanArgs) -> Result<(), PlanError> {
     let current = parse_current(&args.current_replicas)?;
     let plan = plan(&cd, &current, &origin)?;
     match args.output {
-        PlanOutput::Table => cafe_sim::out!("{}", render_text(&plan)),
-        PlanOutput::Json => cafe_sim::out!("{}", render_json(&plan)),
+        PlanOutput::Table => cafe_base::out!("{}", render_text(&plan)),
+        PlanOutput::Json => cafe_base::out!("{}", render_json(&plan)),
     }
     Ok(())
 }

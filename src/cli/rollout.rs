@@ -200,7 +200,7 @@ pub async fn run(args: RolloutArgs) -> Result<(), RolloutError> {
         quietly(run_command(args)).await?
     };
     if !text.is_empty() {
-        cafe_sim::outln!("{}", text.trim_end());
+        cafe_base::outln!("{}", text.trim_end());
     }
     Ok(())
 }
@@ -321,7 +321,7 @@ fn report(
 ) -> Option<Result<(), RolloutError>> {
     let (lines, verdict) = follow.observe(cd);
     for line in lines {
-        cafe_sim::outln!("{line}");
+        cafe_base::outln!("{line}");
     }
     match verdict {
         Verdict::Waiting => None,

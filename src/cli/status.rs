@@ -251,12 +251,12 @@ impl Screen {
         }
         if self.redraw {
             // Cursor home, clear screen.
-            cafe_sim::out!("\x1b[H\x1b[2J{frame}");
+            cafe_base::out!("\x1b[H\x1b[2J{frame}");
         } else {
             if self.last.is_some() {
-                cafe_sim::outln!();
+                cafe_base::outln!();
             }
-            cafe_sim::out!("{frame}");
+            cafe_base::out!("{frame}");
         }
         self.last = Some(frame.to_string());
     }

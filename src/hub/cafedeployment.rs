@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +29,7 @@ use crate::api::{CafeDeployment, CafeDeploymentStatus, MemberCluster};
 use crate::plan::revision::revision_hash;
 use crate::plan::unit_status::{CLEANED_UP, REPLICA_FAILURE, UNITS_RESOLVED};
 use crate::runtime::events::{EventType, EventWriter, Fact, event_type};
+use crate::runtime::metrics::controllers;
 use crate::runtime::status_patch::replace_status;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,9 @@ impl CafeDeploymentError {
     }
 }
 
+/// The readiness name of the CafeDeployment cache.
+pub const CAFEDEPLOYMENTS_WATCH: &str = "cafedeployments";
+
 struct Context {
     client: kube::Client,
     members: Store<MemberCluster>,
@@ -110,8 +114,15 @@ pub async fn run(
         options,
         failures: Mutex::new(HashMap::new()),
     });
-    Controller::new(api, watcher::Config::default())
-        .trigger_backoff(crate::runtime::backoff::watch_backoff())
+    // The watch Controller::new would run, with its first list reported to /readyz.
+    let (store, writer) = reflector::store();
+    let readiness = context.options.telemetry.readiness.clone();
+    let stream = watcher(api, watcher::Config::default())
+        .backoff(crate::runtime::backoff::watch_backoff())
+        .reflect(writer)
+        .inspect_ok(move |event| readiness.observe(CAFEDEPLOYMENTS_WATCH, event))
+        .applied_objects();
+    Controller::for_stream(stream, store)
         .reconcile_on(triggers.one)
         .reconcile_all_on(triggers.all)
         .graceful_shutdown_on(shutdown.cancelled_owned())
@@ -125,6 +136,18 @@ pub async fn run(
 }
 
 async fn reconcile(
+    cd: Arc<CafeDeployment>,
+    ctx: Arc<Context>,
+) -> Result<Action, CafeDeploymentError> {
+    let metrics = ctx.options.telemetry.metrics.clone();
+    metrics
+        .measure(controllers::CAFEDEPLOYMENT, reconcile_one(cd, ctx), |e| {
+            e.category()
+        })
+        .await
+}
+
+async fn reconcile_one(
     cd: Arc<CafeDeployment>,
     ctx: Arc<Context>,
 ) -> Result<Action, CafeDeploymentError> {
@@ -225,6 +248,14 @@ async fn apply(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploym
     // The rollout state is written before the member writes it calls for: after a restart the
     // hub resumes from what the status says, never from writes it cannot see.
     write_status(cd, &plan.status, version, ctx).await?;
+    ctx.options.telemetry.metrics.set_rollout_phase(
+        &cd.namespace().unwrap_or_default(),
+        &cd.name_any(),
+        plan.status
+            .rollout
+            .as_ref()
+            .and_then(|r| r.phase.as_deref()),
+    );
     for (reason, note) in &plan.events {
         publish(cd, ctx, event_type(reason), (reason, note.clone())).await;
     }
@@ -276,6 +307,10 @@ async fn cleanup(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeplo
         // records would only wait for the TTL sweep.
         ctx.expectations
             .forget_owner(&cd.namespace().unwrap_or_default(), &cd.name_any());
+        ctx.options
+            .telemetry
+            .metrics
+            .forget_rollout(&cd.namespace().unwrap_or_default(), &cd.name_any());
         return Ok(Action::await_change());
     }
     let message = format!(

@@ -139,14 +139,14 @@ pub fn spec_requests(spec: &k8s_openapi::api::core::v1::PodSpec) -> (i64, i64) {
 // https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/ ; an unparsable
 // quantity counts as zero rather than failing the whole probe.
 fn cpu_millis(q: &Quantity) -> i64 {
-    cafe_sim::quantity::cpu_millis(&q.0)
+    cafe_base::quantity::cpu_millis(&q.0)
         .ok()
         .and_then(|v| i64::try_from(v).ok())
         .unwrap_or(0)
 }
 
 fn bytes(q: &Quantity) -> i64 {
-    cafe_sim::quantity::units(&q.0)
+    cafe_base::quantity::units(&q.0)
         .ok()
         .and_then(|v| i64::try_from(v).ok())
         .unwrap_or(0)

@@ -28,6 +28,8 @@ use crate::api::labels::{HUB_MANAGER, SYSTEM_NAMESPACE, UNIT_LABEL_PREFIX};
 use crate::api::{MemberCluster, MemberClusterStatus};
 use crate::plan::unit_status::set_condition;
 use crate::runtime::events::{EventType, EventWriter, Fact};
+use crate::runtime::kubeconfig::KubeconfigError;
+use crate::runtime::metrics::controllers;
 use crate::runtime::status_patch::replace_status;
 
 /// Condition type on MemberClusters.
@@ -108,7 +110,13 @@ pub async fn run(
     let stream = watcher(api, watcher::Config::default())
         .backoff(crate::runtime::backoff::watch_backoff())
         .reflect(writer)
-        .inspect_ok(move |event| registry.observe(event))
+        .inspect_ok(move |event| {
+            registry
+                .telemetry()
+                .readiness
+                .observe(super::MEMBERCLUSTERS_WATCH, event);
+            registry.observe(event);
+        })
         .applied_objects()
         // Our own status writes must not trigger an extra probe: only spec and label changes do
         // (the probe interval drives the rest).
@@ -158,6 +166,18 @@ async fn reconcile(
     mc: Arc<MemberCluster>,
     ctx: Arc<Context>,
 ) -> Result<Action, MemberClusterError> {
+    let metrics = ctx.membership.telemetry().metrics.clone();
+    metrics
+        .measure(controllers::MEMBERCLUSTER, reconcile_one(mc, ctx), |e| {
+            e.category()
+        })
+        .await
+}
+
+async fn reconcile_one(
+    mc: Arc<MemberCluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, MemberClusterError> {
     let name = mc
         .metadata
         .name
@@ -185,6 +205,10 @@ async fn reconcile(
         Some(problem) => Err(problem),
         None => Ok(report),
     });
+    ctx.membership
+        .telemetry()
+        .metrics
+        .set_member_reachable(&name, outcome.is_ok());
     let desired = desired_status(
         mc.status.as_ref(),
         mc.meta().generation,
@@ -310,7 +334,19 @@ async fn connect(
     let fingerprint = fingerprint(&stored.text);
     if ctx.membership.fingerprint(name) != Some(fingerprint) {
         let origin = format!("MemberCluster {name}");
-        match crate::runtime::kubeconfig::client_from_yaml(&stored.text, None, &origin).await {
+        // The member's writes count under its name in `cafe_api_writes_total`.
+        let metrics = &ctx.membership.telemetry().metrics;
+        let client = crate::runtime::kubeconfig::config_from_yaml(&stored.text, None, &origin)
+            .await
+            .and_then(|config| {
+                metrics
+                    .client(config, name)
+                    .map_err(|e| KubeconfigError::Invalid {
+                        origin: origin.clone(),
+                        message: e.to_string(),
+                    })
+            });
+        match client {
             Ok(client) => ctx.membership.connect(name, fingerprint, client),
             Err(e) => {
                 ctx.membership.disconnect(name);

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::probe::{Problem, ProblemReason};
 use crate::api::labels::{CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE};
 use crate::api::{CafeDeployment, InPlaceSet, MemberCluster};
+use crate::runtime::Telemetry;
+use crate::runtime::readiness::Readiness;
 
 /// Sends reconcile requests to the CafeDeployment controller.
 #[derive(Clone)]
@@ -124,16 +126,30 @@ pub struct Membership {
     shutdown: CancellationToken,
     /// Cloned into each member reflector task and dropped when it ends: counts the running ones.
     reflectors: Arc<()>,
+    /// Each registered member's cache is a watch of `/readyz`, synced once the member is
+    /// connected and listed, or known to be unusable; and its reachability is a metric.
+    telemetry: Telemetry,
+}
+
+/// The readiness name of a member's InPlaceSet cache.
+pub fn readiness_name(member: &str) -> String {
+    format!("member {member}")
 }
 
 impl Membership {
-    pub fn new(triggers: Triggers, shutdown: CancellationToken) -> Self {
+    pub fn new(triggers: Triggers, shutdown: CancellationToken, telemetry: Telemetry) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             triggers,
             shutdown,
             reflectors: Arc::new(()),
+            telemetry,
         }
+    }
+
+    /// The telemetry the registry reports to (for the MemberCluster controller's clients).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -175,6 +191,7 @@ impl Membership {
             MemberWatch {
                 synced: synced.clone(),
                 problem: watch_problem.clone(),
+                readiness: self.telemetry.readiness.clone(),
             },
             self.triggers.clone(),
             stop.clone(),
@@ -235,6 +252,15 @@ impl Membership {
             if !inner.placements.contains_key(member) {
                 return;
             }
+            if problem
+                .as_ref()
+                .is_some_and(|p| p.reason != ProblemReason::Connecting)
+            {
+                // Known unusable: nothing more to wait for before acting on the others.
+                self.telemetry
+                    .readiness
+                    .mark_synced(&readiness_name(member));
+            }
             let old = inner.health.insert(member.to_string(), problem.clone());
             let first = old.is_none();
             let old = old.map(|o| o.map(|p| p.reason));
@@ -265,6 +291,8 @@ impl Membership {
 
     /// Forgets a member entirely: the MemberCluster was deleted.
     pub fn remove(&self, member: &str) {
+        self.telemetry.readiness.remove(&readiness_name(member));
+        self.telemetry.metrics.forget_member(member);
         let old = {
             let mut inner = self.lock();
             inner.health.remove(member);
@@ -387,6 +415,7 @@ impl Membership {
             unschedulable: mc.spec.unschedulable,
             deleting: mc.metadata.deletion_timestamp.is_some(),
         };
+        self.telemetry.readiness.register(&readiness_name(&name));
         let changed = self.lock().placements.insert(name, placement.clone()) != Some(placement);
         if changed {
             self.triggers.all();
@@ -400,6 +429,7 @@ struct MemberWatch {
     synced: Arc<AtomicBool>,
     /// Why the watch cannot work, until a list succeeds again.
     problem: Arc<Mutex<Option<Problem>>>,
+    readiness: Readiness,
 }
 
 impl MemberWatch {
@@ -409,6 +439,8 @@ impl MemberWatch {
         if current.as_ref().map(|p| p.reason) == problem.as_ref().map(|p| p.reason) {
             return false;
         }
+        // Listed, or known not to be listable: either way the member has settled.
+        self.readiness.mark_synced(&readiness_name(member));
         match &problem {
             Some(p) => tracing::warn!(member, problem = %p, "member InPlaceSet watch failed"),
             None => tracing::info!(member, "member InPlaceSet watch works again"),
@@ -448,6 +480,7 @@ async fn reflect_member(
             Some(Ok(watcher::Event::InitDone)) => {
                 if !watch.synced.swap(true, Ordering::AcqRel) {
                     tracing::debug!(member, "member InPlaceSet cache filled");
+                    watch.readiness.mark_synced(&readiness_name(&member));
                 }
                 watch.set(&member, None);
                 // A re-list may have replaced anything: look at every CafeDeployment again.
@@ -485,7 +518,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_removed_while_connecting_keeps_no_connection_or_reflector() {
         let (triggers, _streams) = triggers();
-        let membership = Membership::new(triggers, CancellationToken::new());
+        let membership = Membership::new(triggers, CancellationToken::new(), Telemetry::default());
         // Nothing listens there: the reflectors only retry until stopped.
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();

@@ -29,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::MemberCluster;
 
+/// Readiness names: the hub CRDs Established, and the MemberCluster cache listed.
+pub const CRDS_WATCH: &str = "hub CRDs";
+pub const MEMBERCLUSTERS_WATCH: &str = "memberclusters";
+
 /// Why the hub could not run. Controllers retry their own failures; only start-up fails the hub.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -71,6 +75,8 @@ pub struct HubOptions {
     /// At start-up the CafeDeployment controller waits up to this long for every registered member
     /// to be connected (or known to be unreachable), so that a restart acts on complete caches.
     pub startup_settle: Duration,
+    /// Where the controllers report metrics and the readiness of their watches.
+    pub telemetry: crate::runtime::Telemetry,
 }
 
 impl Default for HubOptions {
@@ -85,6 +91,7 @@ impl Default for HubOptions {
             member_wait: Duration::from_secs(5),
             resync_interval: Duration::from_secs(300),
             startup_settle: Duration::from_secs(30),
+            telemetry: Default::default(),
         }
     }
 }
@@ -102,6 +109,7 @@ impl HubOptions {
             member_wait: Duration::from_millis(500),
             resync_interval: Duration::from_secs(30),
             startup_settle: Duration::from_secs(5),
+            telemetry: Default::default(),
         }
     }
 }
@@ -119,17 +127,28 @@ pub async fn run_with(
     options: HubOptions,
     shutdown: CancellationToken,
 ) -> Result<(), HubError> {
+    // Every watch is known to /readyz from the start: until the CRDs exist, it names them all.
+    let readiness = &options.telemetry.readiness;
+    for watch in [
+        CRDS_WATCH,
+        MEMBERCLUSTERS_WATCH,
+        cafedeployment::CAFEDEPLOYMENTS_WATCH,
+    ] {
+        readiness.register(watch);
+    }
     let hub_crds = crds::hub_crds();
     tokio::select! {
         r = crds::wait_established(&client, &hub_crds) => r?,
         () = shutdown.cancelled() => return Ok(()),
     }
+    readiness.mark_synced(CRDS_WATCH);
     tracing::info!("hub CRDs established; starting controllers");
 
     let (triggers, trigger_streams) = membership::triggers();
     let membership = Arc::new(membership::Membership::new(
         triggers,
         shutdown.child_token(),
+        options.telemetry.clone(),
     ));
     let (members, writer) = reflector::store::<MemberCluster>();
 

@@ -1,6 +1,8 @@
 //! The InPlaceSet controller: the watches, the reconcile driver (observe -> decide -> perform
 //! -> status), Events, and its error policy.
 
+use crate::runtime::metrics::controllers;
+use crate::runtime::readiness::Readiness;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,6 +135,7 @@ pub struct Context {
     /// Consecutive failed reconciles per InPlaceSet uid, for the retry backoff.
     failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
     cache_sync_timeout: Duration,
+    metrics: Arc<crate::runtime::metrics::Metrics>,
 }
 
 /// Runs the controller until `shutdown` is cancelled; reconciles in flight finish first.
@@ -144,7 +147,11 @@ pub async fn run(
 ) {
     let (pods, writer) = reflector::store();
     let revision_watch_failure = WatchFailure::default();
-    let (revisions, revision_watch) = revisions::watch(&client, revision_watch_failure.clone());
+    let (revisions, revision_watch) = revisions::watch(
+        &client,
+        revision_watch_failure.clone(),
+        options.telemetry.readiness.clone(),
+    );
     let revision_task = tokio::spawn(revision_watch);
     let expectations = Arc::new(Expectations::new(expectations::DEFAULT_TIMEOUT));
     let pod_watch_failure = WatchFailure::default();
@@ -154,6 +161,7 @@ pub async fn run(
         pods.clone(),
         expectations.clone(),
         pod_watch_failure.clone(),
+        options.telemetry.readiness.clone(),
     );
     let failures = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let events = EventWriter::new(client.clone(), MEMBER_MANAGER);
@@ -168,9 +176,18 @@ pub async fn run(
         revision_watch_failure,
         failures: failures.clone(),
         cache_sync_timeout: options.cache_sync_timeout,
+        metrics: options.telemetry.metrics.clone(),
     });
+
     let (sets, set_writer) = reflector::store();
-    let set_events = inplaceset_watch(&client, set_writer, sets.clone(), expectations, failures);
+    let set_events = inplaceset_watch(
+        &client,
+        set_writer,
+        sets.clone(),
+        expectations,
+        failures,
+        options.telemetry.readiness.clone(),
+    );
     Controller::for_stream(set_events, sets)
         .trigger_backoff(crate::runtime::backoff::watch_backoff())
         .owns_stream(pod_events)
@@ -200,6 +217,7 @@ fn inplaceset_watch(
     cache: Store<InPlaceSet>,
     expectations: Arc<Expectations>,
     failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    readiness: Readiness,
 ) -> impl Stream<Item = Result<InPlaceSet, watcher::Error>> + Send + 'static {
     watcher(
         Api::<InPlaceSet>::all(client.clone()),
@@ -208,6 +226,7 @@ fn inplaceset_watch(
     .backoff(crate::runtime::backoff::watch_backoff())
     .reflect(writer)
     .inspect_ok(move |event| {
+        readiness.observe(super::INPLACESETS_WATCH, event);
         let listed: BTreeSet<String> = match event {
             watcher::Event::InitDone => cache.state().iter().filter_map(|s| s.uid()).collect(),
             _ => BTreeSet::new(),
@@ -236,6 +255,7 @@ fn pod_watch(
     cache: Store<Pod>,
     expectations: Arc<Expectations>,
     failure: WatchFailure,
+    readiness: Readiness,
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
     let config = watcher::Config::default().labels(REVISION);
     let pod_failure = failure.clone();
@@ -243,6 +263,7 @@ fn pod_watch(
         .backoff(crate::runtime::backoff::watch_backoff())
         .reflect(writer)
         .inspect_ok(move |event| {
+            readiness.observe(super::PODS_WATCH, event);
             expectations.observe_event(event);
             if matches!(event, watcher::Event::InitDone) {
                 failure.clear();
@@ -267,8 +288,17 @@ fn pod_watch(
         .touched_objects()
 }
 
-/// Observe the pods, decide, perform, write status.
 async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let metrics = ctx.metrics.clone();
+    metrics
+        .measure(controllers::INPLACESET, reconcile_one(ips, ctx), |e| {
+            e.category()
+        })
+        .await
+}
+
+/// Observe the pods, decide, perform, write status.
+async fn reconcile_one(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let key = format!("{}/{}", ips.namespace().unwrap_or_default(), ips.name_any());
     let (Some(namespace), Some(uid)) = (ips.namespace(), ips.uid()) else {
         return Err(ReconcileError::NotFromApi(key));

@@ -26,6 +26,12 @@ pub use apply::ApplyError;
 pub use controller::{CACHE_NOT_SYNCED, ReconcileError};
 pub use status::REPLICA_FAILURE;
 
+/// Readiness names: the InPlaceSet CRD Established, and the controller's caches listed.
+pub const CRD_WATCH: &str = "InPlaceSet CRD";
+pub const INPLACESETS_WATCH: &str = "inplacesets";
+pub const PODS_WATCH: &str = "pods";
+pub const REVISIONS_WATCH: &str = "controllerrevisions";
+
 #[derive(Debug, thiserror::Error)]
 pub enum MemberError {
     #[error(
@@ -55,12 +61,15 @@ pub struct MemberOptions {
     /// How long a reconcile waits for the pod and ControllerRevision caches to list before it
     /// reports ReplicaFailure `CacheNotSynced` and retries.
     pub cache_sync_timeout: Duration,
+    /// Where the controller reports metrics and the readiness of its watches.
+    pub telemetry: crate::runtime::Telemetry,
 }
 
 impl Default for MemberOptions {
     fn default() -> Self {
         Self {
             cache_sync_timeout: controller::CACHE_SYNC_TIMEOUT,
+            telemetry: Default::default(),
         }
     }
 }
@@ -79,12 +88,18 @@ pub async fn run_with(
     options: MemberOptions,
     shutdown: CancellationToken,
 ) -> Result<(), MemberError> {
+    // Every watch is known to /readyz from the start: until the CRD exists, it names them all.
+    let readiness = &options.telemetry.readiness;
+    for watch in [CRD_WATCH, INPLACESETS_WATCH, PODS_WATCH, REVISIONS_WATCH] {
+        readiness.register(watch);
+    }
     if !crd::wait_established(&client, &shutdown).await? {
         return Ok(());
     }
     let Some(resize_supported) = crd::resize_supported(&client, &shutdown).await else {
         return Ok(());
     };
+    readiness.mark_synced(CRD_WATCH);
     tracing::info!("InPlaceSet controller starting");
     controller::run(client, resize_supported, options, shutdown).await;
     tracing::info!("InPlaceSet controller stopped");

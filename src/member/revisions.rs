@@ -91,6 +91,7 @@ fn is_status(err: &kube::Error, code: u16) -> bool {
 pub fn watch(
     client: &Client,
     failure: WatchFailure,
+    readiness: crate::runtime::readiness::Readiness,
 ) -> (
     Store<ControllerRevision>,
     impl Future<Output = ()> + Send + 'static + use<>,
@@ -106,7 +107,10 @@ pub fn watch(
                 tracing::warn!(error = %err, "ControllerRevision watch failed; retrying");
                 failure.set(err);
             }
-            Ok(watcher::Event::InitDone) => failure.clear(),
+            Ok(watcher::Event::InitDone) => {
+                failure.clear();
+                readiness.mark_synced(super::REVISIONS_WATCH);
+            }
             Ok(_) => {}
         }
         std::future::ready(())

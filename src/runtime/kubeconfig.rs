@@ -24,9 +24,9 @@ pub enum KubeconfigError {
     #[error("kubeconfig {origin}: {message}")]
     Invalid { origin: String, message: String },
     #[error(
-        "no kubeconfig: pass --kubeconfig FILE, set $KUBECONFIG or create ~/.kube/config (and not in a pod with a service account: {cause})"
+        "no cluster configuration found: tried {tried}, and in-cluster ({cause}); pass --kubeconfig FILE, set $KUBECONFIG or run in a pod with a service account"
     )]
-    Missing { cause: String },
+    Missing { tried: String, cause: String },
     #[error(
         "--context {context}: no kubeconfig to find it in; pass --kubeconfig FILE, set $KUBECONFIG or create ~/.kube/config"
     )]
@@ -89,6 +89,23 @@ pub fn source(
         Some(path) if exists(&path) => Source::Home(path),
         _ => Source::InCluster,
     }
+}
+
+/// What [`source`] looked at before falling back to in-cluster, for the error when that fails
+/// too (the `--kubeconfig` flag was not given, or it would have been chosen).
+pub fn tried(env: Option<&OsStr>, home: Option<&Path>) -> String {
+    let env = match env.filter(|v| !v.is_empty()) {
+        Some(v) => format!("$KUBECONFIG ({}: no such file)", v.to_string_lossy()),
+        None => "$KUBECONFIG (unset)".to_string(),
+    };
+    let home = match home {
+        Some(h) => format!(
+            "{} (no such file)",
+            h.join(".kube").join("config").display()
+        ),
+        None => "~/.kube/config (no home directory)".to_string(),
+    };
+    format!("no --kubeconfig, {env}, {home}")
 }
 
 /// The kubeconfig of `source` (`None` for in-cluster): one file, or several merged.
@@ -158,7 +175,14 @@ impl KubeconfigArgs {
             (None, Some(context)) => Err(KubeconfigError::ContextWithoutKubeconfig {
                 context: context.clone(),
             }),
+            // In a pod: the service account token and CA under
+            // /var/run/secrets/kubernetes.io/serviceaccount and $KUBERNETES_SERVICE_HOST/PORT,
+            // as kubectl's and client-go's rest.InClusterConfig read them.
             (None, None) => kube::Config::incluster().map_err(|e| KubeconfigError::Missing {
+                tried: tried(
+                    std::env::var_os("KUBECONFIG").as_deref(),
+                    std::env::home_dir().as_deref(),
+                ),
                 cause: crate::cli::cluster::one_line(&e),
             }),
         }
@@ -190,6 +214,19 @@ pub async fn client_from_yaml(
     context: Option<&str>,
     origin: &str,
 ) -> Result<kube::Client, KubeconfigError> {
+    let config = config_from_yaml(yaml, context, origin).await?;
+    kube::Client::try_from(config).map_err(|e| KubeconfigError::Invalid {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The client configuration in kubeconfig text (`origin` names it in errors).
+pub async fn config_from_yaml(
+    yaml: &str,
+    context: Option<&str>,
+    origin: &str,
+) -> Result<kube::Config, KubeconfigError> {
     let invalid = |message: String| KubeconfigError::Invalid {
         origin: origin.to_string(),
         message,
@@ -199,10 +236,9 @@ pub async fn client_from_yaml(
         context: context.map(String::from),
         ..Default::default()
     };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+    kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
-        .map_err(|e| invalid(e.to_string()))?;
-    kube::Client::try_from(config).map_err(|e| invalid(e.to_string()))
+        .map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -248,6 +284,18 @@ mod tests {
             Source::InCluster
         );
         assert_eq!(source(None, None, None, &all), Source::InCluster);
+    }
+
+    #[test]
+    fn nothing_found_says_what_was_tried() {
+        assert_eq!(
+            tried(None, Some(Path::new("/home/me"))),
+            "no --kubeconfig, $KUBECONFIG (unset), /home/me/.kube/config (no such file)"
+        );
+        assert_eq!(
+            tried(Some(OsStr::new("/a:/b")), None),
+            "no --kubeconfig, $KUBECONFIG (/a:/b: no such file), ~/.kube/config (no home directory)"
+        );
     }
 
     fn config(current: Option<&str>, contexts: &[(&str, &str)]) -> String {

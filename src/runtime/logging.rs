@@ -1,14 +1,22 @@
-//! Logging to stderr through tracing; `RUST_LOG` overrides the default level.
+//! Logging to stderr through tracing, as text or JSON lines; `RUST_LOG` overrides the default
+//! level.
 
 use std::io::IsTerminal;
 
-pub fn init() {
+use super::args::LogFormat;
+
+pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let _ = match format {
         // Colour codes are for people at a terminal; in a file, a pipe or a CI log they are noise.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // One object per line, fields at the top level, as log collectors expect.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }

@@ -1,13 +1,32 @@
 //! Cross-cutting parts of every command: logging, kubeconfigs, shutdown, ControllerRevisions,
-//! Events, and the wording of API errors.
+//! Events, and the wording of API errors; and the runtime of the long-running commands (`cafe
+//! hub`, `cafe member`): their shared flags ([`args`]), admin server ([`admin`]), metrics
+//! ([`metrics`]) and readiness ([`readiness`]), tied together by [`serve`].
 
+pub mod admin;
+pub mod args;
 pub mod backoff;
 pub mod controller_revision;
 pub mod events;
 pub mod kubeconfig;
 pub mod logging;
+pub mod metrics;
+pub mod readiness;
+mod serve;
 pub mod shutdown;
 pub mod status_patch;
+
+use std::sync::Arc;
+
+pub use serve::serve;
+
+/// What a controller reports to the admin server: its metrics and the readiness of its watches.
+/// Cheap to clone (shared). The default is a fresh, private one (tests that do not scrape).
+#[derive(Clone, Debug, Default)]
+pub struct Telemetry {
+    pub metrics: Arc<metrics::Metrics>,
+    pub readiness: readiness::Readiness,
+}
 
 /// The API server's own words for a failed request (its Status message), else the error's
 /// text: the Status message says what was refused and why, where the error's own text wraps it

@@ -17,7 +17,7 @@ fn signal_token(log: bool) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let _ = cafe_sim::cli::wait_for_signal().await;
+        let _ = cafe_base::signal::wait_for_signal().await;
         if log {
             tracing::info!("signal received; shutting down");
         }

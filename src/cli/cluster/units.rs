@@ -71,7 +71,7 @@ fn is_label_token(s: &str) -> bool {
 
 /// MemberCluster names are DNS labels short enough that `<name>-kubeconfig` is one too.
 pub(super) fn check_name(name: &str) -> Result<(), ClusterError> {
-    if cafe_sim::config::is_dns_label(name) && name.len() <= 50 {
+    if cafe_base::is_dns_label(name) && name.len() <= 50 {
         Ok(())
     } else {
         Err(ClusterError::Name(name.to_string()))
