@@ -122,6 +122,8 @@ pub struct AgentLease {
     changed_wall: Timestamp,
     /// How long a missing Lease is given from the connection.
     grace: Duration,
+    /// The last holder seen, to name it once the Lease is released or gone.
+    last_holder: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +140,7 @@ impl AgentLease {
             changed_at: std::time::Instant::now(),
             changed_wall: Timestamp::now(),
             grace,
+            last_holder: None,
         }
     }
 
@@ -145,6 +148,9 @@ impl AgentLease {
     fn see(&mut self, record: Option<AgentRecord>) -> bool {
         if self.record == record {
             return false;
+        }
+        if let Some(r) = record.as_ref().filter(|r| !r.holder.is_empty()) {
+            self.last_holder = Some(r.holder.clone());
         }
         self.record = record;
         self.changed_at = std::time::Instant::now();
@@ -168,12 +174,16 @@ impl AgentLease {
             return None;
         }
         let since = self.changed_wall.strftime("%Y-%m-%dT%H:%M:%SZ");
+        let last = match &self.last_holder {
+            Some(h) => format!(" (last holder {h})"),
+            None => String::new(),
+        };
         let message = match &self.record {
             None => format!(
-                "no Lease {SYSTEM_NAMESPACE}/{AGENT_LEASE} in the member since {since}: the member agent (cafe member) is not running there"
+                "no Lease {SYSTEM_NAMESPACE}/{AGENT_LEASE} in the member since {since}{last}: the member agent (cafe member) is not running there"
             ),
             Some(r) if r.holder.is_empty() => format!(
-                "Lease {SYSTEM_NAMESPACE}/{AGENT_LEASE} released and not taken since {since}: no member agent (cafe member) runs there"
+                "Lease {SYSTEM_NAMESPACE}/{AGENT_LEASE} released and not taken since {since}{last}: no member agent (cafe member) runs there"
             ),
             Some(r) => format!(
                 "Lease {SYSTEM_NAMESPACE}/{AGENT_LEASE} not renewed since {since} (holder {}, leaseDurationSeconds {}): the member agent is not running",
@@ -663,6 +673,60 @@ fn agent_lock(agent: &Mutex<AgentLease>) -> MutexGuard<'_, AgentLease> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_lease_not_renewed_within_its_duration_is_agent_not_running() {
+        let mut agent = AgentLease::new(Duration::from_secs(5));
+        let start = agent.changed_at;
+        assert_eq!(agent.problem(start + Duration::from_secs(4)), None);
+        let missing = agent.problem(start + Duration::from_secs(5)).unwrap();
+        assert_eq!(missing.reason, ProblemReason::AgentNotRunning);
+        assert!(
+            missing.message.contains("no Lease cafe-system/cafe-member"),
+            "{}",
+            missing.message
+        );
+
+        let renewed = |renew: i64| AgentRecord {
+            holder: "agent-1".into(),
+            renew: Some(Timestamp::from_second(renew).unwrap()),
+            duration: Duration::from_secs(15),
+        };
+        assert!(agent.see(Some(renewed(100))));
+        assert!(
+            !agent.see(Some(renewed(100))),
+            "the same Lease is no sign of life"
+        );
+        let seen = agent.changed_at;
+        assert_eq!(agent.problem(seen + Duration::from_secs(14)), None);
+        let stale = agent.problem(seen + Duration::from_secs(15)).unwrap();
+        assert!(
+            stale.message.contains("holder agent-1"),
+            "{}",
+            stale.message
+        );
+        assert!(
+            stale.message.contains("not renewed since"),
+            "{}",
+            stale.message
+        );
+
+        let released = AgentRecord {
+            holder: String::new(),
+            renew: Some(Timestamp::from_second(120).unwrap()),
+            duration: Duration::from_secs(1),
+        };
+        assert!(agent.see(Some(released)));
+        let gone = agent
+            .problem(agent.changed_at + Duration::from_secs(1))
+            .unwrap();
+        assert!(gone.message.contains("released"), "{}", gone.message);
+        assert!(
+            gone.message.contains("last holder agent-1"),
+            "{}",
+            gone.message
+        );
+    }
 
     fn member_cluster(name: &str) -> MemberCluster {
         serde_json::from_value(serde_json::json!({

@@ -146,6 +146,8 @@ struct Shared {
     term: AtomicU64,
     /// The Lease, for messages.
     lease: std::sync::Mutex<String>,
+    /// Writes the gates of this handle let through.
+    writes: AtomicU64,
 }
 
 /// Whether this process leads. Cheap to clone; every clone sees the same state.
@@ -176,6 +178,7 @@ impl Leadership {
             valid_until: std::sync::Mutex::new(None),
             term: AtomicU64::new(u64::from(always)),
             lease: std::sync::Mutex::new(String::new()),
+            writes: AtomicU64::new(0),
         }))
     }
 
@@ -226,6 +229,11 @@ impl Leadership {
     /// trusted.
     pub fn term(&self) -> u64 {
         self.0.term.load(Ordering::Acquire)
+    }
+
+    /// How many writes (non-read requests) the [`WriteGate`]s of this handle let through.
+    pub fn writes(&self) -> u64 {
+        self.0.writes.load(Ordering::Relaxed)
     }
 
     fn lease(&self) -> String {
@@ -674,6 +682,9 @@ where
             };
             return Box::pin(std::future::ready(Err(Box::new(refused) as BoxError)));
         }
+        if !read {
+            self.leadership.0.writes.fetch_add(1, Ordering::Relaxed);
+        }
         let call = self.inner.call(request);
         Box::pin(async move { call.await.map_err(Into::into) })
     }
@@ -740,6 +751,28 @@ mod tests {
         assert!(!l.is_leader(), "a renewal past its deadline does not lead");
         assert_eq!(l.term(), 1, "still the same term");
         assert!(Leadership::always().is_leader());
+    }
+
+    /// The gate refuses writes locally while following, and lets reads through.
+    #[tokio::test]
+    async fn a_follower_gate_refuses_writes_at_once_and_lets_reads_through() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        // Nothing listens there: a request that gets through fails to connect.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let raw = kube::Client::try_from(config).unwrap();
+        let leadership = Leadership::elected();
+        let api: Api<ConfigMap> = Api::namespaced(gated(raw, &leadership), "default");
+        let err = api
+            .create(&PostParams::default(), &ConfigMap::default())
+            .await
+            .unwrap_err();
+        assert!(is_not_leader(&err), "{err}");
+        assert!(err.to_string().contains("not the leader"), "{err}");
+        let err = api.delete("x", &Default::default()).await.unwrap_err();
+        assert!(is_not_leader(&err), "{err}");
+        let read = api.get_opt("x").await.unwrap_err();
+        assert!(!is_not_leader(&read), "reads are not gated: {read}");
+        assert_eq!(leadership.writes(), 0);
     }
 
     #[test]

@@ -185,10 +185,12 @@ impl Hub {
         }
     }
 
-    /// Stops the stand-in agent Lease of `member` without releasing it, as an agent that died.
-    pub fn kill_agent_lease(&self, member: &str) {
-        if let Some((_, task)) = lock(&self.agent_leases).remove(member) {
-            task.abort();
+    /// Stops the stand-in agent Lease of `member`, releasing it (for an agent run by hand).
+    pub async fn stop_agent_lease(&self, member: &str) {
+        let stand_in = lock(&self.agent_leases).remove(member);
+        if let Some((token, task)) = stand_in {
+            token.cancel();
+            let _ = task.await;
         }
     }
 
