@@ -16,7 +16,6 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use pod_timeline::{Timeline, check_in_place, serving};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 fn serving_on(pod: &Pod, image: &str) -> bool {
     pod.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image) && serving(pod)

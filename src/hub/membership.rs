@@ -644,11 +644,10 @@ async fn watch_agent(
                 agent_lock(&agent).see(None);
             }
             Some(Ok(watcher::Event::Init)) => listed = false,
-            Some(Ok(watcher::Event::InitDone)) => {
-                if !listed {
-                    agent_lock(&agent).see(None);
-                }
+            Some(Ok(watcher::Event::InitDone)) if !listed => {
+                agent_lock(&agent).see(None);
             }
+            Some(Ok(watcher::Event::InitDone)) => {}
             Some(Err(error)) => {
                 tracing::debug!(member, %error, "member agent Lease watch failed; retrying");
             }

@@ -242,7 +242,10 @@ impl Leadership {
 
     /// Leads (or keeps leading) until `until`.
     fn lead_until(&self, until: Instant, lock_: &LeaseLock) {
-        let was = std::mem::replace(&mut *lock(&self.0.valid_until), Some(until)).is_some();
+        // A lead that lapsed (its deadline passed before this renewal) is a new term: reconciles
+        // skipped meanwhile must run again.
+        let previous = lock(&self.0.valid_until).replace(until);
+        let was = previous.is_some_and(|t| Instant::now() < t);
         if !was {
             self.0.term.fetch_add(1, Ordering::AcqRel);
             tracing::info!(lease = %lock_.describe(), identity = %lock_.identity, "leadership gained");

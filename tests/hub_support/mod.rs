@@ -57,8 +57,11 @@ pub struct Hub {
     )>,
     /// Per member, the stand-in for its agent's Lease (see [`Hub::keep_agent_lease`]) while no
     /// real agent runs there.
-    pub agent_leases: Arc<Mutex<BTreeMap<String, (CancellationToken, JoinHandle<()>)>>>,
+    pub agent_leases: Arc<Mutex<BTreeMap<String, StandIn>>>,
 }
+
+/// A stand-in agent Lease: its stop token and its task.
+pub type StandIn = (CancellationToken, JoinHandle<()>);
 
 /// The identity the stand-in agent Lease is held under.
 pub const FAKE_AGENT: &str = "fake-agent";
