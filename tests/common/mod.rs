@@ -42,15 +42,27 @@ clusters:
 /// Starts the clusters of `config`, each with namespace `cafe-system` (where the hub and the
 /// member agents keep their leader election Leases), as an installation would have it.
 pub async fn start_sim(config: &str) -> Sim {
+    let sim = start_bare_sim(config).await;
+    let names: Vec<String> = SimConfig::parse(config, "test")
+        .expect("test config")
+        .clusters
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    for name in names {
+        create_system_namespace(&client(&sim, &name).await).await;
+    }
+    sim
+}
+
+/// The clusters of `config` as the simulator starts them: no `cafe-system` (for what
+/// `cafe cluster register` writes there).
+pub async fn start_bare_sim(config: &str) -> Sim {
     let config = SimConfig::parse(config, "test").expect("test config");
-    let names: Vec<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
     let sim = Sim::start(config).await.expect("sim starts");
     sim.wait_ready(Duration::from_secs(10))
         .await
         .expect("sim ready");
-    for name in names {
-        create_system_namespace(&client(&sim, &name).await).await;
-    }
     sim
 }
 
