@@ -14,7 +14,7 @@ use std::time::Duration;
 use cafe::api::labels::SYSTEM_NAMESPACE;
 use cafe::runtime::leader::{Leadership, LeaseLock, LeaseTimings, run_election};
 use cafe_sim::sim::Sim;
-use common::{client, start_sim, wait_for};
+use common::{client, create_system_namespace, start_bare_sim, start_sim, wait_for};
 use http::{Request, Response};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
@@ -298,4 +298,31 @@ async fn api_errors_during_renewal_never_leave_a_stale_leader() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     one_leads(&a, &b).await;
+}
+
+#[tokio::test]
+async fn without_the_namespace_nobody_leads_and_the_election_starts_once_it_exists() {
+    let sim = start_bare_sim(common::ONE_MEMBER).await;
+    let c = client(&sim, "dca").await;
+    let a = candidate(c.clone(), "a", LeaseTimings::fast());
+    // Several attempts, each refused: the candidate never creates the namespace itself.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        assert!(!a.leadership.is_leader(), "leading without a Lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    assert!(
+        namespaces
+            .get_opt(SYSTEM_NAMESPACE)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    create_system_namespace(&c).await;
+    wait_for("a leads", Duration::from_secs(10), || async {
+        a.leadership.is_leader().then_some(())
+    })
+    .await;
+    assert_eq!(holder_of(&holder(&c).await.unwrap()), "a");
 }

@@ -332,6 +332,26 @@ struct Observed {
     at: Instant,
 }
 
+/// What a failed Lease request means: most often an API error to retry; a missing namespace
+/// is said as such, with the fix (the controllers never create namespaces).
+fn lease_error(lock: &LeaseLock, source: kube::Error) -> LeaderError {
+    // The API server's words for a create in a namespace that does not exist:
+    // `namespaces "cafe-system" not found`.
+    let missing = format!("namespaces \"{}\" not found", lock.namespace);
+    let missing_namespace = matches!(&source, kube::Error::Api(s)
+        if s.code == 404 && s.message.contains(&missing));
+    if missing_namespace {
+        return LeaderError::NamespaceMissing {
+            namespace: lock.namespace.clone(),
+            lease: lock.describe(),
+        };
+    }
+    LeaderError::Api {
+        lease: lock.describe(),
+        source,
+    }
+}
+
 /// One candidate's view of the election.
 struct Candidate {
     api: Api<Lease>,
@@ -351,18 +371,7 @@ impl Candidate {
     }
 
     fn api_error(&self, source: kube::Error) -> LeaderError {
-        let missing_namespace = matches!(&source, kube::Error::Api(s)
-            if s.code == 404 && s.message.contains("namespace"));
-        if missing_namespace {
-            return LeaderError::NamespaceMissing {
-                namespace: self.lock.namespace.clone(),
-                lease: self.lock.describe(),
-            };
-        }
-        LeaderError::Api {
-            lease: self.lock.describe(),
-            source,
-        }
+        lease_error(&self.lock, source)
     }
 
     /// client-go's `tryAcquireOrRenew`: true when we hold the Lease now.
@@ -776,6 +785,37 @@ mod tests {
         let read = api.get_opt("x").await.unwrap_err();
         assert!(!is_not_leader(&read), "reads are not gated: {read}");
         assert_eq!(leadership.writes(), 0);
+    }
+
+    #[test]
+    fn a_missing_namespace_is_named_with_its_fix() {
+        use kube::core::Status;
+        let lock = LeaseLock {
+            namespace: "cafe-system".into(),
+            name: "cafe-hub".into(),
+            identity: "me".into(),
+        };
+        let missing = kube::Error::Api(
+            Status::failure("namespaces \"cafe-system\" not found", "NotFound")
+                .with_code(404)
+                .boxed(),
+        );
+        let err = lease_error(&lock, missing);
+        assert_eq!(err.category(), "namespace_missing");
+        assert!(
+            err.to_string()
+                .contains("namespace cafe-system does not exist: create it"),
+            "{err}"
+        );
+        let other = kube::Error::Api(
+            Status::failure(
+                "leases.coordination.k8s.io \"cafe-hub\" not found",
+                "NotFound",
+            )
+            .with_code(404)
+            .boxed(),
+        );
+        assert_eq!(lease_error(&lock, other).category(), "lease_api");
     }
 
     #[test]
