@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use cafe::api::MemberCluster;
 use cafe::cli::cluster::{self, ClusterError, Credentials};
-use common::{TWO_MEMBERS, client, install_crds, start_sim};
+// Registration creates cafe-system on the hub: these clusters start without it.
+use common::{TWO_MEMBERS, client, install_crds, start_bare_sim as start_sim};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
 use kube::config::Kubeconfig;

@@ -364,13 +364,7 @@ async fn deletion_waits_for_an_unreachable_member_and_says_which() {
 #[tokio::test]
 async fn pods_run_in_every_unit_and_the_hub_reports_them_ready() {
     let mut h = Hub::start().await;
-    let members = tokio_util::sync::CancellationToken::new();
-    for (member, _) in MEMBERS {
-        tokio::spawn(cafe::member::run(
-            h.members[member].clone(),
-            members.child_token(),
-        ));
-    }
+    let members = h.run_member_agents(&["dca", "dcb", "dcc"]);
     h.run_hub();
     h.wait_members_ready().await;
     create(&h, &example()).await;

@@ -16,7 +16,6 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use pod_timeline::{Timeline, check_in_place, serving};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 fn serving_on(pod: &Pod, image: &str) -> bool {
     pod.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image) && serving(pod)
@@ -52,13 +51,7 @@ fn identity(p: &Pod) -> (String, String, Option<String>, Option<String>) {
 #[tokio::test]
 async fn an_image_change_on_the_hub_upgrades_every_pod_in_place_in_every_unit() {
     let mut h = Hub::start().await;
-    let members = CancellationToken::new();
-    for member in ["dca", "dcb"] {
-        tokio::spawn(cafe::member::run(
-            h.members[member].clone(),
-            members.child_token(),
-        ));
-    }
+    let members = h.run_member_agents(&["dca", "dcb"]);
     h.run_hub();
     h.wait_members_ready().await;
     // 5 replicas over DCA and DCB: 3 + 2; maxUnavailablePerUnit 25% -> 1 per unit.

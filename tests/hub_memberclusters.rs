@@ -119,6 +119,8 @@ async fn a_member_without_the_crd_is_not_ready() {
     let dca = common::client(&h.sim, "dca").await;
     h.register("dca", "DCA", &h.sim.kubeconfig(Some("dca")))
         .await;
+    h.members.insert("dca".to_string(), dca.clone());
+    h.keep_agent_lease("dca");
     h.run_hub();
 
     let fix = "cafe crds | kubectl --context dca apply -f -";

@@ -521,7 +521,7 @@ async fn a_forbidden_pod_list_sets_cache_not_synced_instead_of_hanging() {
     let shutdown = CancellationToken::new();
     let options = MemberOptions {
         cache_sync_timeout: Duration::from_millis(300),
-        ..Default::default()
+        ..MemberOptions::default()
     };
     let task = tokio::spawn(cafe::member::run_with(
         member_forbidden::client(&sim, "dca").await,

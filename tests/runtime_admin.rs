@@ -173,6 +173,7 @@ async fn hub_and_member_admin_servers_report_health_readiness_and_metrics() {
         hub: hub_client,
         sim,
         running: None,
+        agent_leases: Default::default(),
     };
     futures::future::join(
         install_crds(&fixture.hub, cafe::hub::crds::hub_crds()),

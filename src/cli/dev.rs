@@ -70,6 +70,8 @@ pub enum DevError {
         cluster: String,
         message: String,
     },
+    #[error("creating namespace cafe-system in cluster {cluster}: {message}")]
+    SystemNamespace { cluster: String, message: String },
     #[error("registering member cluster {cluster}: {source}")]
     Register {
         cluster: String,
@@ -201,10 +203,14 @@ async fn start(
         .map_err(DevError::NotReady)?;
     let hub = cluster_client(sim, hub_name).await?;
     install_crds(&hub, hub_name, &super::crds::Part::Hub.crds()).await?;
+    // The hub and member agents elect their leaders with Leases in cafe-system; they never
+    // create namespaces themselves.
+    ensure_system_namespace(&hub, hub_name).await?;
     let mut member_clients = vec![];
     for m in members {
         let client = cluster_client(sim, &m.name).await?;
         install_crds(&client, &m.name, &super::crds::Part::Member.crds()).await?;
+        ensure_system_namespace(&client, &m.name).await?;
         member_clients.push((m.name.clone(), client));
     }
     for m in members {
@@ -273,6 +279,26 @@ async fn start(
         apply_demo(&hub).await?;
     }
     Ok((tasks, admin))
+}
+
+/// Creates namespace `cafe-system` in `cluster` unless it exists.
+async fn ensure_system_namespace(client: &kube::Client, cluster: &str) -> Result<(), DevError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+    let failed = |e: kube::Error| DevError::SystemNamespace {
+        cluster: cluster.to_string(),
+        message: crate::runtime::api_cause(&e),
+    };
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(crate::api::labels::SYSTEM_NAMESPACE.to_string());
+    match namespaces
+        .create(&kube::api::PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(failed(e)),
+    }
 }
 
 struct Controller {

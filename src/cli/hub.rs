@@ -27,9 +27,11 @@ pub enum HubCliError {
 pub async fn run(args: HubArgs) -> Result<(), HubCliError> {
     let client = args.kube.client().await?;
     let options = args.timing.options(crate::hub::HubOptions::default());
+    let identity = args.runtime.identity();
     crate::runtime::serve(&args.runtime, |telemetry, shutdown| {
         let options = crate::hub::HubOptions {
             telemetry,
+            identity: identity.clone(),
             ..options
         };
         crate::hub::run_with(client, options, shutdown)

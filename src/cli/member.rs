@@ -46,6 +46,7 @@ pub async fn run(args: MemberArgs) -> Result<(), MemberCliError> {
     };
     let config = member.config().await?;
     let options = args.timing.options(crate::member::MemberOptions::default());
+    let identity = args.runtime.identity();
     crate::runtime::serve(&args.runtime, |telemetry, shutdown| async move {
         let client = telemetry
             .metrics
@@ -53,6 +54,7 @@ pub async fn run(args: MemberArgs) -> Result<(), MemberCliError> {
             .map_err(MemberCliError::Client)?;
         let options = crate::member::MemberOptions {
             telemetry,
+            identity: identity.clone(),
             ..options
         };
         crate::member::run_with(client, options, shutdown).await?;

@@ -1,6 +1,10 @@
 //! The CafeDeployment controller: observe (hub and member caches) -> plan ([`super::projection`])
 //! -> apply (server-side apply or delete of member InPlaceSets, only what differs) -> status
 //! (written only when it changed). Deletion goes through the `apps.cafe.io/cleanup` finalizer.
+//!
+//! Only the leading hub replica reconciles; followers keep their caches and do nothing. Gaining
+//! leadership reconciles every CafeDeployment, after forgetting the expectations of any earlier
+//! term (another replica may have written since).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +33,7 @@ use crate::api::{CafeDeployment, CafeDeploymentStatus, MemberCluster};
 use crate::plan::revision::revision_hash;
 use crate::plan::unit_status::{CLEANED_UP, REPLICA_FAILURE, UNITS_RESOLVED};
 use crate::runtime::events::{EventType, EventWriter, Fact, event_type};
+use crate::runtime::leader::TermGuard;
 use crate::runtime::metrics::controllers;
 use crate::runtime::status_patch::replace_status;
 
@@ -92,6 +97,7 @@ struct Context {
     options: HubOptions,
     /// Consecutive failures per CafeDeployment, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<CafeDeployment>, u32>>,
+    term: TermGuard,
 }
 
 /// Runs the CafeDeployment controller until `shutdown`; member events arrive through `triggers`.
@@ -105,6 +111,7 @@ pub async fn run(
 ) {
     let api: Api<CafeDeployment> = Api::all(client.clone());
     let events = EventWriter::new(client.clone(), HUB_MANAGER);
+    let gained = options.leadership.gained();
     let context = Arc::new(Context {
         client,
         members,
@@ -113,6 +120,7 @@ pub async fn run(
         events,
         options,
         failures: Mutex::new(HashMap::new()),
+        term: TermGuard::default(),
     });
     // The watch Controller::new would run, with its first list reported to /readyz.
     let (store, writer) = reflector::store();
@@ -125,6 +133,7 @@ pub async fn run(
     Controller::for_stream(stream, store)
         .reconcile_on(triggers.one)
         .reconcile_all_on(triggers.all)
+        .reconcile_all_on(gained)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -151,6 +160,14 @@ async fn reconcile_one(
     cd: Arc<CafeDeployment>,
     ctx: Arc<Context>,
 ) -> Result<Action, CafeDeploymentError> {
+    if !ctx.options.leadership.is_leader() {
+        // Gaining leadership reconciles everything again.
+        return Ok(Action::await_change());
+    }
+    ctx.term.enter(&ctx.options.leadership, || {
+        ctx.expectations.clear();
+        lock(&ctx.failures).clear();
+    });
     let namespace = cd.namespace().ok_or(CafeDeploymentError::Unnamespaced)?;
     let key = ObjectRef::from_obj(&*cd);
     let api: Api<CafeDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -190,6 +207,11 @@ impl CafeDeploymentError {
 /// Exponential backoff per CafeDeployment: `retry_min`, doubling, capped at `retry_max`. A
 /// write refused because the cache was behind is retried at once, quietly.
 fn error_policy(cd: Arc<CafeDeployment>, error: &CafeDeploymentError, ctx: Arc<Context>) -> Action {
+    if !ctx.options.leadership.is_leader() {
+        // Leadership lost mid-reconcile: the write gate refused; the next leader goes on.
+        tracing::debug!(cafedeployment = %cd.name_any(), %error, "reconcile stopped: not the leader");
+        return Action::await_change();
+    }
     if error.is_stale_read() {
         tracing::debug!(cafedeployment = %cd.name_any(), %error, "stale read; retrying");
         return Action::requeue(

@@ -53,6 +53,12 @@ impl Expectations {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets every record: they belong to an earlier leadership term, and another replica
+    /// may have written since.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     pub fn applied(&self, key: SetKey, fingerprint: String, written: &InPlaceSet) {
         let record = Expected::Applied {
             fingerprint,

@@ -2,6 +2,9 @@
 //! probes it on an interval, keeps the membership registry in step, and writes MemberCluster
 //! status (Ready with a reason, version, last probe time, units, capacity) only when it changed or
 //! the heartbeat is due.
+//!
+//! Every hub replica connects and probes (the member caches stay warm for a takeover); only the
+//! leader writes status and Events. Gaining leadership reconciles every MemberCluster.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -126,6 +129,7 @@ pub async fn run(
         );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let by_secret = members.clone();
+    let gained = options.leadership.gained();
     let context = Arc::new(Context {
         events: EventWriter::new(client.clone(), HUB_MANAGER),
         client,
@@ -133,6 +137,7 @@ pub async fn run(
         options,
     });
     Controller::for_stream(stream, members)
+        .reconcile_all_on(gained)
         .watches(
             secrets,
             watcher::Config::default(),
@@ -209,6 +214,15 @@ async fn reconcile_one(
         .telemetry()
         .metrics
         .set_member_reachable(&name, outcome.is_ok());
+    // Nor is one where no agent acts on the InPlaceSets.
+    let outcome = outcome.and_then(|report| match ctx.membership.agent_problem(&name) {
+        Some(problem) => Err(problem),
+        None => Ok(report),
+    });
+    if !ctx.options.leadership.is_leader() {
+        // A follower keeps the registry warm; the leader writes what it found.
+        return Ok(Action::requeue(ctx.options.probe_interval));
+    }
     let desired = desired_status(
         mc.status.as_ref(),
         mc.meta().generation,
@@ -250,6 +264,10 @@ async fn renew_token(
     let Some(due) = access::renewal_time(&stored.annotations) else {
         return Duration::MAX;
     };
+    if !ctx.options.leadership.is_leader() {
+        // Only the leader renews (and writes the Secret); a follower that becomes leader does.
+        return ctx.options.probe_interval;
+    }
     let now = chrono::Utc::now();
     if now < due {
         return (due - now).to_std().unwrap_or(Duration::ZERO);
@@ -313,6 +331,11 @@ async fn store_renewed_token(
 }
 
 fn error_policy(_: Arc<MemberCluster>, error: &MemberClusterError, ctx: Arc<Context>) -> Action {
+    if !ctx.options.leadership.is_leader() {
+        // Leadership lost mid-reconcile: the write gate refused; nothing for a person to see.
+        tracing::debug!(%error, "MemberCluster reconcile stopped: not the leader");
+        return Action::requeue(ctx.options.probe_interval);
+    }
     tracing::warn!(%error, category = error.category(), "MemberCluster reconcile failed; retrying");
     Action::requeue(ctx.options.probe_interval)
 }
@@ -347,7 +370,10 @@ async fn connect(
                     })
             });
         match client {
-            Ok(client) => ctx.membership.connect(name, fingerprint, client),
+            Ok(client) => {
+                let client = crate::runtime::leader::gated(client, &ctx.options.leadership);
+                ctx.membership.connect(name, fingerprint, client)
+            }
             Err(e) => {
                 ctx.membership.disconnect(name);
                 return Ok(Err(Problem::new(

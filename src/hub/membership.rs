@@ -2,6 +2,11 @@
 //! InPlaceSets the hub owns there (label-selected, all namespaces), plus the member's health from
 //! the last probe. Started, restarted (new kubeconfig) and stopped by the MemberCluster controller.
 //!
+//! The hub also watches each member's `cafe-system/cafe-member` Lease, the member agent's
+//! leader election: a member whose agent has not renewed it within its `leaseDurationSeconds`
+//! (judged by when the hub last saw it change, on the hub's clock; a missing Lease counts from
+//! when the member connected) is not usable, reason `AgentNotRunning`, like an unreachable one.
+//!
 //! Member InPlaceSet events are mapped back to the owning CafeDeployment by its labels and sent to
 //! the CafeDeployment controller's queue; a member becoming usable or unusable (or its unit
 //! labels changing) requeues every CafeDeployment.
@@ -13,13 +18,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
 use super::probe::{Problem, ProblemReason};
-use crate::api::labels::{CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE};
+use crate::api::labels::{CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, SYSTEM_NAMESPACE};
 use crate::api::{CafeDeployment, InPlaceSet, MemberCluster};
 use crate::runtime::Telemetry;
 use crate::runtime::readiness::Readiness;
@@ -98,7 +105,109 @@ struct Connection {
     watch_problem: Arc<Mutex<Option<Problem>>>,
     /// Identifies the kubeconfig the client was built from; a new one restarts the connection.
     fingerprint: u64,
+    /// The member agent's Lease, as last seen.
+    agent: Arc<Mutex<AgentLease>>,
     stop: CancellationToken,
+}
+
+/// The Lease the member agent elects its leader with, in the member's `cafe-system`.
+pub const AGENT_LEASE: &str = "cafe-member";
+
+/// What the hub last saw of a member agent's Lease.
+#[derive(Clone, Debug)]
+pub struct AgentLease {
+    /// Holder, renewTime and duration as last seen; None while no Lease has been seen.
+    record: Option<AgentRecord>,
+    /// When (hub clock) the record last changed, or the member connected.
+    changed_at: std::time::Instant,
+    /// The same moment, to tell people.
+    changed_wall: Timestamp,
+    /// How long a missing Lease is given from the connection.
+    grace: Duration,
+    /// The last holder seen, to name it once the Lease is released or gone.
+    last_holder: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AgentRecord {
+    holder: String,
+    renew: Option<Timestamp>,
+    duration: Duration,
+}
+
+impl AgentLease {
+    fn new(grace: Duration) -> Self {
+        Self {
+            record: None,
+            changed_at: std::time::Instant::now(),
+            changed_wall: Timestamp::now(),
+            grace,
+            last_holder: None,
+        }
+    }
+
+    /// Records what the Lease says now; true when that is a change (a sign of life).
+    fn see(&mut self, record: Option<AgentRecord>) -> bool {
+        if self.record == record {
+            return false;
+        }
+        if let Some(r) = record.as_ref().filter(|r| !r.holder.is_empty()) {
+            self.last_holder = Some(r.holder.clone());
+        }
+        self.record = record;
+        self.changed_at = std::time::Instant::now();
+        self.changed_wall = Timestamp::now();
+        true
+    }
+
+    /// When the agent counts as not running unless the Lease changes again.
+    fn expiry(&self) -> std::time::Instant {
+        let duration = match &self.record {
+            // A released Lease (no holder) says so itself with its short duration.
+            Some(r) => r.duration,
+            None => self.grace,
+        };
+        self.changed_at + duration
+    }
+
+    /// Why the agent counts as not running at `now`, if it does.
+    pub fn problem(&self, now: std::time::Instant) -> Option<Problem> {
+        if now < self.expiry() {
+            return None;
+        }
+        let since = self.changed_wall.strftime("%Y-%m-%dT%H:%M:%SZ");
+        let last = match &self.last_holder {
+            Some(h) => format!(" (last holder {h})"),
+            None => String::new(),
+        };
+        let message = match &self.record {
+            None => format!(
+                "no Lease {SYSTEM_NAMESPACE}/{AGENT_LEASE} in the member since {since}{last}: the member agent (cafe member) is not running there"
+            ),
+            Some(r) if r.holder.is_empty() => format!(
+                "Lease {SYSTEM_NAMESPACE}/{AGENT_LEASE} released and not taken since {since}{last}: no member agent (cafe member) runs there"
+            ),
+            Some(r) => format!(
+                "Lease {SYSTEM_NAMESPACE}/{AGENT_LEASE} not renewed since {since} (holder {}, leaseDurationSeconds {}): the member agent is not running",
+                r.holder,
+                r.duration.as_secs()
+            ),
+        };
+        Some(Problem::new(ProblemReason::AgentNotRunning, message))
+    }
+}
+
+fn agent_record(lease: &Lease) -> AgentRecord {
+    let spec = lease.spec.clone().unwrap_or_default();
+    AgentRecord {
+        holder: spec.holder_identity.unwrap_or_default(),
+        renew: spec.renew_time.map(|t| t.0),
+        duration: Duration::from_secs(
+            spec.lease_duration_seconds
+                .and_then(|d| u64::try_from(d).ok())
+                .unwrap_or(0),
+        ),
+    }
 }
 
 /// What of a MemberCluster the CafeDeployment controller plans with: a change requeues everything.
@@ -123,6 +232,8 @@ struct Inner {
 pub struct Membership {
     inner: Mutex<Inner>,
     triggers: Triggers,
+    /// How long a member without an agent Lease is given from its connection.
+    agent_grace: Duration,
     shutdown: CancellationToken,
     /// Cloned into each member reflector task and dropped when it ends: counts the running ones.
     reflectors: Arc<()>,
@@ -137,10 +248,16 @@ pub fn readiness_name(member: &str) -> String {
 }
 
 impl Membership {
-    pub fn new(triggers: Triggers, shutdown: CancellationToken, telemetry: Telemetry) -> Self {
+    pub fn new(
+        triggers: Triggers,
+        agent_grace: Duration,
+        shutdown: CancellationToken,
+        telemetry: Telemetry,
+    ) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             triggers,
+            agent_grace,
             shutdown,
             reflectors: Arc::new(()),
             telemetry,
@@ -184,6 +301,14 @@ impl Membership {
             client: client.clone(),
             sets,
         };
+        let agent = Arc::new(Mutex::new(AgentLease::new(self.agent_grace)));
+        let agent_watch = watch_agent(
+            member.to_string(),
+            client.clone(),
+            agent.clone(),
+            self.triggers.clone(),
+            stop.clone(),
+        );
         let reflector = reflect_member(
             member.to_string(),
             client,
@@ -206,9 +331,14 @@ impl Membership {
                 return;
             }
             let running = self.reflectors.clone();
+            let agent_running = self.reflectors.clone();
             tokio::spawn(async move {
                 reflector.await;
                 drop(running);
+            });
+            tokio::spawn(async move {
+                agent_watch.await;
+                drop(agent_running);
             });
             inner.connections.insert(
                 member.to_string(),
@@ -217,6 +347,7 @@ impl Membership {
                     synced,
                     watch_problem,
                     fingerprint,
+                    agent,
                     stop,
                 },
             )
@@ -230,7 +361,15 @@ impl Membership {
         self.triggers.all();
     }
 
-    /// Member reflectors still running (each holds a clone of `reflectors`).
+    /// Why the member agent counts as not running, if it does.
+    pub fn agent_problem(&self, member: &str) -> Option<Problem> {
+        let inner = self.lock();
+        let c = inner.connections.get(member)?;
+        let agent = c.agent.lock().unwrap_or_else(|e| e.into_inner());
+        agent.problem(std::time::Instant::now())
+    }
+
+    /// Member watch tasks still running (each holds a clone of `reflectors`).
     pub fn running_reflectors(&self) -> usize {
         Arc::strong_count(&self.reflectors) - 1
     }
@@ -330,7 +469,13 @@ impl Membership {
             return MemberState::NotReady(problem);
         }
         match inner.connections.get(member) {
-            Some(c) if c.synced.load(Ordering::Acquire) => MemberState::Ready,
+            Some(c) if c.synced.load(Ordering::Acquire) => {
+                let agent = c.agent.lock().unwrap_or_else(|e| e.into_inner());
+                match agent.problem(std::time::Instant::now()) {
+                    Some(problem) => MemberState::NotReady(problem),
+                    None => MemberState::Ready,
+                }
+            }
             Some(_) => MemberState::NotReady(Problem::new(
                 ProblemReason::Connecting,
                 "connected; listing its InPlaceSets",
@@ -499,9 +644,126 @@ async fn reflect_member(
     }
 }
 
+/// Follows the member agent's Lease (that one object: field selector on its name) and requeues
+/// every CafeDeployment when the agent starts or stops counting as running; a timer catches the
+/// moment it expires, since an agent that stopped sends no event.
+async fn watch_agent(
+    member: String,
+    client: kube::Client,
+    agent: Arc<Mutex<AgentLease>>,
+    triggers: Triggers,
+    stop: CancellationToken,
+) {
+    let api: Api<Lease> = Api::namespaced(client, SYSTEM_NAMESPACE);
+    let config = watcher::Config::default().fields(&format!("metadata.name={AGENT_LEASE}"));
+    let stream = watcher(api, config).backoff(crate::runtime::backoff::watch_backoff());
+    let mut stream = std::pin::pin!(stream);
+    let lock = |a: &Mutex<AgentLease>| a.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut running = true;
+    let mut listed = false;
+    loop {
+        let expiry = lock(&agent).expiry();
+        // Past its expiry, only an event can change anything.
+        let expired = std::time::Instant::now() >= expiry;
+        let event = tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep_until(expiry.into()), if !expired => None,
+            event = stream.next() => match event {
+                None => break,
+                Some(e) => Some(e),
+            },
+        };
+        match event {
+            Some(Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease))) => {
+                listed = true;
+                agent_lock(&agent).see(Some(agent_record(&lease)));
+            }
+            Some(Ok(watcher::Event::Delete(_))) => {
+                agent_lock(&agent).see(None);
+            }
+            Some(Ok(watcher::Event::Init)) => listed = false,
+            Some(Ok(watcher::Event::InitDone)) if !listed => {
+                agent_lock(&agent).see(None);
+            }
+            Some(Ok(watcher::Event::InitDone)) => {}
+            Some(Err(error)) => {
+                tracing::debug!(member, %error, "member agent Lease watch failed; retrying");
+            }
+            None => {}
+        }
+        let now_running = lock(&agent).problem(std::time::Instant::now());
+        if now_running.is_none() != running {
+            running = now_running.is_none();
+            match now_running {
+                Some(problem) => tracing::warn!(member, %problem, "member agent not running"),
+                None => tracing::info!(member, "member agent running again"),
+            }
+            triggers.all();
+        }
+    }
+}
+
+fn agent_lock(agent: &Mutex<AgentLease>) -> MutexGuard<'_, AgentLease> {
+    agent.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_lease_not_renewed_within_its_duration_is_agent_not_running() {
+        let mut agent = AgentLease::new(Duration::from_secs(5));
+        let start = agent.changed_at;
+        assert_eq!(agent.problem(start + Duration::from_secs(4)), None);
+        let missing = agent.problem(start + Duration::from_secs(5)).unwrap();
+        assert_eq!(missing.reason, ProblemReason::AgentNotRunning);
+        assert!(
+            missing.message.contains("no Lease cafe-system/cafe-member"),
+            "{}",
+            missing.message
+        );
+
+        let renewed = |renew: i64| AgentRecord {
+            holder: "agent-1".into(),
+            renew: Some(Timestamp::from_second(renew).unwrap()),
+            duration: Duration::from_secs(15),
+        };
+        assert!(agent.see(Some(renewed(100))));
+        assert!(
+            !agent.see(Some(renewed(100))),
+            "the same Lease is no sign of life"
+        );
+        let seen = agent.changed_at;
+        assert_eq!(agent.problem(seen + Duration::from_secs(14)), None);
+        let stale = agent.problem(seen + Duration::from_secs(15)).unwrap();
+        assert!(
+            stale.message.contains("holder agent-1"),
+            "{}",
+            stale.message
+        );
+        assert!(
+            stale.message.contains("not renewed since"),
+            "{}",
+            stale.message
+        );
+
+        let released = AgentRecord {
+            holder: String::new(),
+            renew: Some(Timestamp::from_second(120).unwrap()),
+            duration: Duration::from_secs(1),
+        };
+        assert!(agent.see(Some(released)));
+        let gone = agent
+            .problem(agent.changed_at + Duration::from_secs(1))
+            .unwrap();
+        assert!(gone.message.contains("released"), "{}", gone.message);
+        assert!(
+            gone.message.contains("last holder agent-1"),
+            "{}",
+            gone.message
+        );
+    }
 
     fn member_cluster(name: &str) -> MemberCluster {
         serde_json::from_value(serde_json::json!({
@@ -518,7 +780,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_removed_while_connecting_keeps_no_connection_or_reflector() {
         let (triggers, _streams) = triggers();
-        let membership = Membership::new(triggers, CancellationToken::new(), Telemetry::default());
+        let membership = Membership::new(
+            triggers,
+            Duration::from_secs(2),
+            CancellationToken::new(),
+            Telemetry::default(),
+        );
         // Nothing listens there: the reflectors only retry until stopped.
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();

@@ -28,6 +28,11 @@ use kube::runtime::reflector;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::MemberCluster;
+use crate::api::labels::SYSTEM_NAMESPACE;
+use crate::runtime::leader::{self, Leadership, LeaseLock, LeaseTimings};
+
+/// The Lease the hub replicas elect their leader with, in `cafe-system`.
+pub const HUB_LEASE: &str = "cafe-hub";
 
 /// Readiness names: the hub CRDs Established, and the MemberCluster cache listed.
 pub const CRDS_WATCH: &str = "hub CRDs";
@@ -77,6 +82,13 @@ pub struct HubOptions {
     pub startup_settle: Duration,
     /// Where the controllers report metrics and the readiness of their watches.
     pub telemetry: crate::runtime::Telemetry,
+    /// This replica's name in the `cafe-system/cafe-hub` Lease.
+    pub identity: String,
+    /// The leader election's timing.
+    pub lease: LeaseTimings,
+    /// Whether this replica leads: only the leader writes. [`run_with`] drives the election
+    /// into it (nothing to elect with [`Leadership::always`]).
+    pub leadership: Leadership,
 }
 
 impl Default for HubOptions {
@@ -92,6 +104,9 @@ impl Default for HubOptions {
             resync_interval: Duration::from_secs(300),
             startup_settle: Duration::from_secs(30),
             telemetry: Default::default(),
+            identity: leader::default_identity(),
+            lease: LeaseTimings::default(),
+            leadership: Leadership::elected(),
         }
     }
 }
@@ -110,6 +125,9 @@ impl HubOptions {
             resync_interval: Duration::from_secs(30),
             startup_settle: Duration::from_secs(5),
             telemetry: Default::default(),
+            identity: leader::default_identity(),
+            lease: LeaseTimings::fast(),
+            leadership: Leadership::elected(),
         }
     }
 }
@@ -119,10 +137,46 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) -> Result<()
     run_with(client, HubOptions::default(), shutdown).await
 }
 
-/// [`run`] with explicit timing. Waits for the hub CRDs to be Established, then runs the
-/// MemberCluster controller and, once the registered members have settled, the CafeDeployment
-/// controller. Returns when `shutdown` is cancelled and in-flight reconciles have finished.
+/// [`run`] with explicit timing. Takes part in the election of Lease `cafe-system/cafe-hub`
+/// (only the leader writes; every replica keeps its caches warm), waits for the hub CRDs to be
+/// Established, then runs the MemberCluster controller and, once the registered members have
+/// settled, the CafeDeployment controller. Returns when `shutdown` is cancelled, in-flight
+/// reconciles have finished and the Lease is released.
 pub async fn run_with(
+    client: kube::Client,
+    options: HubOptions,
+    shutdown: CancellationToken,
+) -> Result<(), HubError> {
+    let lock = LeaseLock {
+        namespace: SYSTEM_NAMESPACE.to_string(),
+        name: HUB_LEASE.to_string(),
+        identity: options.identity.clone(),
+    };
+    // The Lease is written through the ungated client; everything else goes through the gate.
+    // The election outlives the controllers only to release the Lease.
+    let election_stop = shutdown.child_token();
+    let mut election = leader::AbortOnDrop(tokio::spawn(leader::run_election(
+        client.clone(),
+        lock,
+        options.lease,
+        options.leadership.clone(),
+        election_stop.clone(),
+    )));
+    let _gauge = leader::AbortOnDrop(tokio::spawn(leader::report(
+        options.leadership.clone(),
+        options.telemetry.metrics.clone(),
+        HUB_LEASE,
+    )));
+    let client = leader::gated(client, &options.leadership);
+    let result = run_controllers(client, options, shutdown).await;
+    election_stop.cancel();
+    if let Err(error) = (&mut election.0).await {
+        tracing::error!(%error, "hub leader election task failed");
+    }
+    result
+}
+
+async fn run_controllers(
     client: kube::Client,
     options: HubOptions,
     shutdown: CancellationToken,
@@ -147,6 +201,7 @@ pub async fn run_with(
     let (triggers, trigger_streams) = membership::triggers();
     let membership = Arc::new(membership::Membership::new(
         triggers,
+        options.lease.lease_duration,
         shutdown.child_token(),
         options.telemetry.clone(),
     ));

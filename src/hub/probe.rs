@@ -26,6 +26,9 @@ pub enum ProblemReason {
     /// The member does not serve InPlaceSets (404 listing or watching them): the CRD was never
     /// installed there, or was deleted.
     CrdNotInstalled,
+    /// The member agent has not renewed its Lease (`cafe-system/cafe-member`) within the
+    /// Lease's duration: nothing acts on the member's InPlaceSets.
+    AgentNotRunning,
 }
 
 impl ProblemReason {
@@ -38,6 +41,7 @@ impl ProblemReason {
             ProblemReason::ProbeFailed => "ProbeFailed",
             ProblemReason::Connecting => "Connecting",
             ProblemReason::CrdNotInstalled => "CRDNotInstalled",
+            ProblemReason::AgentNotRunning => "AgentNotRunning",
         }
     }
 }

@@ -32,6 +32,7 @@ use crate::plan::revision::revision_hash;
 use crate::plan::update::Stage;
 use crate::runtime::api_cause;
 use crate::runtime::events::{EventType, EventWriter, Fact};
+use crate::runtime::leader::{Leadership, TermGuard};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Look again at every InPlaceSet this often even when nothing changed.
@@ -136,6 +137,8 @@ pub struct Context {
     failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
     cache_sync_timeout: Duration,
     metrics: Arc<crate::runtime::metrics::Metrics>,
+    leadership: Leadership,
+    term: TermGuard,
 }
 
 /// Runs the controller until `shutdown` is cancelled; reconciles in flight finish first.
@@ -177,8 +180,10 @@ pub async fn run(
         failures: failures.clone(),
         cache_sync_timeout: options.cache_sync_timeout,
         metrics: options.telemetry.metrics.clone(),
+        leadership: options.leadership.clone(),
+        term: TermGuard::default(),
     });
-
+    let gained = options.leadership.gained();
     let (sets, set_writer) = reflector::store();
     let set_events = inplaceset_watch(
         &client,
@@ -191,6 +196,7 @@ pub async fn run(
     Controller::for_stream(set_events, sets)
         .trigger_backoff(crate::runtime::backoff::watch_backoff())
         .owns_stream(pod_events)
+        .reconcile_all_on(gained)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -299,6 +305,18 @@ async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, Re
 
 /// Observe the pods, decide, perform, write status.
 async fn reconcile_one(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    if !ctx.leadership.is_leader() {
+        // A follower only keeps its caches; gaining leadership reconciles everything.
+        return Ok(Action::await_change());
+    }
+    // Writes recorded in an earlier term may have been undone by another leader since.
+    ctx.term.enter(&ctx.leadership, || {
+        ctx.expectations.clear();
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    });
     let key = format!("{}/{}", ips.namespace().unwrap_or_default(), ips.name_any());
     let (Some(namespace), Some(uid)) = (ips.namespace(), ips.uid()) else {
         return Err(ReconcileError::NotFromApi(key));
@@ -800,6 +818,11 @@ async fn publish(
 /// `RETRY_MAX` (a cache that cannot list, or a member refusing writes, does not go away in
 /// seconds).
 fn error_policy(ips: Arc<InPlaceSet>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    if !ctx.leadership.is_leader() {
+        // Leadership lost mid-reconcile: the write gate refused; the next leader goes on.
+        tracing::debug!(inplaceset = ips.name_any(), error = %err, "reconcile stopped: not the leader");
+        return Action::await_change();
+    }
     let failures = {
         let mut map = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ips.uid().unwrap_or_default()).or_insert(0);

@@ -82,6 +82,12 @@ impl Expectations {
         self.by_owner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets every record: they belong to an earlier leadership term, and another replica
+    /// may have written since.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Records that the controller created pod `pod_uid` for `owner_uid`, unless `seen` (which
     /// reads the pod cache) shows the watch got there first.
     pub fn expect_creation(

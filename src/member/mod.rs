@@ -4,6 +4,10 @@
 //! `apps.cafe.io/InPlaceUpdateReady` readiness gate, and summarises them into the InPlaceSet's
 //! status for the hub. Scale decisions are pure ([`crate::plan::scale`]); writes are tracked
 //! as expectations so a stale cache never causes a second round of creations.
+//!
+//! Replicas of the agent elect a leader through Lease `cafe-system/cafe-member` in the member
+//! (the hub also reads it: an agent that stops renewing it makes the member not Ready). Only the
+//! leader writes; followers keep their caches warm.
 
 mod apply;
 mod claim;
@@ -21,6 +25,12 @@ mod work;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::api::labels::SYSTEM_NAMESPACE;
+use crate::runtime::leader::{self, Leadership, LeaseLock, LeaseTimings};
+
+/// The Lease the member agent replicas elect their leader with, in the member's `cafe-system`.
+pub const MEMBER_LEASE: &str = "cafe-member";
 
 pub use apply::ApplyError;
 pub use controller::{CACHE_NOT_SYNCED, ReconcileError};
@@ -63,6 +73,13 @@ pub struct MemberOptions {
     pub cache_sync_timeout: Duration,
     /// Where the controller reports metrics and the readiness of its watches.
     pub telemetry: crate::runtime::Telemetry,
+    /// This replica's name in the `cafe-system/cafe-member` Lease.
+    pub identity: String,
+    /// The leader election's timing.
+    pub lease: LeaseTimings,
+    /// Whether this replica leads: only the leader writes. [`run_with`] drives the election
+    /// into it (nothing to elect with [`Leadership::always`]).
+    pub leadership: Leadership,
 }
 
 impl Default for MemberOptions {
@@ -70,6 +87,19 @@ impl Default for MemberOptions {
         Self {
             cache_sync_timeout: controller::CACHE_SYNC_TIMEOUT,
             telemetry: Default::default(),
+            identity: leader::default_identity(),
+            lease: LeaseTimings::default(),
+            leadership: Leadership::elected(),
+        }
+    }
+}
+
+impl MemberOptions {
+    /// Short lease timings, for tests and `cafe dev`.
+    pub fn fast() -> Self {
+        Self {
+            lease: LeaseTimings::fast(),
+            ..Self::default()
         }
     }
 }
@@ -82,8 +112,43 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) -> Result<()
     run_with(client, MemberOptions::default(), shutdown).await
 }
 
-/// [`run`] with other timing.
+/// [`run`] with other timing. Takes part in the election of Lease `cafe-system/cafe-member`
+/// (released on shutdown, SIGTERM included, so that a successor need not wait).
 pub async fn run_with(
+    client: kube::Client,
+    options: MemberOptions,
+    shutdown: CancellationToken,
+) -> Result<(), MemberError> {
+    let lock = LeaseLock {
+        namespace: SYSTEM_NAMESPACE.to_string(),
+        name: MEMBER_LEASE.to_string(),
+        identity: options.identity.clone(),
+    };
+    // The Lease is written through the ungated client; the controller only through the gate.
+    // The election outlives the controller only to release the Lease.
+    let election_stop = shutdown.child_token();
+    let mut election = leader::AbortOnDrop(tokio::spawn(leader::run_election(
+        client.clone(),
+        lock,
+        options.lease,
+        options.leadership.clone(),
+        election_stop.clone(),
+    )));
+    let _gauge = leader::AbortOnDrop(tokio::spawn(leader::report(
+        options.leadership.clone(),
+        options.telemetry.metrics.clone(),
+        MEMBER_LEASE,
+    )));
+    let client = leader::gated(client, &options.leadership);
+    let result = run_controller(client, options, shutdown).await;
+    election_stop.cancel();
+    if let Err(error) = (&mut election.0).await {
+        tracing::error!(%error, "member leader election task failed");
+    }
+    result
+}
+
+async fn run_controller(
     client: kube::Client,
     options: MemberOptions,
     shutdown: CancellationToken,

@@ -71,13 +71,7 @@ impl RuntimeArgs {
         self.identity
             .clone()
             .filter(|i| !i.is_empty())
-            .unwrap_or_else(|| {
-                let host = hostname::get()
-                    .ok()
-                    .and_then(|h| h.into_string().ok())
-                    .unwrap_or_else(|| "cafe".into());
-                format!("{host}-{}", std::process::id())
-            })
+            .unwrap_or_else(crate::runtime::leader::default_identity)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod controller_revision;
 pub mod events;
 pub mod kubeconfig;
+pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cafe_sim::config::SimConfig;
 use cafe_sim::sim::Sim;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use tokio::task::JoinHandle;
@@ -38,13 +39,43 @@ clusters:
     nodes: [{count: 3, cpu: "8", memory: 16Gi, pods: 110}]
 "#;
 
+/// Starts the clusters of `config`, each with namespace `cafe-system` (where the hub and the
+/// member agents keep their leader election Leases), as an installation would have it.
 pub async fn start_sim(config: &str) -> Sim {
+    let sim = start_bare_sim(config).await;
+    let names: Vec<String> = SimConfig::parse(config, "test")
+        .expect("test config")
+        .clusters
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    for name in names {
+        create_system_namespace(&client(&sim, &name).await).await;
+    }
+    sim
+}
+
+/// The clusters of `config` as the simulator starts them: no `cafe-system` (for what
+/// `cafe cluster register` writes there).
+pub async fn start_bare_sim(config: &str) -> Sim {
     let config = SimConfig::parse(config, "test").expect("test config");
     let sim = Sim::start(config).await.expect("sim starts");
     sim.wait_ready(Duration::from_secs(10))
         .await
         .expect("sim ready");
     sim
+}
+
+/// Creates namespace `cafe-system` unless it exists.
+pub async fn create_system_namespace(client: &kube::Client) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(cafe::api::labels::SYSTEM_NAMESPACE.to_string());
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating namespace cafe-system: {e}"),
+    }
 }
 
 pub async fn client(sim: &Sim, cluster: &str) -> kube::Client {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cafe::api::labels::SYSTEM_NAMESPACE;
@@ -54,7 +55,16 @@ pub struct Hub {
         CancellationToken,
         JoinHandle<Result<(), cafe::hub::HubError>>,
     )>,
+    /// Per member, the stand-in for its agent's Lease (see [`Hub::keep_agent_lease`]) while no
+    /// real agent runs there.
+    pub agent_leases: Arc<Mutex<BTreeMap<String, StandIn>>>,
 }
+
+/// A stand-in agent Lease: its stop token and its task.
+pub type StandIn = (CancellationToken, JoinHandle<()>);
+
+/// The identity the stand-in agent Lease is held under.
+pub const FAKE_AGENT: &str = "fake-agent";
 
 /// Hub options for tests: probes every 200 ms.
 pub fn options() -> HubOptions {
@@ -91,7 +101,11 @@ impl Hub {
             hub,
             members,
             running: None,
+            agent_leases: Arc::default(),
         };
+        for (name, _) in members_of {
+            fixture.keep_agent_lease(name);
+        }
         for (name, unit) in members_of {
             let kubeconfig = fixture.sim.kubeconfig(Some(name));
             fixture.register(name, unit, &kubeconfig).await;
@@ -128,17 +142,59 @@ impl Hub {
         let _ = task.await;
     }
 
-    /// Runs the member agent (InPlaceSet controller) of each named member in this process;
-    /// they stop when the returned token is cancelled.
+    /// Runs the member agent (InPlaceSet controller, identity `agent-<member>`, fast lease
+    /// timings) of each named member in this process, once the stand-in agent Lease there is
+    /// released; they stop (releasing their Lease) when the returned token is cancelled.
     pub fn run_member_agents(&self, members: &[&str]) -> CancellationToken {
         let token = CancellationToken::new();
         for member in members {
-            tokio::spawn(cafe::member::run(
-                self.members[*member].clone(),
-                token.child_token(),
-            ));
+            let stand_in = lock(&self.agent_leases).remove(*member);
+            let client = self.members[*member].clone();
+            let options = cafe::member::MemberOptions {
+                identity: format!("agent-{member}"),
+                ..cafe::member::MemberOptions::fast()
+            };
+            let stop = token.child_token();
+            tokio::spawn(async move {
+                if let Some((stand_in, task)) = stand_in {
+                    stand_in.cancel();
+                    let _ = task.await;
+                }
+                cafe::member::run_with(client, options, stop).await
+            });
         }
         token
+    }
+
+    /// Holds `member`'s `cafe-system/cafe-member` Lease as a running agent would (identity
+    /// [`FAKE_AGENT`], fast timings), so that the hub counts its agent as running in tests that
+    /// play the member controller themselves. [`Hub::run_member_agents`] ends it.
+    pub fn keep_agent_lease(&self, member: &str) {
+        let token = CancellationToken::new();
+        let lock_ = cafe::runtime::leader::LeaseLock {
+            namespace: SYSTEM_NAMESPACE.to_string(),
+            name: cafe::member::MEMBER_LEASE.to_string(),
+            identity: FAKE_AGENT.to_string(),
+        };
+        let task = tokio::spawn(cafe::runtime::leader::run_election(
+            self.members[member].clone(),
+            lock_,
+            cafe::runtime::leader::LeaseTimings::fast(),
+            cafe::runtime::leader::Leadership::elected(),
+            token.clone(),
+        ));
+        if let Some((old, _)) = lock(&self.agent_leases).insert(member.to_string(), (token, task)) {
+            old.cancel();
+        }
+    }
+
+    /// Stops the stand-in agent Lease of `member`, releasing it (for an agent run by hand).
+    pub async fn stop_agent_lease(&self, member: &str) {
+        let stand_in = lock(&self.agent_leases).remove(member);
+        if let Some((token, task)) = stand_in {
+            token.cancel();
+            let _ = task.await;
+        }
     }
 
     /// Stores `kubeconfig` in Secret `<name>-kubeconfig` in cafe-system and creates MemberCluster
@@ -344,6 +400,10 @@ impl Hub {
                 && l.subresource.is_empty()
         })
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn ready_of(mc: &MemberCluster) -> Option<Condition> {
