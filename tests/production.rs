@@ -118,6 +118,9 @@ fn granted_rules(objects: &[Value], account: &str) -> Vec<PolicyRule> {
     rules
 }
 
+/// (verb, API group, resource or `resource/subresource`).
+type Permission = (String, String, String);
+
 /// (verb, group, resource) a rule grants, with `resource` as `resource/subresource` where given.
 fn permissions(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
@@ -188,6 +191,7 @@ fn deployment(namespace: &str) -> CafeDeployment {
         "metadata": {"name": "web", "namespace": namespace},
         "spec": {
             "replicas": 4,
+            "historyLimit": 1,
             "selector": {"matchLabels": {"app": "web"}},
             "topology": {"unitType": "DataCenter", "values": ["DCA", "DCB"]},
             "strategy": {"maxUnavailablePerUnit": 1},
@@ -199,6 +203,48 @@ fn deployment(namespace: &str) -> CafeDeployment {
         },
     }))
     .expect("a CafeDeployment")
+}
+
+async fn set_image(cds: &Api<CafeDeployment>, image: &str) {
+    cds.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": image}
+            ]))
+            .expect("patch"),
+        ),
+    )
+    .await
+    .expect("image changed");
+}
+
+/// Whether a granted permission can be seen in the call record. The simulator runs no
+/// OwnerReferencesPermissionEnforcement admission: the `update` on `<owner>/finalizers` that
+/// Kubernetes checks when an object names a blocking owner is never a call of its own, so it
+/// cannot be seen used (the controllers set such owners on every pod and ControllerRevision).
+/// Likewise, the simulator authorizes a server-side apply that creates its object as `patch`
+/// only, where Kubernetes also checks `create` (the hub applies InPlaceSets into members).
+fn observable(permission: &(String, String, String)) -> bool {
+    !permission.2.ends_with("/finalizers")
+        && permission_str(permission) != "create apps.cafe.io/inplacesets"
+        && !NOT_REACHED.contains(&permission_str(permission).as_str())
+}
+
+/// Granted for code paths this scenario does not reach, each named with the path:
+/// - the member agent reads and replaces a ControllerRevision left by an earlier InPlaceSet of
+///   the same name (`member::revisions::ensure`, on a 409) and prunes its history beyond
+///   `REVISIONS_KEPT` revisions (`member::revisions::prune`);
+/// - an exact repeat of one of the agent's Events is counted on the Event (`runtime::events`).
+const NOT_REACHED: [&str; 3] = [
+    "get apps/controllerrevisions",
+    "delete apps/controllerrevisions",
+    "patch /events",
+];
+
+fn permission_str((verb, group, resource): &(String, String, String)) -> String {
+    format!("{verb} {group}/{resource}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -292,10 +338,14 @@ async fn installed_from_deploy_the_controllers_need_no_more_than_they_are_grante
             async move {
                 let cd = cds.get("web").await.ok()?;
                 let s = cd.status?;
+                // The status must be of this template, not the previous one's.
+                let hash = cafe::plan::revision::revision_hash(&cd.spec.template);
                 let current = cd.spec.template.spec.as_ref()?.containers[0]
                     .image
                     .as_deref()
-                    == Some(image);
+                    == Some(image)
+                    && s.observed_generation == cd.metadata.generation
+                    && s.update_revision.as_deref() == Some(hash.as_str());
                 (current
                     && s.ready_replicas == replicas
                     && s.updated_replicas == replicas
@@ -305,19 +355,41 @@ async fn installed_from_deploy_the_controllers_need_no_more_than_they_are_grante
         }
     };
     wait_for("4 replicas ready", WAIT, ready(4, "nginx:1.27")).await;
+    set_image(&cds, "nginx:1.28").await;
+    wait_for("rolled out to nginx:1.28", WAIT, ready(4, "nginx:1.28")).await;
+    // Back to an earlier template (its revision is renumbered), then a third one (the oldest
+    // older revision beyond historyLimit is deleted).
+    for image in ["nginx:1.27", "nginx:1.29", "nginx:1.28"] {
+        set_image(&cds, image).await;
+        wait_for(&format!("rolled out to {image}"), WAIT, ready(4, image)).await;
+    }
+    // A CPU change is made in place through pods/resize.
     cds.patch(
         "web",
         &PatchParams::default(),
         &Patch::Json::<()>(
-            serde_json::from_value(json!([
-                {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "nginx:1.28"}
-            ]))
+            serde_json::from_value(json!([{"op": "replace",
+                "path": "/spec/template/spec/containers/0/resources/requests/cpu", "value": "200m"}]))
             .expect("patch"),
         ),
     )
     .await
-    .expect("image changed");
-    wait_for("rolled out to nginx:1.28", WAIT, ready(4, "nginx:1.28")).await;
+    .expect("cpu changed");
+    wait_for("resized to 200m", WAIT, || {
+        let cds = cds.clone();
+        async move {
+            let cd = cds.get("web").await.ok()?;
+            let s = cd.status?;
+            (s.updated_replicas == 4
+                && s.ready_replicas == 4
+                && s.replicas == 4
+                && s.observed_generation == cd.metadata.generation
+                && s.update_revision
+                    == Some(cafe::plan::revision::revision_hash(&cd.spec.template)))
+            .then_some(())
+        }
+    })
+    .await;
     cds.patch(
         "web",
         &PatchParams::default(),
@@ -352,7 +424,7 @@ async fn installed_from_deploy_the_controllers_need_no_more_than_they_are_grante
             &PatchParams::default(),
             &Patch::Merge(json!({"metadata": {"annotations": {
                 access::TOKEN_ISSUED_AT: "2020-01-01T00:00:00Z",
-                access::TOKEN_EXPIRES_AT: "2030-01-01T00:00:00Z",
+                access::TOKEN_EXPIRES_AT: "2021-01-01T00:00:00Z",
             }}})),
         )
         .await
@@ -439,7 +511,7 @@ async fn installed_from_deploy_the_controllers_need_no_more_than_they_are_grante
     }
 
     // No call was refused, and nothing is granted that was not used.
-    let checks: [(&str, &str, BTreeSet<(String, String, String)>); 4] = [
+    let checks: [(&str, &str, BTreeSet<Permission>); 4] = [
         (
             "hub",
             HUB_USER,
@@ -477,7 +549,10 @@ async fn installed_from_deploy_the_controllers_need_no_more_than_they_are_grante
             refused.is_empty(),
             "{user} was refused in {cluster}: {refused:#?}"
         );
-        let unused: Vec<_> = granted.difference(&seen).collect();
+        let unused: Vec<_> = granted
+            .difference(&seen)
+            .filter(|p| observable(p))
+            .collect();
         report.insert(format!("{user} in {cluster}"), seen.clone());
         assert!(
             unused.is_empty(),

@@ -86,7 +86,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         rule(
             "apps.cafe.io",
             &["inplacesets"],
-            &["get", "list", "watch", "create", "patch", "delete"],
+            &["list", "watch", "create", "patch", "delete"],
         ),
         // hub::member_writes: a CafeDeployment's namespace is created in the member if missing.
         rule("", &["namespaces"], &["get", "create"]),
@@ -108,11 +108,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
 pub fn namespace_rules() -> Vec<PolicyRule> {
     vec![
         // hub::membership: the agent's Lease tells whether the agent runs (AgentNotRunning).
-        rule(
-            "coordination.k8s.io",
-            &["leases"],
-            &["get", "list", "watch"],
-        ),
+        rule("coordination.k8s.io", &["leases"], &["list", "watch"]),
         // hub::membercluster: the hub renews its own token, and only its own.
         PolicyRule {
             api_groups: Some(vec![String::new()]),
