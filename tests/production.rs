@@ -224,11 +224,8 @@ async fn set_image(cds: &Api<CafeDeployment>, image: &str) {
 /// OwnerReferencesPermissionEnforcement admission: the `update` on `<owner>/finalizers` that
 /// Kubernetes checks when an object names a blocking owner is never a call of its own, so it
 /// cannot be seen used (the controllers set such owners on every pod and ControllerRevision).
-/// Likewise, the simulator authorizes a server-side apply that creates its object as `patch`
-/// only, where Kubernetes also checks `create` (the hub applies InPlaceSets into members).
 fn observable(permission: &(String, String, String)) -> bool {
     !permission.2.ends_with("/finalizers")
-        && permission_str(permission) != "create apps.cafe.io/inplacesets"
         && !NOT_REACHED.contains(&permission_str(permission).as_str())
 }
 

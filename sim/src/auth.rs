@@ -491,6 +491,44 @@ pub async fn run_controllers(cluster: Arc<Cluster>, shutdown: CancellationToken)
     }
 }
 
+/// The `create` check a server-side apply also needs when its object does not exist yet: the
+/// API server's patch handler authorizes an apply that creates as `create` as well as `patch`
+/// (https://kubernetes.io/docs/reference/using-api/api-concepts/#patch-and-apply). `None` for
+/// any other request.
+pub fn apply_create_check(
+    cluster: &Cluster,
+    route: &Route,
+    req: &Request,
+    attrs: &Attributes,
+) -> Option<Attributes> {
+    let Route::Resource(path) = route else {
+        return None;
+    };
+    let name = path.name.as_deref()?;
+    let applying = req.method == http::Method::PATCH
+        && req.content_type.starts_with("application/apply-patch")
+        && path.subresource.is_none();
+    if !applying {
+        return None;
+    }
+    let namespace = path.namespace.clone().unwrap_or_default();
+    let exists = cluster.store.read(|s| {
+        s.registry
+            .find(&path.group, &path.version, &path.plural)
+            .is_some_and(|rt| {
+                let ns = if rt.namespaced {
+                    namespace.as_str()
+                } else {
+                    ""
+                };
+                s.get(&rt.storage, ns, name).is_some()
+            })
+    });
+    (!exists).then(|| Attributes {
+        verb: "create".into(),
+        ..attrs.clone()
+    })
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,7 +166,22 @@ async fn handle(
     let attrs = auth::attributes(&route, &request, &path);
     let decision = auth::authorize(&cluster, &user, &attrs);
     let denied = if decision.allowed {
-        auth::check_escalation(&cluster, &user, &attrs, &request).err()
+        match auth::apply_create_check(&cluster, &route, &request, &attrs) {
+            Some(create) => {
+                let decision = auth::authorize(&cluster, &user, &create);
+                // The check shows in the call record (not in the request metrics: it is no
+                // request of its own) as the create it authorizes.
+                cluster.calls.push(call_record(
+                    &user,
+                    &create,
+                    &request,
+                    if decision.allowed { 201 } else { 403 },
+                ));
+                (!decision.allowed).then(|| auth::forbidden(&user, &create, &decision.reason))
+            }
+            None => None,
+        }
+        .or_else(|| auth::check_escalation(&cluster, &user, &attrs, &request).err())
     } else {
         Some(auth::forbidden(&user, &attrs, &decision.reason))
     };
@@ -303,7 +318,11 @@ fn record(
         subresource: path.subresource.clone().unwrap_or_default(),
         code: code.to_string(),
     });
-    cluster.calls.push(CallRecord {
+    cluster.calls.push(call_record(user, attrs, req, code));
+}
+
+fn call_record(user: &UserInfo, attrs: &Attributes, req: &Request, code: u16) -> CallRecord {
+    CallRecord {
         user: user.name.clone(),
         user_agent: req.user_agent.clone(),
         verb: attrs.verb.clone(),
@@ -313,7 +332,7 @@ fn record(
         namespace: attrs.namespace.clone(),
         name: attrs.name.clone(),
         code,
-    });
+    }
 }
 
 fn watch_response(cluster: Arc<Cluster>, w: crate::watch::WatchRequest) -> Response<Body> {

@@ -971,3 +971,81 @@ async fn kubectl_applies_rbac_creates_tokens_and_checks_access() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server-side apply that creates its object needs `create` as well as `patch`, as the API
+/// server's patch handler checks; an apply to an existing object needs `patch` only.
+#[tokio::test]
+async fn an_apply_that_creates_needs_create_as_well_as_patch() {
+    let sim = start().await;
+    let admin = common::client(&sim, "dca").await;
+    service_account(&admin, "apps", "applier").await;
+    role(
+        &admin,
+        "apps",
+        "patch-only",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"]}]),
+    )
+    .await;
+    role_binding(
+        &admin,
+        "apps",
+        "applier-patches",
+        "Role",
+        "patch-only",
+        sa_subject("apps", "applier"),
+    )
+    .await;
+    let applier = token_client(&sim, &token_of(&admin, "apps", "applier").await).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(applier.clone(), "apps");
+    let apply = |data: &str| {
+        kube::api::Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings"}, "data": {"mode": data},
+        }))
+    };
+    let params = kube::api::PatchParams::apply("applier").force();
+
+    let refused = api_err(
+        configmaps
+            .patch("settings", &params, &apply("a"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(refused.code, 403);
+    assert!(
+        refused
+            .message
+            .contains("cannot create resource \"configmaps\""),
+        "{}",
+        refused.message
+    );
+
+    // Once it exists, the same apply needs only patch.
+    Api::<ConfigMap>::namespaced(admin.clone(), "apps")
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "settings"}, "data": {"mode": "z"}})),
+        )
+        .await
+        .unwrap();
+    configmaps
+        .patch("settings", &params, &apply("b"))
+        .await
+        .expect("an apply to an existing object needs patch only");
+
+    let checks: Vec<(String, u16)> = sim
+        .calls("dca")
+        .into_iter()
+        .filter(|c| c.user == "system:serviceaccount:apps:applier" && c.resource == "configmaps")
+        .map(|c| (c.verb, c.code))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("create".to_string(), 403),
+            ("patch".to_string(), 403),
+            ("patch".to_string(), 200)
+        ],
+        "the create check is recorded, then the refused request; the second apply only patches"
+    );
+}
