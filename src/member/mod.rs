@@ -124,28 +124,16 @@ pub async fn run_with(
         name: MEMBER_LEASE.to_string(),
         identity: options.identity.clone(),
     };
-    // The Lease is written through the ungated client; the controller only through the gate.
-    // The election outlives the controller only to release the Lease.
-    let election_stop = shutdown.child_token();
-    let mut election = leader::AbortOnDrop(tokio::spawn(leader::run_election(
-        client.clone(),
+    leader::while_elected(
+        client,
         lock,
         options.lease,
         options.leadership.clone(),
-        election_stop.clone(),
-    )));
-    let _gauge = leader::AbortOnDrop(tokio::spawn(leader::report(
-        options.leadership.clone(),
         options.telemetry.metrics.clone(),
-        MEMBER_LEASE,
-    )));
-    let client = leader::gated(client, &options.leadership);
-    let result = run_controller(client, options, shutdown).await;
-    election_stop.cancel();
-    if let Err(error) = (&mut election.0).await {
-        tracing::error!(%error, "member leader election task failed");
-    }
-    result
+        shutdown.clone(),
+        |client| run_controller(client, options, shutdown),
+    )
+    .await
 }
 
 async fn run_controller(

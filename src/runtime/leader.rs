@@ -526,17 +526,56 @@ pub async fn run_election(
 /// leave an election renewing the Lease on its behalf.
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
-/// Keeps the `cafe_leader{lease}` gauge equal to whether this replica leads, until the
-/// leadership handle is dropped.
-pub async fn report(
+/// Runs `controllers` with a gated copy of `client` while this replica takes part in the
+/// election of `lock` (through the ungated `client`: the Lease is the one write a follower
+/// makes), keeping the `cafe_leader{lease}` gauge in step. The election outlives the controllers
+/// only to release the Lease once they have returned.
+pub async fn while_elected<F, Fut, T>(
+    client: kube::Client,
+    lock: LeaseLock,
+    timings: LeaseTimings,
     leadership: Leadership,
     metrics: std::sync::Arc<crate::runtime::metrics::Metrics>,
-    lease: &'static str,
+    shutdown: CancellationToken,
+    controllers: F,
+) -> T
+where
+    F: FnOnce(kube::Client) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let lease = lock.name.clone();
+    let election_stop = shutdown.child_token();
+    let mut election = AbortOnDrop(tokio::spawn(run_election(
+        client.clone(),
+        lock,
+        timings,
+        leadership.clone(),
+        election_stop.clone(),
+    )));
+    let _gauge = AbortOnDrop(tokio::spawn(report(
+        leadership.clone(),
+        metrics,
+        lease.clone(),
+    )));
+    let result = controllers(gated(client, &leadership)).await;
+    election_stop.cancel();
+    if let Err(error) = (&mut election.0).await {
+        tracing::error!(%error, lease, "leader election task failed");
+    }
+    result
+}
+
+/// Keeps the `cafe_leader{lease}` gauge equal to whether this replica leads, until the
+/// leadership handle is dropped.
+async fn report(
+    leadership: Leadership,
+    metrics: std::sync::Arc<crate::runtime::metrics::Metrics>,
+    lease: String,
 ) {
     let mut leading = leadership.watch();
     loop {
         let now = *leading.borrow_and_update();
-        metrics.set_leader(lease, now);
+        metrics.set_leader(&lease, now);
         if leading.changed().await.is_err() {
             return;
         }
