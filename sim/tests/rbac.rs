@@ -151,6 +151,22 @@ async fn role_binding(
         .unwrap();
 }
 
+/// A client of ServiceAccount `ns/name` (created), allowed `rules` through Role `role` in `ns`
+/// and a RoleBinding `<name>-<role>`.
+async fn bound_service_account(
+    sim: &cafe_sim::sim::Sim,
+    admin: &kube::Client,
+    (ns, name): (&str, &str),
+    role_name: &str,
+    rules: Value,
+) -> kube::Client {
+    service_account(admin, ns, name).await;
+    role(admin, ns, role_name, rules).await;
+    let binding = format!("{name}-{role_name}");
+    role_binding(admin, ns, &binding, "Role", role_name, sa_subject(ns, name)).await;
+    token_client(sim, &token_of(admin, ns, name).await).await
+}
+
 async fn whoami(client: &kube::Client) -> Result<(String, Vec<String>), kube::Error> {
     let review: SelfSubjectReview = Api::<SelfSubjectReview>::all(client.clone())
         .create(&PostParams::default(), &obj(json!({})))
@@ -184,24 +200,14 @@ fn pod(name: &str) -> Pod {
 async fn a_role_lets_a_service_account_list_pods_in_its_namespace_only() {
     let sim = start().await;
     let admin = common::client(&sim, "dca").await;
-    service_account(&admin, "apps", "bot").await;
-    role(
+    let bot = bound_service_account(
+        &sim,
         &admin,
-        "apps",
+        ("apps", "bot"),
         "pod-reader",
         json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]),
     )
     .await;
-    role_binding(
-        &admin,
-        "apps",
-        "bot-reads-pods",
-        "Role",
-        "pod-reader",
-        sa_subject("apps", "bot"),
-    )
-    .await;
-    let bot = token_client(&sim, &token_of(&admin, "apps", "bot").await).await;
 
     Api::<Pod>::namespaced(bot.clone(), "apps")
         .list(&ListParams::default())
@@ -978,24 +984,14 @@ async fn kubectl_applies_rbac_creates_tokens_and_checks_access() {
 async fn an_apply_that_creates_needs_create_as_well_as_patch() {
     let sim = start().await;
     let admin = common::client(&sim, "dca").await;
-    service_account(&admin, "apps", "applier").await;
-    role(
+    let applier = bound_service_account(
+        &sim,
         &admin,
-        "apps",
+        ("apps", "applier"),
         "patch-only",
         json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"]}]),
     )
     .await;
-    role_binding(
-        &admin,
-        "apps",
-        "applier-patches",
-        "Role",
-        "patch-only",
-        sa_subject("apps", "applier"),
-    )
-    .await;
-    let applier = token_client(&sim, &token_of(&admin, "apps", "applier").await).await;
     let configmaps: Api<ConfigMap> = Api::namespaced(applier.clone(), "apps");
     let apply = |data: &str| {
         kube::api::Patch::Apply(json!({
