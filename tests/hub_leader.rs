@@ -1,32 +1,31 @@
-//! Hub replicas end to end: two hubs (`cafe::hub::run_with` in this process, identities hub-a
-//! and hub-b) against one hub cluster with two member agents. Only the holder of Lease
-//! `cafe-system/cafe-hub` writes; killing it mid-rollout hands the rollout to the other, which
-//! continues it with no group repeated or skipped. A member whose agent stops is
-//! AgentNotRunning and its rollout freezes until the agent is back.
+//! Hub replicas end to end: two `cafe hub` processes (identities hub-a and hub-b, on the token
+//! of the hub's ServiceAccount from `deploy/hub`) against one hub cluster with two member
+//! agents. Only the holder of Lease `cafe-system/cafe-hub` writes, as the simulator's per-user
+//! call record shows (each replica names itself in its User-Agent); both are ready and scrape
+//! as described; killing the holder mid-rollout hands the rollout to the other within the lease
+//! duration, and it continues the rollout with no group repeated or skipped. A member whose
+//! agent stops is AgentNotRunning and its rollout freezes until the agent is back.
 
 mod common;
 mod hub_support;
 
-use std::future::Future;
-use std::pin::Pin;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cafe::api::labels::{SYSTEM_NAMESPACE, UPGRADE_CONFIRMED};
 use cafe::api::{CafeDeployment, RolloutStatus};
-use cafe::hub::{HUB_LEASE, HubOptions};
+use cafe::hub::HUB_LEASE;
 use cafe::member::MemberOptions;
 use cafe::plan::revision::revision_hash;
-use cafe::runtime::leader::Leadership;
-use common::wait_for;
-use http::{Method, Request, Response};
+use common::{Part, admin_get, controller_token, kubeconfig_with_token, wait_for};
 use hub_support::{Hub, condition, ready_of};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::client::Body;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,91 +33,138 @@ use tokio_util::sync::CancellationToken;
 /// Rollouts wait on real pods; generous for a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Counts the writes one hub sends to the hub cluster, its own Lease aside.
-#[derive(Clone)]
-struct CountWrites {
-    client: kube::Client,
-    writes: Arc<AtomicU64>,
-}
+/// The lease timings both hub processes run with (the flags of the same names).
+const LEASE: [(&str, &str); 3] = [
+    ("--leader-elect-lease-duration", "2s"),
+    ("--leader-elect-renew-deadline", "1500ms"),
+    ("--leader-elect-retry-period", "250ms"),
+];
+const LEASE_DURATION: Duration = Duration::from_secs(2);
 
-impl tower_service::Service<Request<Body>> for CountWrites {
-    type Response = Response<Body>;
-    type Error = kube::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, kube::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), kube::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let write = !matches!(*request.method(), Method::GET | Method::HEAD);
-        if write && !request.uri().path().contains("/leases") {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-        }
-        let client = self.client.clone();
-        Box::pin(async move { client.send(request).await })
-    }
-}
-
-/// One hub replica running in this process.
-struct Replica {
+/// One `cafe hub` process, the binary an installation runs, authenticating as ServiceAccount
+/// cafe-system/cafe-hub; killed when dropped.
+struct HubProcess {
     identity: String,
-    leadership: Leadership,
-    /// Writes to the hub cluster.
-    hub_writes: Arc<AtomicU64>,
-    task: Option<JoinHandle<Result<(), cafe::hub::HubError>>>,
-    stop: CancellationToken,
+    child: tokio::process::Child,
+    admin: SocketAddr,
+    /// Its log lines (JSON), kept for the failure message.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-impl Replica {
-    fn start(h: &Hub, identity: &str) -> Replica {
-        let hub_writes = Arc::new(AtomicU64::new(0));
-        let client = kube::Client::new(
-            CountWrites {
-                client: h.hub.clone(),
-                writes: hub_writes.clone(),
-            },
-            "default",
-        );
-        let leadership = Leadership::elected();
-        let options = HubOptions {
+impl HubProcess {
+    async fn start(kubeconfig: &Path, identity: &str) -> HubProcess {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cafe"))
+            .args(["hub", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(["--identity", identity, "--admin-address", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(LEASE.iter().flat_map(|(flag, value)| [*flag, *value]))
+            // HubOptions::fast(), probes every 200 ms, as the in-process hubs of these tests.
+            .args(["--probe-interval", "200ms", "--probe-timeout", "2s"])
+            .args(["--request-timeout", "5s", "--status-heartbeat", "5s"])
+            .args([
+                "--retry-min",
+                "100ms",
+                "--retry-max",
+                "2s",
+                "--member-wait",
+                "500ms",
+            ])
+            .args(["--resync-interval", "30s", "--startup-settle", "5s"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cafe hub starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let admin: SocketAddr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("stderr") {
+                let event: Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(address) = event["address"].as_str() {
+                    return address.parse().expect("an address");
+                }
+                log.lock().unwrap().push(line);
+            }
+            panic!("cafe hub {identity} exited: {:?}", log.lock().unwrap());
+        })
+        .await
+        .expect("the admin address is logged");
+        let keep = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep.lock().unwrap().push(line);
+            }
+        });
+        HubProcess {
             identity: identity.to_string(),
-            leadership: leadership.clone(),
-            ..hub_support::options()
-        };
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(cafe::hub::run_with(client, options, stop.clone()));
-        Replica {
-            identity: identity.to_string(),
-            leadership,
-            hub_writes,
-            task: Some(task),
-            stop,
+            child,
+            admin,
+            log,
         }
     }
 
-    /// Every write this replica made: to the hub cluster, and (through its write gate) to the
-    /// members.
-    fn writes(&self) -> (u64, u64) {
-        (
-            self.hub_writes.load(Ordering::SeqCst),
-            self.leadership.writes(),
-        )
-    }
-
-    /// Killed where it stands, as a crashed process: no release of the Lease.
+    /// Killed where it stands (SIGKILL), as a crashed or evicted pod: no release of the Lease.
     async fn kill(&mut self) {
-        let task = self.task.take().expect("running");
-        task.abort();
-        let _ = task.await;
+        self.child.kill().await.expect("killed");
     }
 
-    async fn stop(mut self) {
-        if let Some(task) = self.task.take() {
-            self.stop.cancel();
-            let _ = tokio::time::timeout(WAIT, task).await;
-        }
+    /// Whether its `cafe_leader` gauge says it holds the hub's Lease.
+    async fn says_leader(&self) -> bool {
+        let (code, text) = admin_get(self.admin, "/metrics").await;
+        assert_eq!(code, 200, "/metrics of {}", self.identity);
+        let gauge = text
+            .lines()
+            .find(|l| l.starts_with("cafe_leader{") && l.contains(HUB_LEASE))
+            .unwrap_or_else(|| panic!("{} exposes cafe_leader: {text}", self.identity));
+        gauge.ends_with(" 1")
     }
+}
+
+/// The writes (anything but get, list, watch; its own Lease aside) that the replica named
+/// `identity` made to `cluster`, from the simulator's per-user call record: every call it made
+/// carries its identity in the User-Agent. Each call must be the hub's ServiceAccount's.
+fn writes_by(h: &Hub, cluster: &str, identity: &str) -> Vec<String> {
+    let agent = format!("({identity})");
+    let calls: Vec<_> = h
+        .sim
+        .calls(cluster)
+        .into_iter()
+        .filter(|c| c.user_agent.ends_with(&agent))
+        .collect();
+    for c in &calls {
+        assert_eq!(
+            c.user,
+            Part::Hub.user(),
+            "{identity} calls {cluster} as the hub"
+        );
+        assert_ne!(c.code, 403, "refused: {c:?}");
+    }
+    calls
+        .into_iter()
+        .filter(|c| !matches!(c.verb.as_str(), "get" | "list" | "watch") && c.resource != "leases")
+        .map(|c| format!("{} {}/{} {}", c.verb, c.resource, c.subresource, c.name))
+        .collect()
+}
+
+/// [`writes_by`] in the hub and in every member.
+fn all_writes_by(h: &Hub, identity: &str) -> Vec<String> {
+    ["hub", "dca", "dcb"]
+        .iter()
+        .flat_map(|cluster| writes_by(h, cluster, identity))
+        .collect()
+}
+
+/// How many calls of any kind the replica made to the hub (its caches are warm when it
+/// follows).
+fn reads_by(h: &Hub, identity: &str) -> usize {
+    let agent = format!("({identity})");
+    h.sim
+        .calls("hub")
+        .iter()
+        .filter(|c| c.user_agent.ends_with(&agent) && matches!(c.verb.as_str(), "list" | "watch"))
+        .count()
 }
 
 fn rollout_deployment(replicas: i32, strategy: Value) -> CafeDeployment {
@@ -243,8 +289,18 @@ fn record_groups(h: &Hub) -> (Arc<std::sync::Mutex<Vec<i32>>>, JoinHandle<()>) {
 async fn only_the_lease_holder_writes_and_the_other_hub_finishes_the_rollout_after_a_kill() {
     let h = Hub::start_with(common::TWO_MEMBERS, &[("dca", "DCA"), ("dcb", "DCB")]).await;
     let agents = h.run_member_agents(&["dca", "dcb"]);
-    let mut a = Replica::start(&h, "hub-a");
-    let mut b = Replica::start(&h, "hub-b");
+    // Two `cafe hub` processes on the token of the hub's ServiceAccount (from deploy/hub).
+    let token = controller_token(&h.sim, "hub", Part::Hub).await;
+    let dir = std::env::temp_dir().join(format!("cafe-hub-leader-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("cafe-hub.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        serde_json::to_string(&kubeconfig_with_token(&h.sim, "hub", &token)).expect("JSON"),
+    )
+    .expect("kubeconfig written");
+    let mut a = HubProcess::start(&kubeconfig, "hub-a").await;
+    let mut b = HubProcess::start(&kubeconfig, "hub-b").await;
     h.wait_members_ready().await;
 
     let holder = wait_for("a hub holds the Lease", WAIT, || async {
@@ -256,7 +312,17 @@ async fn only_the_lease_holder_writes_and_the_other_hub_finishes_the_rollout_aft
     } else {
         (&mut b, &mut a)
     };
-    assert!(leader.leadership.is_leader() && !follower.leadership.is_leader());
+    // Both ready (caches synced), the gauge names the holder only.
+    for replica in [&*leader, &*follower] {
+        let (code, _) = wait_for("/readyz 200", WAIT, || async {
+            let (code, body) = admin_get(replica.admin, "/readyz").await;
+            (code == 200).then_some((code, body))
+        })
+        .await;
+        assert_eq!(code, 200);
+        assert_eq!(admin_get(replica.admin, "/healthz").await.0, 200);
+    }
+    assert!(leader.says_leader().await && !follower.says_leader().await);
 
     // Beta (1 + 1), then batches of 2, each confirmed.
     let cd = rollout_deployment(
@@ -273,13 +339,18 @@ async fn only_the_lease_holder_writes_and_the_other_hub_finishes_the_rollout_aft
         confirm(&h).await;
     }
     wait_completed(&h, "demo:1").await;
-    let (leader_hub, leader_members) = leader.writes();
-    assert!(
-        leader_hub > 0 && leader_members > 0,
-        "the holder wrote: {:?}",
-        leader.writes()
+    for cluster in ["hub", "dca", "dcb"] {
+        assert!(
+            !writes_by(&h, cluster, &leader.identity).is_empty(),
+            "the holder wrote to {cluster}"
+        );
+    }
+    assert!(reads_by(&h, &follower.identity) > 0, "the follower watches");
+    assert_eq!(
+        all_writes_by(&h, &follower.identity),
+        Vec::<String>::new(),
+        "the follower wrote nothing"
     );
-    assert_eq!(follower.writes(), (0, 0), "the follower wrote nothing");
 
     let (seen, recorder) = record_groups(&h);
     set_image(&h, "demo:2").await;
@@ -292,32 +363,38 @@ async fn only_the_lease_holder_writes_and_the_other_hub_finishes_the_rollout_aft
             && r.phase.as_deref() == Some("Progressing")
     })
     .await;
-    assert_eq!(follower.writes(), (0, 0), "the follower wrote nothing");
+    assert_eq!(all_writes_by(&h, &follower.identity), Vec::<String>::new());
 
     leader.kill().await;
     let killed = Instant::now();
-    let dead_writes = leader.writes();
-    let lease_duration = hub_support::options().lease.lease_duration;
-    wait_for("the other hub leads", WAIT, || async {
-        follower.leadership.is_leader().then_some(())
+    let dead_writes = all_writes_by(&h, &leader.identity).len();
+    wait_for("the other hub holds the Lease", WAIT, || async {
+        (hub_lease_holder(&h).await.as_deref() == Some(follower.identity.as_str())).then_some(())
     })
     .await;
     let took = killed.elapsed();
     assert!(
-        took <= lease_duration + Duration::from_secs(1),
-        "took over {took:?} after the kill (lease {lease_duration:?})"
+        took <= LEASE_DURATION + Duration::from_secs(1),
+        "took over {took:?} after the kill (lease {LEASE_DURATION:?})"
     );
-    assert_eq!(hub_lease_holder(&h).await, Some(follower.identity.clone()));
+    wait_for("the new leader's gauge", WAIT, || async {
+        follower.says_leader().await.then_some(())
+    })
+    .await;
 
     wait_confirm_at(&h, "demo:2", 2).await;
     confirm(&h).await;
     wait_completed(&h, "demo:2").await;
     assert_eq!(
-        leader.writes(),
+        all_writes_by(&h, &leader.identity).len(),
         dead_writes,
         "the killed hub wrote nothing more"
     );
-    assert!(follower.writes().0 > 0 && follower.writes().1 > 0);
+    assert!(
+        !writes_by(&h, "hub", &follower.identity).is_empty()
+            && !writes_by(&h, "dcb", &follower.identity).is_empty(),
+        "the new leader finished the rollout"
+    );
     recorder.abort();
     let seen = seen.lock().unwrap().clone();
     let mut upgrade: Vec<i32> = seen
@@ -327,11 +404,16 @@ async fn only_the_lease_holder_writes_and_the_other_hub_finishes_the_rollout_aft
         .copied()
         .collect();
     upgrade.reverse();
-    assert_eq!(upgrade, [1, 2, 3], "no group skipped or repeated: {seen:?}");
+    assert_eq!(
+        upgrade,
+        [1, 2, 3],
+        "no group skipped or repeated: {seen:?}; log of {}: {:?}",
+        follower.identity,
+        follower.log.lock().unwrap()
+    );
 
-    b.stop().await;
-    a.stop().await;
     agents.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The member agent of `member`, identity `agent-<member>`, fast lease timings.
@@ -341,7 +423,7 @@ fn agent(h: &Hub, member: &str) -> JoinHandle<Result<(), cafe::member::MemberErr
         ..MemberOptions::fast()
     };
     tokio::spawn(cafe::member::run_with(
-        h.members[member].clone(),
+        h.agents[member].clone(),
         options,
         CancellationToken::new(),
     ))

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use cafe::api::InPlaceSet;
 use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE};
-use common::{ONE_MEMBER, client, install_crds, spawn_member, start_sim, wait_for};
+use common::{
+    ONE_MEMBER, Part, client, controller_client, install_crds, spawn_member, start_sim, wait_for,
+};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -49,6 +51,8 @@ fn inplaceset(replicas: i32, template: Value, strategy: Value, lifecycle: Value)
 
 struct Fixture {
     client: kube::Client,
+    /// The member agent's client: ServiceAccount cafe-system/cafe-member from deploy/member.
+    agent: kube::Client,
     sets: Api<InPlaceSet>,
     pods: Api<Pod>,
     _sim: cafe_sim::sim::Sim,
@@ -59,6 +63,7 @@ async fn setup() -> Fixture {
     let c = client(&sim, "dca").await;
     install_crds(&c).await;
     Fixture {
+        agent: controller_client(&sim, "dca", Part::Member).await,
         sets: Api::default_namespaced(c.clone()),
         pods: Api::default_namespaced(c.clone()),
         client: c,
@@ -169,7 +174,7 @@ async fn events(client: &kube::Client) -> Vec<Event> {
 #[tokio::test]
 async fn an_image_change_updates_every_pod_in_place_within_max_unavailable() {
     let f = setup().await;
-    let member = spawn_member(f.client.clone());
+    let member = spawn_member(f.agent.clone());
     let before = f
         .create_serving(inplaceset(
             6,
@@ -227,7 +232,7 @@ async fn an_image_change_updates_every_pod_in_place_within_max_unavailable() {
 #[tokio::test]
 async fn the_partition_keeps_old_pods_and_scale_up_creates_new_ones() {
     let f = setup().await;
-    let member = spawn_member(f.client.clone());
+    let member = spawn_member(f.agent.clone());
     f.create_serving(inplaceset(
         4,
         template("demo:1"),
@@ -286,7 +291,7 @@ async fn the_partition_keeps_old_pods_and_scale_up_creates_new_ones() {
 #[tokio::test]
 async fn a_pre_update_finalizer_holds_its_pod_until_the_traffic_component_lets_go() {
     let f = setup().await;
-    let member = spawn_member(f.client.clone());
+    let member = spawn_member(f.agent.clone());
     let pods = f
         .create_serving(inplaceset(
             5,
@@ -425,7 +430,7 @@ fn release_on(
 #[tokio::test]
 async fn an_env_change_recreates_the_pods_through_the_pre_delete_hooks() {
     let f = setup().await;
-    let member = spawn_member(f.client.clone());
+    let member = spawn_member(f.agent.clone());
     // Pods are born protected by the traffic component's finalizer.
     let protected = |env: Option<&str>| {
         let mut t = template("demo:1");
@@ -493,7 +498,7 @@ async fn an_env_change_recreates_the_pods_through_the_pre_delete_hooks() {
 #[tokio::test]
 async fn a_cpu_request_change_resizes_in_place_without_a_restart() {
     let f = setup().await;
-    let member = spawn_member(f.client.clone());
+    let member = spawn_member(f.agent.clone());
     let before = f
         .create_serving(inplaceset(
             3,
@@ -550,7 +555,7 @@ async fn a_cpu_request_change_resizes_in_place_without_a_restart() {
 #[tokio::test]
 async fn an_image_that_never_gets_ready_stops_after_max_unavailable_pods() {
     let f = setup().await;
-    let member = spawn_member(f.client.clone());
+    let member = spawn_member(f.agent.clone());
     f.create_serving(inplaceset(
         5,
         template("demo:1"),
@@ -617,7 +622,7 @@ async fn an_image_that_never_gets_ready_stops_after_max_unavailable_pods() {
 #[tokio::test]
 async fn killing_the_controller_at_every_step_upgrades_each_pod_exactly_once() {
     let f = setup().await;
-    let mut member = spawn_member(f.client.clone());
+    let mut member = spawn_member(f.agent.clone());
     let before = f
         .create_serving(inplaceset(
             3,
@@ -662,7 +667,7 @@ async fn killing_the_controller_at_every_step_upgrades_each_pod_exactly_once() {
         }
         member.kill().await;
         kills += 1;
-        member = spawn_member(f.client.clone());
+        member = spawn_member(f.agent.clone());
         assert!(round < 100, "the upgrade finishes");
     }
     assert!(kills >= 4, "killed at each step at least once ({kills})");
@@ -700,7 +705,7 @@ async fn killing_the_controller_at_every_step_upgrades_each_pod_exactly_once() {
 #[tokio::test]
 async fn the_grace_period_passes_between_leaving_service_and_the_restart() {
     let f = setup().await;
-    let member = spawn_member(f.client.clone());
+    let member = spawn_member(f.agent.clone());
     f.create_serving(inplaceset(
         2,
         template("demo:1"),
@@ -739,7 +744,7 @@ async fn the_grace_period_passes_between_leaving_service_and_the_restart() {
 #[tokio::test]
 async fn scale_down_waits_for_the_pre_delete_hook() {
     let f = setup().await;
-    let member = spawn_member(f.client.clone());
+    let member = spawn_member(f.agent.clone());
     let mut protected = template("demo:1");
     protected["metadata"]["finalizers"] = json!([TRAFFIC]);
     f.create_serving(inplaceset(

@@ -14,7 +14,10 @@ use cafe::api::labels::{LIFECYCLE_STATE, READINESS_GATE, REVISION};
 use cafe::member::{CACHE_NOT_SYNCED, MemberOptions, REPLICA_FAILURE};
 use cafe::plan::revision::revision_hash;
 use cafe_sim::sim::Sim;
-use common::{Member, ONE_MEMBER, client, install_crds, spawn_member, start_sim, wait_for};
+use common::{
+    Member, ONE_MEMBER, Part, client, controller_client, install_crds, spawn_member, start_sim,
+    wait_for,
+};
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
@@ -56,7 +59,7 @@ async fn setup() -> (Sim, kube::Client, Member) {
     let sim = start_sim(ONE_MEMBER).await;
     let c = client(&sim, "dca").await;
     install_crds(&c).await;
-    let member = spawn_member(c.clone());
+    let member = spawn_member(controller_client(&sim, "dca", Part::Member).await);
     (sim, c, member)
 }
 
@@ -699,7 +702,7 @@ async fn a_restarted_controller_creates_and_deletes_nothing() {
 
     let status_writes = count(&sim, "patch", "inplacesets", "status");
 
-    let member = spawn_member(c.clone());
+    let member = spawn_member(controller_client(&sim, "dca", Part::Member).await);
     // A spec change the new controller must acknowledge proves it has reconciled; this one
     // changes nothing else in the status.
     let changed = patch_spec(&api, "demo", json!({"strategy": {"gracePeriodSeconds": 5}})).await;
@@ -833,7 +836,7 @@ async fn a_rejected_pod_sets_replica_failure_naming_the_cause_until_fixed() {
 async fn the_agent_waits_for_the_crd_and_stops_on_cancel() {
     let sim = start_sim(ONE_MEMBER).await;
     let c = client(&sim, "dca").await;
-    let member = spawn_member(c.clone());
+    let member = spawn_member(controller_client(&sim, "dca", Part::Member).await);
     // No CRD yet: the agent waits instead of failing.
     tokio::task::yield_now().await;
     assert!(!member.task.is_finished());
@@ -846,7 +849,7 @@ async fn the_agent_waits_for_the_crd_and_stops_on_cancel() {
 
     // Cancelled while still waiting for the CRD: returns Ok promptly.
     let bare = start_sim(ONE_MEMBER).await;
-    let waiting = spawn_member(client(&bare, "dca").await);
+    let waiting = spawn_member(controller_client(&bare, "dca", Part::Member).await);
     waiting.stop().await;
 }
 

@@ -20,12 +20,11 @@ use std::time::Duration;
 use cafe::api::{CafeDeployment, InPlaceSet};
 use cafe::cli::cluster::{self, Credentials};
 use cafe::hub::access;
-use common::{TWO_MEMBERS, start_sim, wait_for};
-use k8s_openapi::api::authentication::v1::TokenRequest;
+use common::{TWO_MEMBERS, client_with_token, service_account_token, start_sim, wait_for};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -160,28 +159,6 @@ fn used(
         seen.insert((c.verb.clone(), c.api_group.clone(), resource));
     }
     (seen, refused)
-}
-
-/// A client of `cluster` that authenticates with `token` only.
-async fn client_with_token(sim: &cafe_sim::sim::Sim, cluster: &str, token: &str) -> kube::Client {
-    let admin = Kubeconfig::from_yaml(&sim.kubeconfig(Some(cluster))).expect("kubeconfig");
-    let flat = cluster::flatten(admin, Some(cluster)).expect("flattened");
-    let own = access::with_token(&flat, token).expect("with token");
-    let config = kube::Config::from_custom_kubeconfig(own, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
-}
-
-/// A token of ServiceAccount `cafe-system/<account>` in `cluster`, as `kubectl create token`
-/// asks for one.
-async fn service_account_token(admin: &kube::Client, account: &str) -> String {
-    let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), "cafe-system");
-    let answer = api
-        .create_token_request(account, &PostParams::default(), &TokenRequest::default())
-        .await
-        .unwrap_or_else(|e| panic!("a token for {account}: {e}"));
-    answer.status.expect("token status").token
 }
 
 fn deployment(namespace: &str) -> CafeDeployment {

@@ -11,11 +11,11 @@ use std::process::Stdio;
 
 use cafe::runtime::Telemetry;
 use cafe::runtime::admin::{self, AdminServer};
-use common::{config, start_sim, wait_for};
+use common::{admin_get as get, config, start_sim, wait_for};
 use hub_support::{Hub, WAIT, deployment, install_crds};
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 const HUB_AND_DCA: &str = r#"
@@ -28,24 +28,6 @@ clusters:
     units: {DataCenter: DCA}
     nodes: [{count: 2, cpu: "8", memory: 16Gi, pods: 110}]
 "#;
-
-/// One HTTP/1.1 GET over a fresh connection: the status code and the body.
-async fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("the admin server accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status line");
-    (code, body.to_string())
-}
 
 /// Every line of an OpenMetrics/Prometheus text exposition is a comment (`# HELP`, `# TYPE`,
 /// `# UNIT`, `# EOF`) or `name{labels} value`, with a metric name, quoted label values and a
@@ -170,6 +152,8 @@ async fn hub_and_member_admin_servers_report_health_readiness_and_metrics() {
     // CRDs and the registration, as `cafe cluster register` does it.
     let fixture = Hub {
         members: [("dca".to_string(), common::client(&sim, "dca").await)].into(),
+        controller: hub_client.clone(),
+        agents: Default::default(),
         hub: hub_client,
         sim,
         running: None,

@@ -22,16 +22,25 @@ pub enum HubCliError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
+    #[error(transparent)]
+    Lease(#[from] crate::runtime::args::LeaseTimingsError),
 }
 
 pub async fn run(args: HubArgs) -> Result<(), HubCliError> {
-    let client = args.kube.client().await?;
-    let options = args.timing.options(crate::hub::HubOptions::default());
+    let lease = args.runtime.lease()?;
     let identity = args.runtime.identity();
+    let mut config = args.kube.config().await?;
+    crate::runtime::identify(&mut config, "hub", &identity);
+    let client = kube::Client::try_from(config).map_err(|e| KubeconfigError::Invalid {
+        origin: "client".into(),
+        message: e.to_string(),
+    })?;
+    let options = args.timing.options(crate::hub::HubOptions::default());
     crate::runtime::serve(&args.runtime, |telemetry, shutdown| {
         let options = crate::hub::HubOptions {
             telemetry,
             identity: identity.clone(),
+            lease,
             ..options
         };
         crate::hub::run_with(client, options, shutdown)

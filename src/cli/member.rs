@@ -37,6 +37,8 @@ pub enum MemberCliError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     Member(#[from] crate::member::MemberError),
+    #[error(transparent)]
+    Lease(#[from] crate::runtime::args::LeaseTimingsError),
 }
 
 pub async fn run(args: MemberArgs) -> Result<(), MemberCliError> {
@@ -44,9 +46,11 @@ pub async fn run(args: MemberArgs) -> Result<(), MemberCliError> {
         kubeconfig: args.kubeconfig,
         context: args.context,
     };
-    let config = member.config().await?;
-    let options = args.timing.options(crate::member::MemberOptions::default());
+    let lease = args.runtime.lease()?;
     let identity = args.runtime.identity();
+    let mut config = member.config().await?;
+    crate::runtime::identify(&mut config, "member", &identity);
+    let options = args.timing.options(crate::member::MemberOptions::default());
     crate::runtime::serve(&args.runtime, |telemetry, shutdown| async move {
         let client = telemetry
             .metrics
@@ -55,6 +59,7 @@ pub async fn run(args: MemberArgs) -> Result<(), MemberCliError> {
         let options = crate::member::MemberOptions {
             telemetry,
             identity: identity.clone(),
+            lease,
             ..options
         };
         crate::member::run_with(client, options, shutdown).await?;

@@ -361,7 +361,9 @@ async fn connect(
         let metrics = &ctx.membership.telemetry().metrics;
         let client = crate::runtime::kubeconfig::config_from_yaml(&stored.text, None, &origin)
             .await
-            .and_then(|config| {
+            .and_then(|mut config| {
+                // The member's audit log names the hub replica that wrote.
+                crate::runtime::identify(&mut config, "hub", &ctx.options.identity);
                 metrics
                     .client(config, name)
                     .map_err(|e| KubeconfigError::Invalid {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::hub::HubOptions;
 use crate::member::MemberOptions;
+use crate::runtime::leader::LeaseTimings;
 
 /// Where the admin server listens; `off` runs none (tests that start many processes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +63,30 @@ pub struct RuntimeArgs {
     /// Log lines as text or as JSON objects (RUST_LOG sets the level).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Leader election: how long the other replicas wait, after the Lease last changed, before
+    /// one of them takes it (kube-controller-manager's flag of the same name).
+    #[arg(long, value_name = "DURATION", default_value_t = HumanDuration(LeaseTimings::default().lease_duration))]
+    pub leader_elect_lease_duration: HumanDuration,
+    /// Leader election: how long the leader keeps trying to renew before it stops writing;
+    /// shorter than the lease duration, so that it stops before another can take over.
+    #[arg(long, value_name = "DURATION", default_value_t = HumanDuration(LeaseTimings::default().renew_deadline))]
+    pub leader_elect_renew_deadline: HumanDuration,
+    /// Leader election: how often the leader renews and the others try to acquire.
+    #[arg(long, value_name = "DURATION", default_value_t = HumanDuration(LeaseTimings::default().retry_period))]
+    pub leader_elect_retry_period: HumanDuration,
+}
+
+/// Leader-election timings that would let two replicas write at once.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "--leader-elect-retry-period ({retry}) < --leader-elect-renew-deadline ({renew}) < \
+     --leader-elect-lease-duration ({lease}) must hold: a leader has to stop writing before \
+     another replica can take the Lease; lengthen the lease duration or shorten the others"
+)]
+pub struct LeaseTimingsError {
+    retry: HumanDuration,
+    renew: HumanDuration,
+    lease: HumanDuration,
 }
 
 impl RuntimeArgs {
@@ -72,6 +97,27 @@ impl RuntimeArgs {
             .clone()
             .filter(|i| !i.is_empty())
             .unwrap_or_else(crate::runtime::leader::default_identity)
+    }
+
+    /// The leader-election timings of the `--leader-elect-*` flags, refused when a leader
+    /// could still be writing after another took over.
+    pub fn lease(&self) -> Result<LeaseTimings, LeaseTimingsError> {
+        let timings = LeaseTimings {
+            lease_duration: self.leader_elect_lease_duration.0,
+            renew_deadline: self.leader_elect_renew_deadline.0,
+            retry_period: self.leader_elect_retry_period.0,
+        };
+        if timings.retry_period < timings.renew_deadline
+            && timings.renew_deadline < timings.lease_duration
+        {
+            Ok(timings)
+        } else {
+            Err(LeaseTimingsError {
+                retry: self.leader_elect_retry_period,
+                renew: self.leader_elect_renew_deadline,
+                lease: self.leader_elect_lease_duration,
+            })
+        }
     }
 }
 
@@ -217,6 +263,42 @@ mod tests {
             "zero is no interval"
         );
         assert!("soon".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn lease_flags_default_to_client_go_and_refuse_a_leader_outliving_its_lease() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            runtime: RuntimeArgs,
+        }
+        let cmd = Cmd::parse_from(["cmd"]);
+        assert_eq!(cmd.runtime.lease(), Ok(LeaseTimings::default()));
+        let cmd = Cmd::parse_from([
+            "cmd",
+            "--leader-elect-lease-duration",
+            "2s",
+            "--leader-elect-renew-deadline",
+            "1500ms",
+            "--leader-elect-retry-period",
+            "250ms",
+        ]);
+        assert_eq!(cmd.runtime.lease(), Ok(LeaseTimings::fast()));
+        let cmd = Cmd::parse_from(["cmd", "--leader-elect-lease-duration", "5s"]);
+        let refused = cmd
+            .runtime
+            .lease()
+            .expect_err("renew deadline 10s > lease 5s");
+        assert!(
+            refused
+                .to_string()
+                .contains("--leader-elect-renew-deadline (10s)")
+                && refused
+                    .to_string()
+                    .contains("--leader-elect-lease-duration (5s)"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -29,6 +29,23 @@ pub struct Telemetry {
     pub readiness: readiness::Readiness,
 }
 
+/// Names this process in every request it sends through `config` (`User-Agent: cafe-<component>/<version>
+/// (<identity>)`), so that the API server's audit log, and the simulator's call record, tell
+/// the replicas of one ServiceAccount apart. An identity no header can carry leaves kube's
+/// default in place.
+pub fn identify(config: &mut kube::Config, component: &str, identity: &str) {
+    let agent = format!(
+        "cafe-{component}/{} ({identity})",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&agent) {
+        config
+            .headers
+            .retain(|(name, _)| name != http::header::USER_AGENT);
+        config.headers.push((http::header::USER_AGENT, value));
+    }
+}
+
 /// The API server's own words for a failed request (its Status message), else the error's
 /// text: the Status message says what was refused and why, where the error's own text wraps it
 /// in details of the transport.
@@ -43,6 +60,32 @@ pub fn api_cause(err: &kube::Error) -> String {
 mod tests {
     use super::*;
     use kube::core::Status;
+
+    #[test]
+    fn identify_names_component_version_and_identity_in_the_user_agent() {
+        let mut config = kube::Config::new("https://example.invalid".parse().unwrap());
+        identify(&mut config, "hub", "cafe-hub-7d9f-abcde");
+        identify(&mut config, "hub", "cafe-hub-7d9f-xyz");
+        let agents: Vec<_> = config
+            .headers
+            .iter()
+            .filter(|(name, _)| name == http::header::USER_AGENT)
+            .map(|(_, value)| value.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            agents,
+            [format!(
+                "cafe-hub/{} (cafe-hub-7d9f-xyz)",
+                env!("CARGO_PKG_VERSION")
+            )]
+        );
+        identify(&mut config, "hub", "bad\nname");
+        assert_eq!(
+            config.headers.len(),
+            1,
+            "a header-breaking identity is not sent"
+        );
+    }
 
     #[test]
     fn api_cause_prefers_the_servers_message() {

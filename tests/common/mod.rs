@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use cafe_sim::config::SimConfig;
 use cafe_sim::sim::Sim;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, GroupVersionKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +98,111 @@ pub async fn config(sim: &Sim, cluster: &str) -> kube::Config {
         .expect("kube config")
 }
 
+/// A controller as `deploy/` installs it: its ServiceAccount and RBAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// `cafe hub`, ServiceAccount `cafe-system/cafe-hub` in the hub (`deploy/hub`).
+    Hub,
+    /// `cafe member`, ServiceAccount `cafe-system/cafe-member` in a member (`deploy/member`).
+    Member,
+}
+
+impl Part {
+    fn dir(self) -> &'static str {
+        match self {
+            Part::Hub => "deploy/hub/controller",
+            Part::Member => "deploy/member/agent",
+        }
+    }
+
+    pub fn account(self) -> &'static str {
+        match self {
+            Part::Hub => "cafe-hub",
+            Part::Member => "cafe-member",
+        }
+    }
+
+    /// The user the API server sees for the ServiceAccount's tokens.
+    pub fn user(self) -> String {
+        format!("system:serviceaccount:cafe-system:{}", self.account())
+    }
+}
+
+/// Installs `part`'s ServiceAccount and RBAC from `deploy/` in `cluster` (the objects
+/// `kubectl apply -k` creates, applied here without kubectl, which is slow to start), and
+/// returns a client authenticated with a token of that ServiceAccount only: the controller runs
+/// with exactly what an installation grants it, RBAC enforced by the simulator.
+pub async fn controller_client(sim: &Sim, cluster: &str, part: Part) -> kube::Client {
+    let token = controller_token(sim, cluster, part).await;
+    client_with_token(sim, cluster, &token).await
+}
+
+/// As [`controller_client`], the token itself (for a kubeconfig file a process reads).
+pub async fn controller_token(sim: &Sim, cluster: &str, part: Part) -> String {
+    let admin = client(sim, cluster).await;
+    install_rbac(&admin, part).await;
+    service_account_token(&admin, part.account()).await
+}
+
+/// Applies `part`'s serviceaccount.yaml and rbac.yaml, namespaced objects in cafe-system.
+pub async fn install_rbac(admin: &kube::Client, part: Part) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(part.dir());
+    let apply = PatchParams::apply("kubectl").force();
+    for file in ["serviceaccount.yaml", "rbac.yaml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("deploy/ file");
+        for doc in serde_saphyr::from_multiple::<serde_json::Value>(&text).expect("deploy/ YAML") {
+            if doc.is_null() {
+                continue;
+            }
+            let object: DynamicObject = serde_json::from_value(doc).expect("an object");
+            let types = object.types.clone().expect("apiVersion and kind");
+            let gvk = GroupVersionKind::try_from(&types).expect("a group version kind");
+            let resource = ApiResource::from_gvk(&gvk);
+            let name = object.metadata.name.clone().expect("a name");
+            let api: Api<DynamicObject> = match gvk.kind.as_str() {
+                "ClusterRole" | "ClusterRoleBinding" => Api::all_with(admin.clone(), &resource),
+                _ => Api::namespaced_with(
+                    admin.clone(),
+                    cafe::api::labels::SYSTEM_NAMESPACE,
+                    &resource,
+                ),
+            };
+            api.patch(&name, &apply, &Patch::Apply(&object))
+                .await
+                .unwrap_or_else(|e| panic!("applying {} {name}: {e}", gvk.kind));
+        }
+    }
+}
+
+/// A token of ServiceAccount `cafe-system/<account>`, as `kubectl create token` asks for one.
+pub async fn service_account_token(admin: &kube::Client, account: &str) -> String {
+    let api: Api<ServiceAccount> =
+        Api::namespaced(admin.clone(), cafe::api::labels::SYSTEM_NAMESPACE);
+    let answer = api
+        .create_token_request(account, &PostParams::default(), &TokenRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("a token for {account}: {e}"));
+    answer.status.expect("token status").token
+}
+
+/// A client of `cluster` that authenticates with `token` only.
+pub async fn client_with_token(sim: &Sim, cluster: &str, token: &str) -> kube::Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig_with_token(sim, cluster, token),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .expect("config");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// The kubeconfig of `cluster` (its context only) with `token` as its only credential.
+pub fn kubeconfig_with_token(sim: &Sim, cluster: &str, token: &str) -> Kubeconfig {
+    let admin = Kubeconfig::from_yaml(&sim.kubeconfig(Some(cluster))).expect("kubeconfig");
+    let flat = cafe::cli::cluster::flatten(admin, Some(cluster)).expect("flattened");
+    cafe::hub::access::with_token(&flat, token).expect("with token")
+}
+
 /// Installs cafe's CRDs and waits until each is Established.
 pub async fn install_crds(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -121,6 +229,25 @@ pub async fn install_crds(client: &kube::Client) {
         )
         .await;
     }
+}
+
+/// GET `path` from an admin server (/healthz, /readyz, /metrics): status code and body.
+pub async fn admin_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("the admin server accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    (code, body.to_string())
 }
 
 /// Polls `check` every 20 ms until it returns Some, or panics after `timeout` naming `what`.

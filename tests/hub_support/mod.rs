@@ -1,6 +1,8 @@
 //! Shared set-up for the hub's end-to-end tests: a simulated hub and members DCA/DCB/DCC with
-//! CRDs installed everywhere, members registered the way `cafe cluster register` does it (a
-//! kubeconfig Secret in cafe-system and a labelled MemberCluster), and the hub running in-process.
+//! CRDs installed everywhere, members registered the way `cafe cluster register` does it by
+//! default (the hub's own least-privilege identity in each member, its token in a kubeconfig
+//! Secret in cafe-system, and a labelled MemberCluster), and the hub and member agents running
+//! in-process on the tokens of their `deploy/` ServiceAccounts, RBAC enforced.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -21,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{client, start_sim, wait_for};
+use crate::common::{Part, client, controller_client, kubeconfig_with_token, start_sim, wait_for};
 
 pub const THREE_MEMBERS: &str = r#"
 kubelet: {startMillis: 50, restartMillis: 50}
@@ -49,7 +51,14 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Hub {
     pub sim: Sim,
+    /// The test's own (admin) client of the hub.
     pub hub: kube::Client,
+    /// The hub controller's client: ServiceAccount cafe-system/cafe-hub from `deploy/hub`.
+    pub controller: kube::Client,
+    /// Per member, the member agent's client: ServiceAccount cafe-system/cafe-member from
+    /// `deploy/member`.
+    pub agents: BTreeMap<String, kube::Client>,
+    /// Per member, the test's own (admin) client.
     pub members: BTreeMap<String, kube::Client>,
     pub running: Option<(
         CancellationToken,
@@ -96,9 +105,19 @@ impl Hub {
             installs.push(install_crds(c, cafe::hub::crds::member_crds()));
         }
         futures::future::join_all(installs).await;
+        let controller = controller_client(&sim, "hub", Part::Hub).await;
+        let mut agents = BTreeMap::new();
+        for (name, _) in members_of {
+            agents.insert(
+                name.to_string(),
+                controller_client(&sim, name, Part::Member).await,
+            );
+        }
         let fixture = Hub {
             sim,
             hub,
+            controller,
+            agents,
             members,
             running: None,
             agent_leases: Arc::default(),
@@ -107,17 +126,32 @@ impl Hub {
             fixture.keep_agent_lease(name);
         }
         for (name, unit) in members_of {
-            let kubeconfig = fixture.sim.kubeconfig(Some(name));
+            let kubeconfig = fixture.dedicated_kubeconfig(name).await;
             fixture.register(name, unit, &kubeconfig).await;
         }
         fixture
+    }
+
+    /// What `cafe cluster register` stores by default for `member`: a kubeconfig holding only
+    /// a token of the hub's own least-privilege ServiceAccount there (set up with the admin's
+    /// credentials, as the operator's would be).
+    pub async fn dedicated_kubeconfig(&self, member: &str) -> String {
+        let admin = client(&self.sim, member).await;
+        cafe::hub::access::grant(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("the hub's identity in {member}: {e}"));
+        let issued = cafe::hub::access::issue_token(&admin, Duration::from_secs(24 * 3600))
+            .await
+            .unwrap_or_else(|e| panic!("the hub's token in {member}: {e}"));
+        let kubeconfig = kubeconfig_with_token(&self.sim, member, &issued.token);
+        serde_json::to_string(&kubeconfig).expect("kubeconfig as JSON, which is YAML")
     }
 
     /// Starts the hub controllers in this process.
     pub fn run_hub(&mut self) {
         let token = CancellationToken::new();
         let task = tokio::spawn(cafe::hub::run_with(
-            self.hub.clone(),
+            self.controller.clone(),
             options(),
             token.clone(),
         ));
@@ -149,7 +183,11 @@ impl Hub {
         let token = CancellationToken::new();
         for member in members {
             let stand_in = lock(&self.agent_leases).remove(*member);
-            let client = self.members[*member].clone();
+            let client = self
+                .agents
+                .get(*member)
+                .unwrap_or_else(|| panic!("no agent ServiceAccount installed in {member}"))
+                .clone();
             let options = cafe::member::MemberOptions {
                 identity: format!("agent-{member}"),
                 ..cafe::member::MemberOptions::fast()
