@@ -19,6 +19,7 @@ use crate::write::{self, PatchKind, WriteOptions};
 use crate::{meta, pods};
 
 /// A request, reduced to what the API needs.
+#[derive(Clone)]
 pub struct Request {
     pub method: http::Method,
     pub query: HashMap<String, String>,

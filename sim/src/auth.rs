@@ -529,6 +529,153 @@ pub fn apply_create_check(
         ..attrs.clone()
     })
 }
+/// One check the OwnerReferencesPermissionEnforcement admission plugin makes of a write, and
+/// the words it refuses with.
+pub struct OwnerCheck {
+    /// The name of the object written (empty for a create with generateName).
+    pub object: String,
+    pub attrs: Attributes,
+    pub refusal: String,
+}
+
+/// What the OwnerReferencesPermissionEnforcement admission plugin (enabled by kubeadm, kind,
+/// k3s and the managed services) asks of a create, update or patch that changes an object's
+/// ownerReferences: that the caller may delete the object, and, for each owner reference it
+/// newly marks `blockOwnerDeletion`, that it may update the owner's `finalizers` subresource
+/// (plugin/pkg/admission/gc). A controller that makes its pods block their owner's deletion
+/// needs `update` on `<owner>/finalizers`; a real cluster refuses it otherwise, so the
+/// simulator does too. The owner of an unknown kind is refused (no REST mapping), as upstream.
+pub fn owner_reference_checks(
+    cluster: &Arc<Cluster>,
+    route: &Route,
+    req: &Request,
+    attrs: &Attributes,
+) -> Result<Vec<OwnerCheck>, ApiError> {
+    let Route::Resource(path) = route else {
+        return Ok(vec![]);
+    };
+    if path.subresource.is_some() {
+        return Ok(vec![]);
+    }
+    let refs_of = |obj: &Value| -> Vec<Value> {
+        obj.pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let stored = || -> Vec<Value> {
+        let Some(name) = path.name.as_deref() else {
+            return vec![];
+        };
+        cluster.store.read(|s| {
+            s.registry
+                .find(&path.group, &path.version, &path.plural)
+                .and_then(|rt| {
+                    let ns = if rt.namespaced {
+                        attrs.namespace.as_str()
+                    } else {
+                        ""
+                    };
+                    s.get(&rt.storage, ns, name)
+                })
+                .map(|o| refs_of(&o))
+                .unwrap_or_default()
+        })
+    };
+    use http::Method;
+    let (name, old, new) = match (&req.method, path.name.as_deref()) {
+        (&Method::POST, None) => {
+            let Ok(body) = req.body_value() else {
+                return Ok(vec![]);
+            };
+            (meta_str(&body, "name").to_string(), vec![], refs_of(&body))
+        }
+        (&Method::PUT, Some(name)) => {
+            let Ok(body) = req.body_value() else {
+                return Ok(vec![]);
+            };
+            (name.to_string(), stored(), refs_of(&body))
+        }
+        (&Method::PATCH, Some(name)) if req.body.windows(15).any(|w| w == b"ownerReferences") => {
+            // The object the patch makes, as admission sees it: the same patch, dry run.
+            let mut dry = req.clone();
+            dry.query.insert("dryRun".into(), "All".into());
+            let new = match crate::api::handle(cluster, &dry, path) {
+                Ok(Reply::Json(_, obj)) => refs_of(&obj),
+                // An apply that creates: the body is the object.
+                Err(e) if e.code == 404 => refs_of(&req.body_value().unwrap_or_default()),
+                // The real request fails the same way, with its own error.
+                _ => return Ok(vec![]),
+            };
+            (name.to_string(), stored(), new)
+        }
+        _ => return Ok(vec![]),
+    };
+    if old == new {
+        return Ok(vec![]);
+    }
+    let mut checks = vec![OwnerCheck {
+        object: name.clone(),
+        attrs: Attributes {
+            verb: "delete".into(),
+            name: name.clone(),
+            ..attrs.clone()
+        },
+        refusal: "cannot set an ownerRef on a resource you can't delete".into(),
+    }];
+    let blocking = |r: &Value| r["blockOwnerDeletion"].as_bool() == Some(true);
+    for owner in new.iter().filter(|r| blocking(r)) {
+        let uid = &owner["uid"];
+        if old.iter().any(|o| &o["uid"] == uid && blocking(o)) {
+            continue;
+        }
+        let api_version = owner["apiVersion"].as_str().unwrap_or_default();
+        let kind = owner["kind"].as_str().unwrap_or_default();
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let Some(rt) = cluster.store.read(|s| s.registry.find_kind(group, kind)) else {
+            return Err(owner_forbidden(
+                attrs,
+                &name,
+                &format!(
+                    "cannot set blockOwnerDeletion in this case because cannot find RESTMapping for APIVersion {api_version} Kind {kind}: no matches for kind \"{kind}\" in version \"{api_version}\""
+                ),
+            ));
+        };
+        checks.push(OwnerCheck {
+            object: name.clone(),
+            attrs: Attributes {
+                verb: "update".into(),
+                api_group: group.to_string(),
+                api_version: version.to_string(),
+                resource: rt.plural.clone(),
+                subresource: "finalizers".into(),
+                name: owner["name"].as_str().unwrap_or_default().to_string(),
+                ..attrs.clone()
+            },
+            refusal: "cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on".into(),
+        });
+    }
+    Ok(checks)
+}
+
+/// 403 as admission.NewForbidden words it: `<resource> "<name>" is forbidden: <cause>`.
+pub fn owner_forbidden(attrs: &Attributes, name: &str, cause: &str) -> ApiError {
+    let resource = if attrs.api_group.is_empty() {
+        attrs.resource.clone()
+    } else {
+        format!("{}.{}", attrs.resource, attrs.api_group)
+    };
+    let mut e = ApiError::new(
+        403,
+        "Forbidden",
+        format!("{resource} \"{name}\" is forbidden: {cause}"),
+    );
+    e.name = (!name.is_empty()).then(|| name.to_string());
+    e.group = (!attrs.api_group.is_empty()).then(|| attrs.api_group.clone());
+    e.kind = Some(attrs.resource.clone());
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,6 +181,7 @@ async fn handle(
             }
             None => None,
         }
+        .or_else(|| owner_references_admitted(&cluster, &user, &route, &request, &attrs).err())
         .or_else(|| auth::check_escalation(&cluster, &user, &attrs, &request).err())
     } else {
         Some(auth::forbidden(&user, &attrs, &decision.reason))
@@ -319,6 +320,37 @@ fn record(
         code: code.to_string(),
     });
     cluster.calls.push(call_record(user, attrs, req, code));
+}
+
+/// The OwnerReferencesPermissionEnforcement checks of a write ([`auth::owner_reference_checks`]),
+/// each in the call record as the request it authorizes.
+fn owner_references_admitted(
+    cluster: &Arc<Cluster>,
+    user: &UserInfo,
+    route: &Route,
+    request: &Request,
+    attrs: &Attributes,
+) -> Result<(), ApiError> {
+    if user.in_group(crate::rbac::MASTERS) {
+        return Ok(());
+    }
+    for check in auth::owner_reference_checks(cluster, route, request, attrs)? {
+        let decision = auth::authorize(cluster, user, &check.attrs);
+        cluster.calls.push(call_record(
+            user,
+            &check.attrs,
+            request,
+            if decision.allowed { 200 } else { 403 },
+        ));
+        if !decision.allowed {
+            return Err(auth::owner_forbidden(
+                attrs,
+                &check.object,
+                &format!("{}: {}, <nil>", check.refusal, decision.reason),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn call_record(user: &UserInfo, attrs: &Attributes, req: &Request, code: u16) -> CallRecord {

@@ -116,6 +116,18 @@ async fn role(admin: &kube::Client, ns: &str, name: &str, rules: Value) {
         .unwrap();
 }
 
+/// Replaces the rules of Role `ns/name`.
+async fn rules_of(admin: &kube::Client, ns: &str, name: &str, rules: Value) {
+    Api::<Role>::namespaced(admin.clone(), ns)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"rules": rules})),
+        )
+        .await
+        .unwrap();
+}
+
 async fn cluster_role(admin: &kube::Client, name: &str, labels: Value, rules: Value) {
     Api::<ClusterRole>::all(admin.clone())
         .create(
@@ -1043,5 +1055,147 @@ async fn an_apply_that_creates_needs_create_as_well_as_patch() {
             ("patch".to_string(), 200)
         ],
         "the create check is recorded, then the refused request; the second apply only patches"
+    );
+}
+
+/// OwnerReferencesPermissionEnforcement, as kubeadm and kind clusters run it: a pod that blocks
+/// its owner's deletion needs `update` on the owner's `finalizers`; setting any owner reference
+/// needs `delete` on the object; a patch that changes the references is checked on the object it
+/// makes. Each check is in the call record.
+#[tokio::test]
+async fn blocking_an_owners_deletion_needs_update_on_its_finalizers() {
+    let sim = start().await;
+    let admin = common::client(&sim, "dca").await;
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "apps"}})),
+        )
+        .await
+        .unwrap();
+    let owner: ConfigMap = Api::namespaced(admin.clone(), "apps")
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "owner"}})),
+        )
+        .await
+        .unwrap();
+    let owned = |name: &str, block: bool| -> Pod {
+        let mut p = pod(name);
+        p.metadata.owner_references = Some(vec![obj(json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+            "uid": owner.metadata.uid.clone().unwrap(), "controller": true,
+            "blockOwnerDeletion": block,
+        }))]);
+        p
+    };
+    let creator = bound_service_account(
+        &sim,
+        &admin,
+        ("apps", "creator"),
+        "pods",
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "patch"]}]),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(creator.clone(), "apps");
+
+    let refused = api_err(
+        pods.create(&PostParams::default(), &owned("a", false))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(refused.code, 403);
+    assert_eq!(
+        refused.message,
+        "pods \"a\" is forbidden: cannot set an ownerRef on a resource you can't delete: , <nil>"
+    );
+
+    rules_of(
+        &admin,
+        "apps",
+        "pods",
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "patch", "delete"]}]),
+    )
+    .await;
+    pods.create(&PostParams::default(), &owned("a", false))
+        .await
+        .expect("an owner reference that does not block needs delete only");
+    let refused = api_err(
+        pods.create(&PostParams::default(), &owned("b", true))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(refused.code, 403);
+    assert_eq!(
+        refused.message,
+        "pods \"b\" is forbidden: cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on: , <nil>"
+    );
+    // Marking an existing reference blocking is the same change, seen through the patch.
+    let block = json!({"metadata": {"ownerReferences": [{
+        "apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+        "uid": owner.metadata.uid.clone().unwrap(), "controller": true,
+        "blockOwnerDeletion": true}]}});
+    let refused = api_err(
+        pods.patch(
+            "a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&block),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(refused.code, 403, "{}", refused.message);
+
+    rules_of(
+        &admin,
+        "apps",
+        "pods",
+        json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "patch", "delete"]},
+            {"apiGroups": [""], "resources": ["configmaps/finalizers"], "verbs": ["update"],
+             "resourceNames": ["owner"]},
+        ]),
+    )
+    .await;
+    pods.create(&PostParams::default(), &owned("b", true))
+        .await
+        .expect("allowed once it may update the owner's finalizers");
+    pods.patch(
+        "a",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&block),
+    )
+    .await
+    .expect("the patch too");
+
+    let checks: Vec<(String, String, String, u16)> = sim
+        .calls("dca")
+        .into_iter()
+        .filter(|c| c.user == "system:serviceaccount:apps:creator")
+        .filter(|c| c.verb == "delete" || c.subresource == "finalizers")
+        .map(|c| (c.verb, c.resource, c.name, c.code))
+        .collect();
+    let check = |verb: &str, resource: &str, name: &str, code: u16| {
+        (
+            verb.to_string(),
+            resource.to_string(),
+            name.to_string(),
+            code,
+        )
+    };
+    assert_eq!(
+        checks,
+        [
+            check("delete", "pods", "a", 403),
+            check("delete", "pods", "a", 200),
+            check("delete", "pods", "b", 200),
+            check("update", "configmaps", "owner", 403),
+            check("delete", "pods", "a", 200),
+            check("update", "configmaps", "owner", 403),
+            check("delete", "pods", "b", 200),
+            check("update", "configmaps", "owner", 200),
+            check("delete", "pods", "a", 200),
+            check("update", "configmaps", "owner", 200),
+        ]
     );
 }
