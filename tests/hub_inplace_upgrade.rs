@@ -4,6 +4,7 @@
 
 mod common;
 mod hub_support;
+mod invariants;
 mod pod_timeline;
 
 use std::collections::BTreeSet;

@@ -4,6 +4,7 @@
 
 mod common;
 mod hub_support;
+mod invariants;
 
 use std::time::Duration;
 

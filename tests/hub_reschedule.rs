@@ -5,6 +5,7 @@
 
 mod common;
 mod hub_support;
+mod invariants;
 mod pod_timeline;
 
 use std::collections::BTreeMap;

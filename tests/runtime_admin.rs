@@ -5,6 +5,7 @@
 
 mod common;
 mod hub_support;
+mod invariants;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

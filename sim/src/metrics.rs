@@ -89,6 +89,8 @@ pub struct CallRecord {
     pub namespace: String,
     pub name: String,
     pub code: u16,
+    /// When the answer was decided (for tests that bracket calls between observed moments).
+    pub at: std::time::Instant,
 }
 
 /// How many calls the record keeps; older ones are dropped so long runs stay bounded.

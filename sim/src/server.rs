@@ -364,6 +364,7 @@ fn call_record(user: &UserInfo, attrs: &Attributes, req: &Request, code: u16) ->
         namespace: attrs.namespace.clone(),
         name: attrs.name.clone(),
         code,
+        at: std::time::Instant::now(),
     }
 }
 

@@ -292,6 +292,24 @@ impl Hub {
         }
     }
 
+    /// The members as the invariant checker watches them: (unit, member) with the test's
+    /// client and the simulated cluster (for its call record).
+    pub fn watched(&self, units: &[(&str, &str)]) -> Vec<crate::invariants::Watched> {
+        units
+            .iter()
+            .map(|(unit, member)| crate::invariants::Watched {
+                unit: unit.to_string(),
+                member: member.to_string(),
+                client: self.members[*member].clone(),
+                cluster: self
+                    .sim
+                    .cluster(member)
+                    .expect("a simulated member")
+                    .clone(),
+            })
+            .collect()
+    }
+
     /// Waits until the MemberCluster's Ready condition has this status and reason.
     pub async fn wait_member(&self, name: &str, status: &str, reason: &str) -> MemberCluster {
         let mcs: Api<MemberCluster> = Api::all(self.hub.clone());

@@ -1,0 +1,370 @@
+//! The invariant checker (tests/invariants) catches each kind of violation: a real hub and
+//! member agents bring a CafeDeployment to a known state, then the controllers are frozen
+//! (agents stopped, stand-in Leases held, or the hub stopped) and the test makes the one wrong
+//! write a buggy controller would make. The checker must flag it: a checker that sees nothing
+//! cannot pass these.
+
+mod common;
+mod hub_support;
+mod invariants;
+
+use cafe::api::CafeDeployment;
+use cafe::api::labels::REVISION;
+use cafe::plan::revision::revision_hash;
+use hub_support::{Hub, WAIT};
+use invariants::{Checker, Kind};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const UNITS: [(&str, &str); 2] = [("DCA", "dca"), ("DCB", "dcb")];
+
+fn template(image: &str) -> Value {
+    json!({
+        "metadata": {"labels": {"app": "demo"}},
+        "spec": {"containers": [{"name": "app", "image": image,
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
+    })
+}
+
+fn revision_of(image: &str) -> String {
+    revision_hash(&serde_json::from_value(template(image)).expect("a template"))
+}
+
+/// 3 + 3 replicas over DCA and DCB, Beta then groups of 2, one unavailable per unit.
+fn demo(confirm: bool) -> CafeDeployment {
+    // (`confirm` is what the strategy asks of later rollouts.)
+    serde_json::from_value(json!({
+        "apiVersion": "apps.cafe.io/v1alpha1",
+        "kind": "CafeDeployment",
+        "metadata": {"name": "demo", "namespace": "default"},
+        "spec": {
+            "replicas": 6,
+            "selector": {"matchLabels": {"app": "demo"}},
+            "template": template("demo:1"),
+            "topology": {"unitType": "DataCenter", "values": ["DCA", "DCB"], "unitReplicas": {}},
+            "strategy": {"upgradeType": "Beta", "batchSize": 2, "maxUnavailablePerUnit": 1,
+                         "needWaitingForConfirm": confirm},
+        },
+    }))
+    .expect("a CafeDeployment")
+}
+
+struct Case {
+    h: Hub,
+    agents: CancellationToken,
+}
+
+impl Case {
+    /// Hub and agents running, `demo` created and all 6 pods available.
+    async fn start(confirm: bool) -> Case {
+        let mut h = Hub::start_with(common::TWO_MEMBERS, &[("dca", "DCA"), ("dcb", "DCB")]).await;
+        let agents = h.run_member_agents(&["dca", "dcb"]);
+        h.run_hub();
+        h.wait_members_ready().await;
+        h.deployments()
+            .create(&PostParams::default(), &demo(false))
+            .await
+            .expect("created");
+        h.wait_status("6 available", |cd| {
+            cd.status.as_ref().is_some_and(|s| {
+                s.available_replicas == 6
+                    && s.rollout
+                        .as_ref()
+                        .is_none_or(|r| r.phase.as_deref() == Some("Completed"))
+            })
+        })
+        .await;
+        // Confirmations from the next rollout on (the first one creates the pods).
+        if confirm {
+            h.deployments()
+                .patch(
+                    "demo",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"strategy": {"needWaitingForConfirm": true}}})),
+                )
+                .await
+                .expect("strategy changed");
+        }
+        Case { h, agents }
+    }
+
+    fn checker(&self) -> Checker {
+        Checker::start(self.h.hub.clone(), self.h.watched(&UNITS))
+    }
+
+    async fn set_image(&self, image: &str) {
+        self.h
+            .deployments()
+            .patch(
+                "demo",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"template": template(image)}})),
+            )
+            .await
+            .expect("image changed");
+    }
+
+    /// Waits until the rollout to `image` waits for a confirmation after group `k`.
+    async fn wait_confirm_at(&self, image: &str, k: i32) {
+        let revision = revision_of(image);
+        self.h
+            .wait_status(&format!("{image} waiting after group {k}"), |cd| {
+                cd.status
+                    .as_ref()
+                    .and_then(|s| s.rollout.as_ref())
+                    .is_some_and(|r| {
+                        r.revision.as_deref() == Some(revision.as_str())
+                            && r.current_batch == k
+                            && r.phase.as_deref() == Some("WaitingForConfirm")
+                    })
+            })
+            .await;
+    }
+
+    /// The member agents stop; stand-ins hold their Leases so that the hub still counts the
+    /// members Ready (nothing corrects what the test writes next).
+    async fn freeze_agents(&self) {
+        self.agents.cancel();
+        for (_, member) in UNITS {
+            self.h.keep_agent_lease(member);
+        }
+        for (_, member) in UNITS {
+            self.h.wait_member(member, "True", "Probed").await;
+        }
+    }
+
+    fn pods(&self, member: &str) -> Api<Pod> {
+        Api::namespaced(self.h.members[member].clone(), "default")
+    }
+
+    async fn pods_at(&self, member: &str, revision: &str, at: bool) -> Vec<Pod> {
+        let list = self
+            .pods(member)
+            .list(&ListParams::default().labels("app=demo"))
+            .await
+            .expect("pods listed");
+        list.items
+            .into_iter()
+            .filter(|p| (p.labels().get(REVISION).map(String::as_str) == Some(revision)) == at)
+            .collect()
+    }
+
+    /// Stops the checker and returns what it flagged of `kind`, which must not be empty.
+    async fn flagged(checker: Checker, kind: Kind) -> Vec<invariants::Violation> {
+        let state = checker.stop().await;
+        let found: Vec<_> = state
+            .violations
+            .iter()
+            .filter(|v| v.kind == kind)
+            .cloned()
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "{kind:?} not flagged; flagged: {:#?}",
+            state.violations
+        );
+        found
+    }
+}
+
+async fn wait_flagged(checker: &Checker, kind: Kind) {
+    common::wait_for(&format!("{kind:?} flagged"), WAIT, || async {
+        checker.has(kind).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_beyond_the_units_target_is_flagged() {
+    let case = Case::start(false).await;
+    case.freeze_agents().await;
+    let checker = case.checker();
+    let mut extra = case.pods_at("dca", "", false).await.remove(0);
+    extra.metadata = kube::core::ObjectMeta {
+        name: Some("demo-extra".into()),
+        labels: extra.metadata.labels.clone(),
+        owner_references: extra.metadata.owner_references.clone(),
+        ..Default::default()
+    };
+    extra.status = None;
+    if let Some(spec) = extra.spec.as_mut() {
+        spec.node_name = None;
+    }
+    case.pods("dca")
+        .create(&PostParams::default(), &extra)
+        .await
+        .expect("a fourth pod in DCA");
+    wait_flagged(&checker, Kind::OverTarget).await;
+    let found = Case::flagged(checker, Kind::OverTarget).await;
+    assert!(
+        found[0].objects.contains(&"unit DCA".to_string()),
+        "{found:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_on_the_new_revision_past_the_released_groups_is_flagged() {
+    let case = Case::start(true).await;
+    let checker = case.checker();
+    case.set_image("demo:2").await;
+    case.wait_confirm_at("demo:2", 1).await;
+    case.freeze_agents().await;
+    // Beta released one pod in DCA; a second one takes the new revision's label.
+    let new = revision_of("demo:2");
+    let old = case.pods_at("dca", &new, false).await.remove(0);
+    case.pods("dca")
+        .patch(
+            &old.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {REVISION: new}}})),
+        )
+        .await
+        .expect("relabelled");
+    wait_flagged(&checker, Kind::PastRelease).await;
+    Case::flagged(checker, Kind::PastRelease).await;
+}
+
+#[tokio::test]
+async fn a_unit_below_its_floor_during_a_rollout_is_flagged() {
+    let case = Case::start(true).await;
+    let checker = case.checker();
+    case.set_image("demo:2").await;
+    case.wait_confirm_at("demo:2", 1).await;
+    case.freeze_agents().await;
+    // Floor 3 - 1 = 2 in DCA: two pods go at once.
+    for pod in case.pods_at("dca", "", false).await.iter().take(2) {
+        case.pods("dca")
+            .delete(&pod.name_any(), &Default::default())
+            .await
+            .expect("deleted");
+    }
+    wait_flagged(&checker, Kind::BelowFloor).await;
+    Case::flagged(checker, Kind::BelowFloor).await;
+}
+
+#[tokio::test]
+async fn a_pod_restarted_twice_for_one_revision_is_flagged() {
+    let case = Case::start(true).await;
+    let checker = case.checker();
+    case.set_image("demo:2").await;
+    case.wait_confirm_at("demo:2", 1).await;
+    case.freeze_agents().await;
+    let new = revision_of("demo:2");
+    let updated = case.pods_at("dcb", &new, true).await.remove(0);
+    let restarts = updated
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |c| c[0].restart_count);
+    let mut status = updated.status.clone().expect("a status");
+    if let Some(c) = status.container_statuses.as_mut() {
+        c[0].restart_count = restarts + 2;
+    }
+    case.pods("dcb")
+        .patch_status(
+            &updated.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .expect("restarted twice more");
+    wait_flagged(&checker, Kind::UpdatedTwice).await;
+    Case::flagged(checker, Kind::UpdatedTwice).await;
+}
+
+#[tokio::test]
+async fn a_pod_deleted_when_it_could_be_updated_in_place_is_flagged() {
+    let case = Case::start(true).await;
+    let checker = case.checker();
+    case.set_image("demo:2").await;
+    case.wait_confirm_at("demo:2", 1).await;
+    case.freeze_agents().await;
+    let new = revision_of("demo:2");
+    let old = case.pods_at("dca", &new, false).await.remove(0);
+    case.pods("dca")
+        .delete(&old.name_any(), &Default::default())
+        .await
+        .expect("deleted");
+    wait_flagged(&checker, Kind::Replaced).await;
+    Case::flagged(checker, Kind::Replaced).await;
+}
+
+/// Writes the rollout's current group as a hub that skipped its checks would.
+async fn start_group(case: &mut Case, k: i32) {
+    case.h.stop_hub().await;
+    case.h
+        .deployments()
+        .patch_status(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"rollout": {"currentBatch": k, "phase": "Progressing"}}}),
+            ),
+        )
+        .await
+        .expect("status written");
+}
+
+#[tokio::test]
+async fn a_group_started_without_its_confirmation_is_flagged() {
+    let mut case = Case::start(true).await;
+    let checker = case.checker();
+    case.set_image("demo:2").await;
+    case.wait_confirm_at("demo:2", 1).await;
+    start_group(&mut case, 2).await;
+    wait_flagged(&checker, Kind::GroupUnconfirmed).await;
+    Case::flagged(checker, Kind::GroupUnconfirmed).await;
+}
+
+#[tokio::test]
+async fn a_group_started_before_the_previous_one_is_done_is_flagged() {
+    let mut case = Case::start(false).await;
+    let checker = case.checker();
+    // The Beta group's pods never become ready.
+    case.set_image("demo:2-unready").await;
+    let new = revision_of("demo:2-unready");
+    case.h
+        .wait_status("the Beta group in flight", |cd| {
+            cd.status
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .is_some_and(|r| {
+                    r.revision.as_deref() == Some(new.as_str()) && r.current_batch == 1
+                })
+        })
+        .await;
+    start_group(&mut case, 2).await;
+    wait_flagged(&checker, Kind::GroupEarly).await;
+    Case::flagged(checker, Kind::GroupEarly).await;
+}
+
+#[tokio::test]
+async fn a_hub_write_to_a_member_it_reports_lost_is_flagged() {
+    let case = Case::start(false).await;
+    let checker = case.checker();
+    // dcb's agent stops and nothing holds its Lease: the hub reports it AgentNotRunning.
+    case.agents.cancel();
+    case.h.keep_agent_lease("dca");
+    case.h.stop_agent_lease("dcb").await;
+    case.h.wait_member("dcb", "False", "AgentNotRunning").await;
+    // A write that names itself the hub, as a hub that ignored the loss would send.
+    let mut config = common::config(&case.h.sim, "dcb").await;
+    cafe::runtime::identify(&mut config, "hub", "rogue");
+    let rogue = kube::Client::try_from(config).expect("client");
+    // A write sent before the hub saw the loss may land just after it said so; this one is
+    // well past that allowance.
+    tokio::time::sleep(invariants::IN_FLIGHT + std::time::Duration::from_millis(500)).await;
+    Api::<cafe::api::InPlaceSet>::namespaced(rogue, "default")
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"rogue": "write"}}})),
+        )
+        .await
+        .expect("written");
+    let found = Case::flagged(checker, Kind::LostMemberWritten).await;
+    assert!(found[0].detail.contains("(rogue)"), "{found:?}");
+}
