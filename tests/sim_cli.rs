@@ -76,6 +76,17 @@ fn ctl_reaches_the_running_sim_through_sim_json() {
             "--seconds",
             "1",
         ],
+        vec![
+            "inject-errors",
+            "dca",
+            "--code",
+            "500,409,429",
+            "--rate",
+            "0.1",
+            "--seconds",
+            "1",
+        ],
+        vec!["slow", "dca", "--max-delay-ms", "50", "--seconds", "0.5"],
         vec!["outage", "dca", "--seconds", "0.2"],
         vec!["compact", "dca"],
     ] {

@@ -66,11 +66,21 @@ pub enum CtlAction {
     /// Answer a fraction of a cluster's requests with an error code.
     InjectErrors {
         cluster: String,
-        #[arg(long, value_parser = ["500", "409", "429"])]
+        /// 500, 409 or 429 (with Retry-After); several, comma-separated, are picked at random
+        /// (e.g. 500,409,429).
+        #[arg(long, value_parser = error_codes)]
         code: String,
         /// Fraction of requests, 0.0 to 1.0.
         #[arg(long)]
         rate: f64,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// Delay every answer of a cluster by a random time up to --max-delay-ms (a slow member).
+    Slow {
+        cluster: String,
+        #[arg(long, default_value_t = 500)]
+        max_delay_ms: u64,
         #[arg(long)]
         seconds: f64,
     },
@@ -160,6 +170,14 @@ async fn run_ctl(ctl: CtlArgs) -> Result<(), CliError> {
                 enc(cluster)
             )
         }
+        CtlAction::Slow {
+            cluster,
+            max_delay_ms,
+            seconds,
+        } => format!(
+            "/slow?cluster={}&max-delay-ms={max_delay_ms}&seconds={seconds}",
+            enc(cluster)
+        ),
         CtlAction::CutWatches { cluster } => format!("/cut-watches?cluster={}", enc(cluster)),
         CtlAction::Compact { cluster } => format!("/compact?cluster={}", enc(cluster)),
     };
@@ -172,4 +190,15 @@ async fn run_ctl(ctl: CtlArgs) -> Result<(), CliError> {
     }
     crate::out!("{body}");
     Ok(())
+}
+
+/// `--code`: 500, 409 or 429, or several of them comma-separated.
+fn error_codes(text: &str) -> Result<String, String> {
+    let codes: Vec<&str> = text.split(',').map(str::trim).collect();
+    match codes.iter().find(|c| !matches!(**c, "500" | "409" | "429")) {
+        Some(bad) => Err(format!(
+            "{bad:?} is not an error the simulator injects: use 500, 409 or 429, or several comma-separated (500,409,429)"
+        )),
+        None => Ok(codes.join(",")),
+    }
 }

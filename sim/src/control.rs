@@ -90,15 +90,36 @@ fn handle(
             )
         }
         "/inject-errors" => {
-            let code = num("code").unwrap_or(500.0) as u16;
+            let codes: Vec<u16> = q
+                .get("code")
+                .map_or("500", String::as_str)
+                .split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect();
             let rate = num("rate").unwrap_or(1.0);
             let seconds = num("seconds").unwrap_or(0.0).max(0.0);
             cluster
                 .faults
-                .inject_errors(code, rate, Duration::from_secs_f64(seconds));
+                .inject_error_mix(&codes, rate, Duration::from_secs_f64(seconds));
+            let codes: Vec<String> = codes.iter().map(u16::to_string).collect();
             reply(
                 StatusCode::OK,
-                format!("{name}: answering {rate} of requests with {code} for {seconds}s\n"),
+                format!(
+                    "{name}: answering {rate} of requests with {} for {seconds}s\n",
+                    codes.join(" or ")
+                ),
+            )
+        }
+        "/slow" => {
+            let max = num("max-delay-ms").unwrap_or(500.0).max(0.0);
+            let seconds = num("seconds").unwrap_or(0.0).max(0.0);
+            cluster.faults.slow(
+                Duration::from_secs_f64(max / 1000.0),
+                Duration::from_secs_f64(seconds),
+            );
+            reply(
+                StatusCode::OK,
+                format!("{name}: every answer delayed by 0-{max}ms for {seconds}s\n"),
             )
         }
         "/cut-watches" => {

@@ -119,6 +119,9 @@ async fn handle(
     if cluster.faults.in_outage() {
         return Err(Dropped);
     }
+    if let Some(delay) = cluster.faults.delay() {
+        tokio::time::sleep(delay).await;
+    }
     let path = req.uri().path().to_string();
     let route = cluster
         .store
