@@ -503,3 +503,56 @@ async fn a_member_whose_agent_stops_is_agent_not_running_and_its_rollout_freezes
     restarted.abort();
     agents.cancel();
 }
+
+/// An outage hides the agent's Lease from the hub; what the agent did meanwhile is not held
+/// against it: once the member answers again it is Ready, never reported AgentNotRunning.
+#[tokio::test]
+async fn an_outage_is_not_taken_for_a_stopped_agent() {
+    let mut h = Hub::start_with(common::TWO_MEMBERS, &[("dca", "DCA"), ("dcb", "DCB")]).await;
+    let agents = h.run_member_agents(&["dca", "dcb"]);
+    h.run_hub();
+    h.wait_members_ready().await;
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = reasons.clone();
+    let mcs: Api<cafe::api::MemberCluster> = Api::all(h.hub.clone());
+    let recorder = tokio::spawn(async move {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let mut s = watcher(mcs, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(mc)) = s.next().await {
+            if mc.metadata.name.as_deref() == Some("dcb")
+                && let Some(ready) = ready_of(&mc)
+            {
+                let mut v = seen.lock().unwrap();
+                if v.last() != Some(&ready.reason) {
+                    v.push(ready.reason);
+                }
+            }
+        }
+    });
+    // Longer than the agent's Lease (2 s): the hub sees no renewal all that time.
+    h.sim
+        .cluster("dcb")
+        .unwrap()
+        .faults
+        .outage(Duration::from_secs(5));
+    h.wait_member("dcb", "False", "Unreachable").await;
+    h.wait_member("dcb", "True", "Probed").await;
+    // Some probes after the return, where a stale Lease clock would have spoken.
+    let back = Instant::now();
+    wait_for("3 s of probes after the return", WAIT, || async {
+        (back.elapsed() >= Duration::from_secs(3)).then_some(())
+    })
+    .await;
+    recorder.abort();
+    let reasons = reasons.lock().unwrap().clone();
+    assert!(
+        !reasons.iter().any(|r| r == "AgentNotRunning"),
+        "reported a running agent as stopped: {reasons:?}"
+    );
+    h.stop_hub().await;
+    agents.cancel();
+}

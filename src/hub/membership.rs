@@ -126,6 +126,10 @@ pub struct AgentLease {
     grace: Duration,
     /// The last holder seen, to name it once the Lease is released or gone.
     last_holder: Option<String>,
+    /// The hub's watch of the Lease is failing (the member is unreachable, or was): what the
+    /// agent did meanwhile is unknown, so its silence proves nothing until the watch lists
+    /// again, and the clock then starts afresh.
+    blind: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +147,21 @@ impl AgentLease {
             changed_wall: Timestamp::now(),
             grace,
             last_holder: None,
+            blind: false,
+        }
+    }
+
+    /// The watch failed: the hub cannot see the Lease.
+    fn lose_sight(&mut self) {
+        self.blind = true;
+    }
+
+    /// The watch listed again: the Lease as it is now was just seen; a renewal the hub missed
+    /// while blind is not held against the agent.
+    fn regain_sight(&mut self) {
+        if std::mem::take(&mut self.blind) {
+            self.changed_at = std::time::Instant::now();
+            self.changed_wall = Timestamp::now();
         }
     }
 
@@ -172,7 +191,7 @@ impl AgentLease {
 
     /// Why the agent counts as not running at `now`, if it does.
     pub fn problem(&self, now: std::time::Instant) -> Option<Problem> {
-        if now < self.expiry() {
+        if self.blind || now < self.expiry() {
             return None;
         }
         let since = self.changed_wall.strftime("%Y-%m-%dT%H:%M:%SZ");
@@ -682,12 +701,16 @@ async fn watch_agent(
                 agent_lock(&agent).see(None);
             }
             Some(Ok(watcher::Event::Init)) => listed = false,
-            Some(Ok(watcher::Event::InitDone)) if !listed => {
-                agent_lock(&agent).see(None);
+            Some(Ok(watcher::Event::InitDone)) => {
+                let mut agent = agent_lock(&agent);
+                if !listed {
+                    agent.see(None);
+                }
+                agent.regain_sight();
             }
-            Some(Ok(watcher::Event::InitDone)) => {}
             Some(Err(error)) => {
                 tracing::debug!(member, %error, "member agent Lease watch failed; retrying");
+                agent_lock(&agent).lose_sight();
             }
             None => {}
         }
@@ -710,6 +733,35 @@ fn agent_lock(agent: &Mutex<AgentLease>) -> MutexGuard<'_, AgentLease> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the agent did while the hub could not watch its Lease (the member unreachable) is
+    /// not held against it: the clock starts afresh once the hub sees the Lease again.
+    #[test]
+    fn a_lease_the_hub_could_not_watch_is_judged_afresh_once_it_can() {
+        let mut agent = AgentLease::new(Duration::from_secs(5));
+        agent.see(Some(AgentRecord {
+            holder: "agent-1".into(),
+            renew: Some(Timestamp::from_second(100).unwrap()),
+            duration: Duration::from_secs(2),
+        }));
+        let seen = agent.changed_at;
+        agent.lose_sight();
+        assert_eq!(
+            agent.problem(seen + Duration::from_secs(30)),
+            None,
+            "no verdict while blind"
+        );
+        agent.regain_sight();
+        let again = agent.changed_at;
+        assert!(again > seen);
+        assert_eq!(agent.problem(again + Duration::from_millis(1900)), None);
+        assert!(agent.problem(again + Duration::from_secs(2)).is_some());
+        agent.regain_sight();
+        assert_eq!(
+            agent.changed_at, again,
+            "a relist when not blind is no sign of life"
+        );
+    }
 
     #[test]
     fn an_agent_lease_not_renewed_within_its_duration_is_agent_not_running() {
