@@ -48,12 +48,9 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 /// What went wrong setting up, renewing or removing the hub's identity in a member.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
-    #[error("{action} in the member: {source}")]
-    Api {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
+    /// In the API server's own words (its Status message), not kube's debug dump of it.
+    #[error("{action} in the member: {}", crate::runtime::api_cause(.error))]
+    Api { action: String, error: kube::Error },
     #[error("the member answered a TokenRequest without a token or expiry")]
     EmptyToken,
     #[error("the member kubeconfig cannot be rewritten: {0}")]
@@ -63,14 +60,14 @@ pub enum AccessError {
 impl AccessError {
     fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> AccessError {
         let action = action.into();
-        move |source| AccessError::Api { action, source }
+        move |error| AccessError::Api { action, error }
     }
 
     /// The member's HTTP status, when it answered with one.
     pub fn code(&self) -> Option<u16> {
         match self {
             AccessError::Api {
-                source: kube::Error::Api(s),
+                error: kube::Error::Api(s),
                 ..
             } => Some(s.code),
             _ => None,
@@ -246,7 +243,7 @@ async fn ensure_namespace(member: &kube::Client) -> Result<(), AccessError> {
     match api.create(&PostParams::default(), &ns).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(AccessError::Api { action, source: e }),
+        Err(e) => Err(AccessError::Api { action, error: e }),
     }
 }
 
@@ -369,7 +366,7 @@ pub async fn revoke(member: &kube::Client) -> Result<bool, AccessError> {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(AccessError::Api {
             action: format!("deleting ClusterRole {IDENTITY}"),
-            source: e,
+            error: e,
         }),
     }
 }

@@ -177,8 +177,15 @@ async fn reconcile_one(
             finalizer::Event::Cleanup(cd) => cleanup(&cd, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| CafeDeploymentError::Finalizer(Box::new(e)));
+    .await;
+    let result = match result {
+        // The finalizer's removal raced the object's own end (the last finalizer went, or a
+        // JSON patch met an object already gone): what the cleanup was for is done.
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| CafeDeploymentError::Finalizer(Box::new(e))),
+    };
     if result.is_ok() {
         lock(&ctx.failures).remove(&key);
     }

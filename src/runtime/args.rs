@@ -128,6 +128,14 @@ pub struct HumanDuration(pub Duration);
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
+        // A bare number would be read as seconds where a reader may mean milliseconds.
+        if text.trim().parse::<f64>().is_ok() {
+            return Err(format!(
+                "{text:?} has no unit; write e.g. {}s or {}ms",
+                text.trim(),
+                text.trim()
+            ));
+        }
         match crate::cli::rollout::follow::parse_duration(text) {
             Ok(d) if !d.is_zero() => Ok(HumanDuration(d)),
             _ => Err(format!(
@@ -257,12 +265,13 @@ mod tests {
             let d: HumanDuration = text.parse().unwrap();
             assert_eq!(d.to_string(), text);
         }
-        assert_eq!("90".parse(), Ok(HumanDuration(Duration::from_secs(90))));
         assert!(
             "0s".parse::<HumanDuration>().is_err(),
             "zero is no interval"
         );
         assert!("soon".parse::<HumanDuration>().is_err());
+        let bare = "10".parse::<HumanDuration>().unwrap_err();
+        assert!(bare.contains("no unit") && bare.contains("10s"), "{bare}");
     }
 
     #[test]
