@@ -92,7 +92,10 @@ pub enum PodUpdatePolicy {
         .field_path(".selector"),
     validation = Rule::new(MATCH_EXPRESSIONS_MATCH_TEMPLATE)
         .message(SELECTOR_DOES_NOT_MATCH)
-        .field_path(".selector")
+        .field_path(".selector"),
+    validation = Rule::new(HAS_CONTAINERS)
+        .message(NO_CONTAINERS)
+        .field_path(".template.spec.containers")
 )]
 pub struct CafeDeploymentSpec {
     /// The workload each unit runs: InPlaceSet (the default and the only one implemented);
@@ -100,7 +103,8 @@ pub struct CafeDeploymentSpec {
     #[serde(default)]
     pub pod_set_type: PodSetType,
     /// Replicas over all units, split between them by `topology`.
-    #[schemars(range(min = 0))]
+    // The API server does not enforce `format: int32` for custom resources; the bound does.
+    #[schemars(range(min = 0, max = 2147483647))]
     pub replicas: i32,
     /// Selects the pods of this CafeDeployment in every unit; must match the template's labels
     /// and may not be empty (as for a Deployment).
@@ -132,21 +136,21 @@ pub struct CafeDeploymentSpec {
 // the field a user most often gets wrong. The label-selector semantics (matchLabels entries must
 // be equal; In/NotIn/Exists/DoesNotExist, where NotIn and DoesNotExist match an absent key) are
 // those of https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors.
-const SELECTOR_DOES_NOT_MATCH: &str = "selector does not match template labels";
+pub(crate) const SELECTOR_DOES_NOT_MATCH: &str = "selector does not match template labels";
 
-const SELECTOR_NOT_EMPTY: &str = concat!(
+pub(crate) const SELECTOR_NOT_EMPTY: &str = concat!(
     "(has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0)",
     " || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)"
 );
 
-const MATCH_LABELS_MATCH_TEMPLATE: &str = concat!(
+pub(crate) const MATCH_LABELS_MATCH_TEMPLATE: &str = concat!(
     "!has(self.selector.matchLabels) || self.selector.matchLabels.all(k,",
     " has(self.template.metadata) && has(self.template.metadata.labels)",
     " && k in self.template.metadata.labels",
     " && self.template.metadata.labels[k] == self.selector.matchLabels[k])"
 );
 
-const MATCH_EXPRESSIONS_MATCH_TEMPLATE: &str = concat!(
+pub(crate) const MATCH_EXPRESSIONS_MATCH_TEMPLATE: &str = concat!(
     "!has(self.selector.matchExpressions) || self.selector.matchExpressions.all(e,",
     " (has(self.template.metadata) && has(self.template.metadata.labels)",
     " && e.key in self.template.metadata.labels)",
@@ -156,6 +160,13 @@ const MATCH_EXPRESSIONS_MATCH_TEMPLATE: &str = concat!(
     " && !(has(e.values) && self.template.metadata.labels[e.key] in e.values)))",
     " : (e.operator == 'NotIn' || e.operator == 'DoesNotExist'))"
 );
+
+// A pod with no container is refused by every member's API server (spec.containers: Required
+// value); a template without one is refused here, where the user wrote it. The schema alone
+// allows an empty list.
+pub(crate) const HAS_CONTAINERS: &str =
+    "has(self.template.spec) && size(self.template.spec.containers) > 0";
+pub(crate) const NO_CONTAINERS: &str = "a pod template needs at least one container";
 
 fn default_history_limit() -> i32 {
     10

@@ -8,6 +8,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::cafedeployment::{
+    HAS_CONTAINERS, MATCH_EXPRESSIONS_MATCH_TEMPLATE, MATCH_LABELS_MATCH_TEMPLATE, NO_CONTAINERS,
+    SELECTOR_DOES_NOT_MATCH, SELECTOR_NOT_EMPTY,
+};
 use super::{IntOrPercent, PodUpdatePolicy};
 
 /// The desired state of an InPlaceSet: pods of one template, updated in place where possible.
@@ -44,9 +48,23 @@ use super::{IntOrPercent, PodUpdatePolicy};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(SELECTOR_NOT_EMPTY)
+        .message("empty selector is invalid for an InPlaceSet")
+        .field_path(".selector"),
+    validation = Rule::new(MATCH_LABELS_MATCH_TEMPLATE)
+        .message(SELECTOR_DOES_NOT_MATCH)
+        .field_path(".selector"),
+    validation = Rule::new(MATCH_EXPRESSIONS_MATCH_TEMPLATE)
+        .message(SELECTOR_DOES_NOT_MATCH)
+        .field_path(".selector"),
+    validation = Rule::new(HAS_CONTAINERS)
+        .message(NO_CONTAINERS)
+        .field_path(".template.spec.containers")
+)]
 pub struct InPlaceSetSpec {
     /// Pods this InPlaceSet keeps.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 2147483647))]
     pub replicas: i32,
     /// Selects this InPlaceSet's pods (the hub writes its CafeDeployment's selector).
     pub selector: LabelSelector,

@@ -250,6 +250,25 @@ pub async fn admin_get(address: std::net::SocketAddr, path: &str) -> (u16, Strin
     (code, body.to_string())
 }
 
+/// Polls `check` every 20 ms until it returns Some, or gives `None` after `timeout` (for a
+/// caller that reports the failure itself).
+pub async fn wait_for_or_none<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `check` every 20 ms until it returns Some, or panics after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
