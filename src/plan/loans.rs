@@ -82,11 +82,14 @@ fn elapsed(now: Timestamp, since: Timestamp) -> Duration {
 /// never scaled down for a failover, and a returning loan runs in both units until the lender's
 /// pods are available.
 pub fn deltas(loans: &[Loan]) -> BTreeMap<String, i32> {
+    // Saturating: a hostile count (an old or hand-edited status) must not wrap or panic.
     let mut out: BTreeMap<String, i32> = BTreeMap::new();
     for loan in loans {
-        *out.entry(loan.to.clone()).or_default() += loan.replicas;
+        let to = out.entry(loan.to.clone()).or_default();
+        *to = to.saturating_add(loan.replicas);
         if scales_down_lender(loan) {
-            *out.entry(loan.from.clone()).or_default() -= loan.replicas;
+            let from = out.entry(loan.from.clone()).or_default();
+            *from = from.saturating_sub(loan.replicas);
         }
     }
     out
@@ -96,17 +99,15 @@ pub fn deltas(loans: &[Loan]) -> BTreeMap<String, i32> {
 /// replica it lends (a lost lender's included: another unit carries them), plus every replica
 /// it borrows. What availability is judged against.
 pub fn carried(unit: &str, share: i32, loans: &[Loan]) -> i32 {
-    let lent: i32 = loans
-        .iter()
-        .filter(|l| l.from == unit)
-        .map(|l| l.replicas)
-        .sum();
-    let borrowed: i32 = loans
-        .iter()
-        .filter(|l| l.to == unit)
-        .map(|l| l.replicas)
-        .sum();
-    (share - lent).max(0) + borrowed
+    let sum = |of: &dyn Fn(&Loan) -> bool| -> i32 {
+        loans
+            .iter()
+            .filter(|l| of(l))
+            .fold(0i32, |n, l| n.saturating_add(l.replicas))
+    };
+    let lent = sum(&|l| l.from == unit);
+    let borrowed = sum(&|l| l.to == unit);
+    share.saturating_sub(lent).max(0).saturating_add(borrowed)
 }
 
 /// Whether the lender runs fewer pods for this loan: only for an unschedulable loan that is not
@@ -140,6 +141,25 @@ fn place(n: i32, room: &mut BTreeMap<String, i32>, order: &[String]) -> (Vec<(St
 
 /// The next loans from the current ones and what the units show.
 pub fn plan(policy: &Policy, units: &[UnitFacts], current: &[Loan], now: Timestamp) -> LoanPlan {
+    // Counts are never negative; what says otherwise (an old or hand-edited status, a report
+    // from a confused member) is read as nothing rather than planned with.
+    let units: Vec<UnitFacts> = units
+        .iter()
+        .map(|u| UnitFacts {
+            base: u.base.max(0),
+            room: u.room.max(0),
+            unschedulable: u.unschedulable.clamp(0, u.base.max(0)),
+            available: u.available.max(0),
+            ..u.clone()
+        })
+        .collect();
+    let units = units.as_slice();
+    let valid: Vec<Loan> = current
+        .iter()
+        .filter(|l| l.replicas > 0 && l.from != l.to)
+        .cloned()
+        .collect();
+    let current = valid.as_slice();
     let by_unit: BTreeMap<&str, &UnitFacts> = units.iter().map(|u| (u.unit.as_str(), u)).collect();
     let order: Vec<String> = units.iter().map(|u| u.unit.clone()).collect();
     let mut events = vec![];
@@ -147,7 +167,10 @@ pub fn plan(policy: &Policy, units: &[UnitFacts], current: &[Loan], now: Timesta
     let stamp = Time(now);
     let delta = deltas(current);
     // What a unit runs with the current loans, a returning one counted back in.
-    let effective = |u: &UnitFacts| u.base + delta.get(&u.unit).copied().unwrap_or(0);
+    let effective = |u: &UnitFacts| {
+        u.base
+            .saturating_add(delta.get(&u.unit).copied().unwrap_or(0))
+    };
 
     // Existing loans: keep, move back, or end.
     for loan in current {
@@ -255,12 +278,11 @@ pub fn plan(policy: &Policy, units: &[UnitFacts], current: &[Loan], now: Timesta
             if already || elapsed(now, since) < toleration {
                 continue;
             }
-            let carried: i32 = loans
+            let carried = loans
                 .iter()
                 .filter(|l| l.from == u.unit)
-                .map(|l| l.replicas)
-                .sum();
-            let n = (u.base - carried).max(0);
+                .fold(0i32, |n, l| n.saturating_add(l.replicas));
+            let n = u.base.saturating_sub(carried).max(0);
             let (placed, short) = place(n, &mut room, &order);
             for (to, replicas) in placed {
                 events.push((
@@ -313,12 +335,11 @@ pub fn plan(policy: &Policy, units: &[UnitFacts], current: &[Loan], now: Timesta
             // Never more than the unit still runs for itself: its own pods are what it can
             // lend. Replicas it carries for another unit are not its to lend on: when that
             // loan ends they leave, and the unit would have lent more than it has.
-            let lent: i32 = loans
+            let lent = loans
                 .iter()
                 .filter(|l| l.from == u.unit && scales_down_lender(l))
-                .map(|l| l.replicas)
-                .sum();
-            let runs = u.base - lent;
+                .fold(0i32, |n, l| n.saturating_add(l.replicas));
+            let runs = u.base.saturating_sub(lent);
             let (placed, _) = place(u.unschedulable.min(runs).max(0), &mut room, &order);
             for (to, replicas) in placed {
                 events.push((

@@ -8,3 +8,6 @@ pub mod scale;
 pub mod split;
 pub mod unit_status;
 pub mod update;
+
+#[cfg(test)]
+mod fuzz;

@@ -154,6 +154,33 @@ fn a_lost_member_is_carried_after_the_toleration_and_released_when_back() {
     assert!(done.loans.is_empty());
 }
 
+/// Found by plan::fuzz: a status with hostile loans (huge, negative, to itself) made `deltas`
+/// overflow (a panic in debug builds, a wrapped count in release) and the planner keep loans
+/// that mean nothing.
+#[test]
+fn hostile_loans_neither_wrap_nor_survive_planning() {
+    let loan = |from: &str, to: &str, replicas: i32| Loan {
+        from: from.into(),
+        to: to.into(),
+        replicas,
+        reason: UNSCHEDULABLE.into(),
+        since: Time(at(0)),
+        message: None,
+        room_since: None,
+        returning: false,
+        failed_returns: 0,
+    };
+    let huge = loan("A", "B", i32::MAX);
+    let d = deltas(&[huge.clone(), huge.clone()]);
+    assert_eq!((d["A"], d["B"]), (i32::MIN, i32::MAX));
+    assert_eq!(carried("B", i32::MAX, &[huge.clone(), huge]), i32::MAX);
+
+    let units = [unit("A", 3, 5), unit("B", 3, 5)];
+    let current = [loan("A", "B", -4), loan("B", "B", 2), loan("A", "B", 0)];
+    let p = plan(&policy(), &units, &current, at(100));
+    assert!(p.loans.is_empty(), "{:?}", p.loans);
+}
+
 fn arb_units() -> impl Strategy<Value = Vec<UnitFacts>> {
     prop::collection::vec(
         (
