@@ -280,6 +280,17 @@ fn table() -> Vec<Case> {
             |o| o["metadata"]["name"] = json!("Bad_Name"),
             Refused("metadata.name"),
         ),
+        // Too long for the label that carries it to the InPlaceSets made from it.
+        cd(
+            "name-too-long-for-derived-labels",
+            |o| o["metadata"]["name"] = json!("x".repeat(64)),
+            Refused("metadata.name"),
+        ),
+        cd(
+            "replicas-beyond-any-fleet",
+            |o| o["spec"]["replicas"] = json!(1_000_001),
+            Refused("spec.replicas"),
+        ),
         // Accepted by the API, refused by the hub with a condition.
         cd(
             "unit-with-no-member",

@@ -46,6 +46,13 @@ pub enum PodUpdatePolicy {
     shortname = "cafed",
     status = "CafeDeploymentStatus",
     derive = "PartialEq",
+    // The name is the value of label apps.cafe.io/cafedeployment on every InPlaceSet made from
+    // it, and a label value has at most 63 characters: a longer name could be stored here but
+    // never projected into a member.
+    // (No field path: the API server accepts only paths the schema declares, and the schema of
+    // metadata declares none; the message names the field.)
+    validation = Rule::new("size(self.metadata.name) <= 63")
+        .message("metadata.name must be no more than 63 characters: it is the value of label apps.cafe.io/cafedeployment on the InPlaceSets made from it"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -102,9 +109,9 @@ pub struct CafeDeploymentSpec {
     /// ReplicaSet and StatefulSet are accepted and reported by a condition.
     #[serde(default)]
     pub pod_set_type: PodSetType,
-    /// Replicas over all units, split between them by `topology`.
-    // The API server does not enforce `format: int32` for custom resources; the bound does.
-    #[schemars(range(min = 0, max = 2147483647))]
+    /// Replicas over all units, split between them by `topology` (at most 1,000,000: a
+    /// Kubernetes cluster runs at most 150,000 pods).
+    #[schemars(range(min = 0, max = 1000000))]
     pub replicas: i32,
     /// Selects the pods of this CafeDeployment in every unit; must match the template's labels
     /// and may not be empty (as for a Deployment).
