@@ -287,6 +287,14 @@ fn table() -> Vec<Case> {
             Refused("metadata.name"),
         ),
         cd(
+            "batch-size-making-too-many-groups",
+            |o| {
+                o["spec"]["replicas"] = json!(5000);
+                o["spec"]["strategy"]["batchSize"] = json!(2);
+            },
+            Refused("spec.strategy.batchSize"),
+        ),
+        cd(
             "replicas-beyond-any-fleet",
             |o| o["spec"]["replicas"] = json!(1_000_001),
             Refused("spec.replicas"),

@@ -102,7 +102,10 @@ pub enum PodUpdatePolicy {
         .field_path(".selector"),
     validation = Rule::new(HAS_CONTAINERS)
         .message(NO_CONTAINERS)
-        .field_path(".template.spec.containers")
+        .field_path(".template.spec.containers"),
+    validation = Rule::new(AT_MOST_MAX_GROUPS)
+        .message(TOO_MANY_GROUPS)
+        .field_path(".strategy.batchSize")
 )]
 pub struct CafeDeploymentSpec {
     /// The workload each unit runs: InPlaceSet (the default and the only one implemented);
@@ -174,6 +177,16 @@ pub(crate) const MATCH_EXPRESSIONS_MATCH_TEMPLATE: &str = concat!(
 pub(crate) const HAS_CONTAINERS: &str =
     "has(self.template.spec) && size(self.template.spec.containers) > 0";
 pub(crate) const NO_CONTAINERS: &str = "a pod template needs at least one container";
+
+// Every group is an entry of status.rollout.batches and a step someone may have to confirm: a
+// count batch size that cuts the replicas into more than 1000 groups is refused (a percent is
+// at least 1%: at most 100 groups).
+const AT_MOST_MAX_GROUPS: &str = concat!(
+    "!has(self.strategy) || !has(self.strategy.batchSize)",
+    " || type(self.strategy.batchSize) == string",
+    " || self.replicas <= self.strategy.batchSize * 1000"
+);
+const TOO_MANY_GROUPS: &str = "too small for spec.replicas: a rollout has at most 1000 groups; use at least replicas/1000 or a percent";
 
 fn default_history_limit() -> i32 {
     10
