@@ -4,9 +4,7 @@
 //! write a buggy controller would make. The checker must flag it: a checker that sees nothing
 //! cannot pass these.
 
-mod common;
-mod hub_support;
-mod invariants;
+use crate::{common, hub_support, invariants};
 
 use cafe::api::CafeDeployment;
 use cafe::api::labels::REVISION;

@@ -3,13 +3,11 @@
 //! it, the controllers on their `deploy/` ServiceAccounts with RBAC enforced (tests/hub_support).
 //!
 //! Each scenario's schedule is drawn from a seed, printed at its start; replay one with
-//! `CAFE_CHAOS_SEED=<seed> cargo test --test chaos <scenario>`. Without it each scenario uses
+//! `CAFE_CHAOS_SEED=<seed> cargo test --test reliability chaos::<scenario>`. Without it each scenario uses
 //! its own fixed seed, so that CI runs are repeatable; docs/reliability.md says how to explore
 //! more seeds.
 
-mod common;
-mod hub_support;
-mod invariants;
+use crate::{common, hub_support, invariants};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,7 +35,7 @@ fn seed(scenario: &str, fixed: u64) -> StdRng {
         .and_then(|s| s.parse().ok())
         .unwrap_or(fixed);
     eprintln!(
-        "chaos {scenario}: seed {seed} (replay: CAFE_CHAOS_SEED={seed} cargo test --test chaos {scenario})"
+        "chaos {scenario}: seed {seed} (replay: CAFE_CHAOS_SEED={seed} cargo test --test reliability chaos::{scenario})"
     );
     StdRng::seed_from_u64(seed)
 }

@@ -4,9 +4,7 @@
 //! controller). All of it is sent to one hub whose healthy CafeDeployment is watched by the
 //! invariant checker the whole time: nothing already running may be disturbed.
 
-mod common;
-mod hub_support;
-mod invariants;
+use crate::{common, hub_support, invariants};
 
 use cafe::api::labels::SYSTEM_NAMESPACE;
 use hub_support::{Hub, WAIT};
