@@ -6,26 +6,19 @@ mod common;
 mod hub_support;
 mod invariants;
 
+use hub_support::{revision_of, template};
+
 use std::time::Duration;
 
 use cafe::api::CafeDeployment;
-use cafe::plan::revision::revision_hash;
 use common::wait_for;
 use hub_support::{Hub, condition};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Rollouts wait on real pods in two members; generous for a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn template(image: &str) -> Value {
-    json!({
-        "metadata": {"labels": {"app": "demo"}},
-        "spec": {"containers": [{"name": "app", "image": image,
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
-    })
-}
 
 /// The CafeDeployment's Events, in name order: the order the API lists them in, and (names
 /// carry the time) the order they happened.
@@ -114,7 +107,7 @@ async fn each_group_start_is_its_own_event() {
         assert_eq!(e.type_.as_deref(), Some("Normal"), "{}", message(e));
     }
     // The new revision is announced as itself, never as an older one.
-    let revision = revision_hash(&serde_json::from_value(template("demo:2")).unwrap());
+    let revision = revision_of("demo:2");
     let revisions: Vec<String> = events_of(&events, ",reason=NewRevision")
         .await
         .iter()

@@ -10,6 +10,8 @@ mod common;
 mod hub_support;
 mod invariants;
 
+use hub_support::{revision_of, template};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -20,7 +22,6 @@ use cafe::api::labels::{SYSTEM_NAMESPACE, UPGRADE_CONFIRMED};
 use cafe::api::{CafeDeployment, RolloutStatus};
 use cafe::hub::HUB_LEASE;
 use cafe::member::MemberOptions;
-use cafe::plan::revision::revision_hash;
 use common::{Part, admin_get, controller_token, kubeconfig_with_token, wait_for};
 use hub_support::{Hub, condition, ready_of};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -184,18 +185,6 @@ fn rollout_deployment(replicas: i32, strategy: Value) -> CafeDeployment {
     .expect("a CafeDeployment");
     cd.spec.min_ready_seconds = 1;
     cd
-}
-
-fn template(image: &str) -> Value {
-    json!({
-        "metadata": {"labels": {"app": "demo"}},
-        "spec": {"containers": [{"name": "app", "image": image,
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
-    })
-}
-
-fn revision_of(image: &str) -> String {
-    revision_hash(&serde_json::from_value(template(image)).unwrap())
 }
 
 async fn wait_rollout(

@@ -6,6 +6,8 @@
 mod common;
 mod hub_support;
 mod invariants;
+
+use hub_support::{revision_of, template};
 mod pod_timeline;
 
 use std::collections::BTreeMap;
@@ -14,7 +16,6 @@ use std::time::Duration;
 
 use cafe::api::labels::{UNIT, UPGRADE_CONFIRMED};
 use cafe::api::{CafeDeployment, RolloutStatus};
-use cafe::plan::revision::revision_hash;
 use common::wait_for;
 use hub_support::{Hub, condition};
 use k8s_openapi::api::core::v1::Pod;
@@ -40,14 +41,6 @@ fn rollout_deployment(replicas: i32, unit_replicas: Value, strategy: Value) -> C
         },
     }))
     .expect("a CafeDeployment")
-}
-
-fn template(image: &str) -> Value {
-    json!({
-        "metadata": {"labels": {"app": "demo"}},
-        "spec": {"containers": [{"name": "app", "image": image,
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
-    })
 }
 
 struct Rollout {
@@ -145,7 +138,7 @@ impl Rollout {
 
     /// Waits for the rollout toward `image` to wait for confirmation after group `k`.
     async fn wait_confirm_at(&self, image: &str, k: i32) -> CafeDeployment {
-        let revision = revision_hash(&serde_json::from_value(template(image)).unwrap());
+        let revision = revision_of(image);
         self.wait_rollout(
             &format!("{image}: waiting for confirmation after group {k}"),
             |r, _| {
@@ -158,7 +151,7 @@ impl Rollout {
     }
 
     async fn wait_completed(&self, image: &str) -> CafeDeployment {
-        let revision = revision_hash(&serde_json::from_value(template(image)).unwrap());
+        let revision = revision_of(image);
         self.wait_rollout(&format!("{image}: rollout completed"), |r, _| {
             r.revision.as_deref() == Some(revision.as_str())
                 && r.phase.as_deref() == Some("Completed")
@@ -432,7 +425,7 @@ async fn a_beta_pod_that_never_gets_ready_stalls_at_the_deadline_and_undo_brings
     }
     // What the stuck group waits for is told per unit, reported by the member agents: the
     // Beta pod, its revision, and why it is not ready; and `cafe status` shows it.
-    let new = revision_hash(&serde_json::from_value(template("demo:2-unready")).unwrap());
+    let new = revision_of("demo:2-unready");
     let cd = r
         .wait_rollout("each unit names its not-ready Beta pod", |_, cd| {
             cd.status.as_ref().is_some_and(|s| {
@@ -488,7 +481,7 @@ async fn no_group_starts_while_a_member_is_unreachable_and_the_rollout_completes
     let r = Rollout::start(&cd).await;
     r.wait_completed("demo:1").await;
     r.set_image("demo:2").await;
-    let new = revision_hash(&serde_json::from_value(template("demo:2")).unwrap());
+    let new = revision_of("demo:2");
     r.wait_rollout("group 2 in flight", |ro, _| {
         ro.current_batch == 2
             && ro.revision.as_deref() == Some(new.as_str())

@@ -481,6 +481,22 @@ pub fn condition(cd: &CafeDeployment, type_: &str) -> Option<Condition> {
 }
 
 /// CafeDeployment "demo" in default: `replicas` over `values` with `unit_replicas`.
+/// The pod template of the `demo` CafeDeployments of these tests, running `image`.
+pub fn template(image: &str) -> Value {
+    json!({
+        "metadata": {"labels": {"app": "demo"}},
+        "spec": {"containers": [{"name": "app", "image": image,
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
+    })
+}
+
+/// The revision hash of [`template`] running `image`.
+pub fn revision_of(image: &str) -> String {
+    cafe::plan::revision::revision_hash(
+        &serde_json::from_value(template(image)).expect("a pod template"),
+    )
+}
+
 pub fn deployment(replicas: i32, values: &[&str], unit_replicas: Value) -> CafeDeployment {
     serde_json::from_value(json!({
         "apiVersion": "apps.cafe.io/v1alpha1",

@@ -8,18 +8,18 @@
 //! more seeds.
 
 use crate::{common, hub_support, invariants};
+use hub_support::{revision_of, template};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cafe::api::CafeDeployment;
 use cafe::api::labels::UPGRADE_CONFIRMED;
-use cafe::plan::revision::revision_hash;
 use hub_support::Hub;
 use kube::api::{Patch, PatchParams, PostParams};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,18 +38,6 @@ fn seed(scenario: &str, fixed: u64) -> StdRng {
         "chaos {scenario}: seed {seed} (replay: CAFE_CHAOS_SEED={seed} cargo test --test reliability chaos::{scenario})"
     );
     StdRng::seed_from_u64(seed)
-}
-
-fn template(image: &str) -> Value {
-    json!({
-        "metadata": {"labels": {"app": "demo"}},
-        "spec": {"containers": [{"name": "app", "image": image,
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
-    })
-}
-
-fn revision_of(image: &str) -> String {
-    revision_hash(&serde_json::from_value(template(image)).expect("a template"))
 }
 
 /// 8 replicas over DCA and DCB: Beta (1 + 1), then groups of 2, each confirmed; one pod per

@@ -5,31 +5,19 @@
 //! cannot pass these.
 
 use crate::{common, hub_support, invariants};
+use hub_support::{revision_of, template};
 
 use cafe::api::CafeDeployment;
 use cafe::api::labels::REVISION;
-use cafe::plan::revision::revision_hash;
 use hub_support::{Hub, WAIT};
 use invariants::{Checker, Kind};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const UNITS: [(&str, &str); 2] = [("DCA", "dca"), ("DCB", "dcb")];
-
-fn template(image: &str) -> Value {
-    json!({
-        "metadata": {"labels": {"app": "demo"}},
-        "spec": {"containers": [{"name": "app", "image": image,
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
-    })
-}
-
-fn revision_of(image: &str) -> String {
-    revision_hash(&serde_json::from_value(template(image)).expect("a template"))
-}
 
 /// 3 + 3 replicas over DCA and DCB, Beta then groups of 2, one unavailable per unit.
 fn demo(confirm: bool) -> CafeDeployment {
@@ -87,6 +75,17 @@ impl Case {
                 .expect("strategy changed");
         }
         Case { h, agents }
+    }
+
+    /// demo:2 rolling out, waiting for a confirmation after the Beta group, the checker
+    /// watching, then the agents frozen.
+    async fn waiting_after_beta() -> (Case, Checker) {
+        let case = Case::start(true).await;
+        let checker = case.checker();
+        case.set_image("demo:2").await;
+        case.wait_confirm_at("demo:2", 1).await;
+        case.freeze_agents().await;
+        (case, checker)
     }
 
     fn checker(&self) -> Checker {
@@ -205,11 +204,7 @@ async fn a_pod_beyond_the_units_target_is_flagged() {
 
 #[tokio::test]
 async fn a_pod_on_the_new_revision_past_the_released_groups_is_flagged() {
-    let case = Case::start(true).await;
-    let checker = case.checker();
-    case.set_image("demo:2").await;
-    case.wait_confirm_at("demo:2", 1).await;
-    case.freeze_agents().await;
+    let (case, checker) = Case::waiting_after_beta().await;
     // Beta released one pod in DCA; a second one takes the new revision's label.
     let new = revision_of("demo:2");
     let old = case.pods_at("dca", &new, false).await.remove(0);
@@ -227,11 +222,7 @@ async fn a_pod_on_the_new_revision_past_the_released_groups_is_flagged() {
 
 #[tokio::test]
 async fn a_unit_below_its_floor_during_a_rollout_is_flagged() {
-    let case = Case::start(true).await;
-    let checker = case.checker();
-    case.set_image("demo:2").await;
-    case.wait_confirm_at("demo:2", 1).await;
-    case.freeze_agents().await;
+    let (case, checker) = Case::waiting_after_beta().await;
     // Floor 3 - 1 = 2 in DCA: two pods go at once.
     for pod in case.pods_at("dca", "", false).await.iter().take(2) {
         case.pods("dca")
@@ -245,11 +236,7 @@ async fn a_unit_below_its_floor_during_a_rollout_is_flagged() {
 
 #[tokio::test]
 async fn a_pod_restarted_twice_for_one_revision_is_flagged() {
-    let case = Case::start(true).await;
-    let checker = case.checker();
-    case.set_image("demo:2").await;
-    case.wait_confirm_at("demo:2", 1).await;
-    case.freeze_agents().await;
+    let (case, checker) = Case::waiting_after_beta().await;
     let new = revision_of("demo:2");
     let updated = case.pods_at("dcb", &new, true).await.remove(0);
     let restarts = updated
@@ -275,11 +262,7 @@ async fn a_pod_restarted_twice_for_one_revision_is_flagged() {
 
 #[tokio::test]
 async fn a_pod_deleted_when_it_could_be_updated_in_place_is_flagged() {
-    let case = Case::start(true).await;
-    let checker = case.checker();
-    case.set_image("demo:2").await;
-    case.wait_confirm_at("demo:2", 1).await;
-    case.freeze_agents().await;
+    let (case, checker) = Case::waiting_after_beta().await;
     let new = revision_of("demo:2");
     let old = case.pods_at("dca", &new, false).await.remove(0);
     case.pods("dca")
