@@ -170,19 +170,7 @@ fn reads_by(h: &Hub, identity: &str) -> usize {
 }
 
 fn rollout_deployment(replicas: i32, strategy: Value) -> CafeDeployment {
-    let mut cd: CafeDeployment = serde_json::from_value(json!({
-        "apiVersion": "apps.cafe.io/v1alpha1",
-        "kind": "CafeDeployment",
-        "metadata": {"name": "demo", "namespace": "default"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "demo"}},
-            "template": template("demo:1"),
-            "topology": {"unitType": "DataCenter", "values": ["DCA", "DCB"], "unitReplicas": {}},
-            "strategy": strategy,
-        },
-    }))
-    .expect("a CafeDeployment");
+    let mut cd = hub_support::rolling_deployment(replicas, strategy);
     cd.spec.min_ready_seconds = 1;
     cd
 }

@@ -497,6 +497,23 @@ pub fn revision_of(image: &str) -> String {
     )
 }
 
+/// CafeDeployment `default/demo` over DCA and DCB running `demo:1`, with `strategy`.
+pub fn rolling_deployment(replicas: i32, strategy: Value) -> CafeDeployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps.cafe.io/v1alpha1",
+        "kind": "CafeDeployment",
+        "metadata": {"name": "demo", "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "demo"}},
+            "template": template("demo:1"),
+            "topology": {"unitType": "DataCenter", "values": ["DCA", "DCB"], "unitReplicas": {}},
+            "strategy": strategy,
+        },
+    }))
+    .expect("a CafeDeployment")
+}
+
 pub fn deployment(replicas: i32, values: &[&str], unit_replicas: Value) -> CafeDeployment {
     serde_json::from_value(json!({
         "apiVersion": "apps.cafe.io/v1alpha1",

@@ -43,20 +43,11 @@ fn seed(scenario: &str, fixed: u64) -> StdRng {
 /// 8 replicas over DCA and DCB: Beta (1 + 1), then groups of 2, each confirmed; one pod per
 /// unit unavailable at most.
 fn demo(failover: bool) -> CafeDeployment {
-    let mut cd: CafeDeployment = serde_json::from_value(json!({
-        "apiVersion": "apps.cafe.io/v1alpha1",
-        "kind": "CafeDeployment",
-        "metadata": {"name": "demo", "namespace": "default"},
-        "spec": {
-            "replicas": 8,
-            "selector": {"matchLabels": {"app": "demo"}},
-            "template": template("demo:1"),
-            "topology": {"unitType": "DataCenter", "values": ["DCA", "DCB"], "unitReplicas": {}},
-            "strategy": {"upgradeType": "Beta", "batchSize": 2, "needWaitingForConfirm": true,
-                         "maxUnavailablePerUnit": 1},
-        },
-    }))
-    .expect("a CafeDeployment");
+    let mut cd = hub_support::rolling_deployment(
+        8,
+        json!({"upgradeType": "Beta", "batchSize": 2, "needWaitingForConfirm": true,
+               "maxUnavailablePerUnit": 1}),
+    );
     if failover {
         cd.spec.topology.failover = Some(
             serde_json::from_value(json!({"enable": true, "tolerationSeconds": 3}))

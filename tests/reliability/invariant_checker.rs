@@ -22,20 +22,11 @@ const UNITS: [(&str, &str); 2] = [("DCA", "dca"), ("DCB", "dcb")];
 /// 3 + 3 replicas over DCA and DCB, Beta then groups of 2, one unavailable per unit.
 fn demo(confirm: bool) -> CafeDeployment {
     // (`confirm` is what the strategy asks of later rollouts.)
-    serde_json::from_value(json!({
-        "apiVersion": "apps.cafe.io/v1alpha1",
-        "kind": "CafeDeployment",
-        "metadata": {"name": "demo", "namespace": "default"},
-        "spec": {
-            "replicas": 6,
-            "selector": {"matchLabels": {"app": "demo"}},
-            "template": template("demo:1"),
-            "topology": {"unitType": "DataCenter", "values": ["DCA", "DCB"], "unitReplicas": {}},
-            "strategy": {"upgradeType": "Beta", "batchSize": 2, "maxUnavailablePerUnit": 1,
-                         "needWaitingForConfirm": confirm},
-        },
-    }))
-    .expect("a CafeDeployment")
+    hub_support::rolling_deployment(
+        6,
+        json!({"upgradeType": "Beta", "batchSize": 2, "maxUnavailablePerUnit": 1,
+               "needWaitingForConfirm": confirm}),
+    )
 }
 
 struct Case {
