@@ -107,6 +107,8 @@ pub async fn run(cmd: SimCommand) -> Result<(), CliError> {
 }
 
 async fn run_sim(config: SimConfig, dir: PathBuf) -> Result<(), CliError> {
+    // Handlers before the ready line: whoever reads it may answer with a signal at once.
+    let signals = Signals::install().map_err(CliError::Signal)?;
     let mut sim = Sim::start(config).await?;
     let kubeconfig = sim.publish(&dir, None).await?;
     sim.wait_ready(Duration::from_secs(30))
@@ -130,14 +132,14 @@ async fn run_sim(config: SimConfig, dir: PathBuf) -> Result<(), CliError> {
             .or(sim.clusters.first())
             .map_or("hub", |c| c.name.as_str())
     );
-    wait_for_signal().await.map_err(CliError::Signal)?;
+    signals.recv().await;
     tracing::info!("shutting down the simulated clusters");
     sim.stop();
     let _ = std::fs::remove_file(dir.join("sim.json"));
     Ok(())
 }
 
-pub use cafe_base::signal::wait_for_signal;
+use cafe_base::signal::Signals;
 
 async fn run_ctl(ctl: CtlArgs) -> Result<(), CliError> {
     let path = ctl.state_dir.join("sim.json");

@@ -144,7 +144,7 @@ pub fn topology(config: &SimConfig, origin: &str) -> Result<(String, Vec<Member>
 
 pub async fn run(args: DevArgs) -> Result<(), DevError> {
     // Handlers first: a signal at any point from here on means a clean stop, never a kill.
-    let shutdown = signal_token().map_err(DevError::Signal)?;
+    let shutdown = crate::runtime::shutdown::on_signal().map_err(DevError::Signal)?;
     let (config, origin) = match &args.config {
         Some(path) => (SimConfig::load(path)?, path.display().to_string()),
         None => (SimConfig::default_clusters(), "(default)".to_string()),
@@ -486,33 +486,6 @@ fn fresh_temp_dir() -> Result<PathBuf, DevError> {
         path: base.display().to_string(),
         source: std::io::Error::other("no free name for a fresh directory"),
     })
-}
-
-/// A token cancelled on the first SIGINT or SIGTERM. The handlers are installed before this
-/// returns, so a signal that arrives during start-up is not lost (nor fatal).
-fn signal_token() -> std::io::Result<CancellationToken> {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("signal received; shutting down");
-            t.cancel();
-        });
-    }
-    #[cfg(not(unix))]
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        t.cancel();
-    });
-    Ok(token)
 }
 
 #[cfg(test)]

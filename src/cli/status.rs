@@ -79,11 +79,16 @@ pub enum StatusError {
         "reading CafeDeployments from the hub: {0}; check that the hub is running and --kubeconfig/--context (or $KUBECONFIG) point at it"
     )]
     Hub(String),
+    #[error("installing the Ctrl-C handler: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), StatusError> {
     // Handlers before the first frame, so a signal while watching is a clean stop.
-    let shutdown = args.watch.then(crate::runtime::shutdown::on_interrupt);
+    let shutdown = match args.watch {
+        true => Some(crate::runtime::shutdown::on_interrupt().map_err(StatusError::Signal)?),
+        false => None,
+    };
     let client = args.kube.client().await?;
     let namespace = args
         .namespace

@@ -30,6 +30,10 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
+    /// Not the admin server's own, but part of the same frame (see `serve`): without signal
+    /// handlers a SIGTERM would kill the process instead of stopping it gracefully.
+    #[error("installing the SIGINT/SIGTERM handlers: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 /// The running server.

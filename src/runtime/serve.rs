@@ -18,7 +18,7 @@ where
     F: FnOnce(Telemetry, CancellationToken) -> Fut,
     Fut: Future,
 {
-    let shutdown = super::shutdown::on_signal();
+    let shutdown = super::shutdown::on_signal().map_err(AdminError::Signal)?;
     let telemetry = Telemetry::default();
     let admin_stop = CancellationToken::new();
     let server = match args.admin_address.0 {
