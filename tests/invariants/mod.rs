@@ -24,7 +24,11 @@
 //! A pod may outlive what allowed it (a loan, a group, a target) by the time its member takes to
 //! act, so checks against the hub's status allow the most generous value seen in the last
 //! [`GRACE`]. The checker reads the hub's status for targets and quotas but judges by the pods
-//! themselves.
+//! themselves. Its watch of the hub may also lag its watch of a member (a watch cut or a 410
+//! re-lists with a backoff, and the hub writes its status before the member writes it calls
+//! for), so a pod may be seen before the status that allowed it: a breach of a pod rule against
+//! the status (over target, past the release, below the floor) is confirmed against a fresh
+//! read of the CafeDeployment before it is flagged.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -247,6 +251,13 @@ fn in_place_possible(pod: &PodView, cd: &CafeDeployment) -> bool {
     names == had
 }
 
+/// A CafeDeployment: (namespace, name).
+type CdKey = (String, String);
+/// A broken rule: its kind, the objects involved, what was seen.
+type Breach = (Kind, Vec<String>, String);
+/// Per CafeDeployment, the breaches against its status awaiting a fresh read.
+type Suspects = BTreeMap<CdKey, Vec<Breach>>;
+
 /// What the checker has seen of one CafeDeployment.
 #[derive(Default)]
 struct Track {
@@ -263,6 +274,9 @@ struct Track {
     /// Groups started before the pods showed the previous one done: (deadline, revision,
     /// group before, objects).
     pending: Vec<(Instant, String, i32)>,
+    /// The resourceVersion of `cd`: a fresh read may be ahead of the watch, whose older events
+    /// must not step the view back.
+    version: u64,
 }
 
 /// The checker's whole view, and the rules.
@@ -280,6 +294,11 @@ pub struct State {
     lost: Vec<(String, Instant, Instant)>,
     /// The states broken at the last evaluation, flagged once each.
     broken: BTreeSet<(Kind, Vec<String>)>,
+    /// CafeDeployments whose pods seem to breach their status, to read afresh before flagging:
+    /// the last breach seen of each.
+    suspects: Suspects,
+    /// The CafeDeployment just read afresh, while the rules run on that view.
+    fresh: Option<(String, String)>,
     pub violations: Vec<Violation>,
     pub checks: u64,
     /// The kinds flagged so far, readable while the checker runs.
@@ -287,12 +306,13 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(members: &[Watched]) -> State {
+    /// A view of `units`: (unit, member).
+    pub fn new(units: &[(&str, &str)]) -> State {
         State {
             started: Instant::now(),
-            units: members
+            units: units
                 .iter()
-                .map(|w| (w.member.clone(), w.unit.clone()))
+                .map(|(unit, member)| (member.to_string(), unit.to_string()))
                 .collect(),
             pods: BTreeMap::new(),
             restarts: BTreeMap::new(),
@@ -300,6 +320,8 @@ impl State {
             not_ready: BTreeMap::new(),
             lost: vec![],
             broken: BTreeSet::new(),
+            suspects: BTreeMap::new(),
+            fresh: None,
             violations: vec![],
             checks: 0,
             kinds: Arc::default(),
@@ -424,13 +446,54 @@ impl State {
             .collect()
     }
 
-    /// A CafeDeployment's new state (`None`: deleted).
+    /// A CafeDeployment's new state, as its watch delivers it (`None`: deleted).
     pub fn deployment(&mut self, namespace: &str, name: &str, cd: Option<CafeDeployment>) {
+        self.take_deployment(namespace, name, cd);
+        self.evaluate();
+    }
+
+    /// A CafeDeployment as read afresh from the hub (`None`: not found): the suspected breaches
+    /// of its pods are judged on this view, and flagged if they hold.
+    pub fn refreshed(&mut self, namespace: &str, name: &str, cd: Option<CafeDeployment>) {
+        self.take_deployment(namespace, name, cd);
+        self.fresh = Some((namespace.to_string(), name.to_string()));
+        self.evaluate();
+        self.fresh = None;
+    }
+
+    /// The suspects to read afresh, each with the breaches seen.
+    pub fn take_suspects(&mut self) -> Suspects {
+        std::mem::take(&mut self.suspects)
+    }
+
+    /// Flags what could not be confirmed nor cleared (the hub unreadable until the end).
+    pub fn flag_unresolved(&mut self, suspects: Suspects) {
+        for (kind, objects, detail) in suspects.into_values().flatten() {
+            self.flag(
+                kind,
+                objects,
+                format!("{detail} (not confirmed: the hub could not be read)"),
+            );
+        }
+    }
+
+    fn take_deployment(&mut self, namespace: &str, name: &str, cd: Option<CafeDeployment>) {
         let key = (namespace.to_string(), name.to_string());
         let Some(cd) = cd else {
             self.tracks.remove(&key);
             return;
         };
+        let version = cd
+            .resource_version()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if self
+            .tracks
+            .get(&key)
+            .is_some_and(|t| t.cd.is_some() && version <= t.version)
+        {
+            return;
+        }
         let now = Instant::now();
         let mut flags = vec![];
         {
@@ -484,6 +547,7 @@ impl State {
                 track.group = Some((revision, r.current_batch));
             }
             track.cd = Some(cd.clone());
+            track.version = version;
         }
         for (kind, detail) in flags {
             self.flag(
@@ -492,7 +556,6 @@ impl State {
                 detail,
             );
         }
-        self.evaluate();
     }
 
     /// A MemberCluster's Ready condition as the hub reports it.
@@ -553,9 +616,12 @@ impl State {
         let now = Instant::now();
         let not_ready = self.not_ready_set();
         let keys: Vec<(String, String)> = self.tracks.keys().cloned().collect();
+        // Breaches of the rules over the hub's status carry the CafeDeployment to read afresh.
         let mut flags: Vec<(Kind, Vec<String>, String)> = vec![];
+        let mut against_status: Vec<(Breach, CdKey)> = vec![];
         for key in keys {
             let (namespace, name) = key.clone();
+            let fresh = self.fresh.as_ref() == Some(&key);
             let Some(track) = self.tracks.get_mut(&key) else {
                 continue;
             };
@@ -606,10 +672,13 @@ impl State {
                 if let Some(allowed) = allowed
                     && i32::try_from(pods.len()).unwrap_or(i32::MAX) > allowed
                 {
-                    flags.push((
-                        Kind::OverTarget,
-                        vec![object.clone(), format!("unit {unit}")],
-                        format!("{} live pods, target {allowed}", pods.len()),
+                    against_status.push((
+                        (
+                            Kind::OverTarget,
+                            vec![object.clone(), format!("unit {unit}")],
+                            format!("{} live pods, target {allowed}", pods.len()),
+                        ),
+                        key.clone(),
                     ));
                 }
             }
@@ -632,22 +701,28 @@ impl State {
                         .max()
                         .unwrap_or(0);
                     if i32::try_from(new).unwrap_or(i32::MAX) > allowed {
-                        flags.push((
-                            Kind::PastRelease,
-                            vec![object.clone(), format!("unit {unit}")],
-                            format!(
-                                "{new} pods on {revision}, {allowed} released; rollout {:?}",
-                                cd.status.as_ref().and_then(|s| s.rollout.as_ref())
+                        against_status.push((
+                            (
+                                Kind::PastRelease,
+                                vec![object.clone(), format!("unit {unit}")],
+                                format!(
+                                    "{new} pods on {revision}, {allowed} released; rollout {:?}",
+                                    cd.status.as_ref().and_then(|s| s.rollout.as_ref())
+                                ),
                             ),
+                            key.clone(),
                         ));
                     }
                 }
                 let allowed = window.iter().map(|a| a.total).max().unwrap_or(0);
                 if i32::try_from(total).unwrap_or(i32::MAX) > allowed {
-                    flags.push((
-                        Kind::PastRelease,
-                        vec![object.clone()],
-                        format!("{total} pods on {revision} in all, {allowed} released"),
+                    against_status.push((
+                        (
+                            Kind::PastRelease,
+                            vec![object.clone()],
+                            format!("{total} pods on {revision} in all, {allowed} released"),
+                        ),
+                        key.clone(),
                     ));
                 }
             }
@@ -671,12 +746,18 @@ impl State {
                     } else if track.floor_reached.contains(&reached)
                         && !in_failover(&cd, unit, &not_ready)
                     {
-                        flags.push((
-                            Kind::BelowFloor,
-                            vec![object.clone(), format!("unit {unit}")],
-                            format!("{ready} ready, floor {floor} (target {target})"),
+                        against_status.push((
+                            (
+                                Kind::BelowFloor,
+                                vec![object.clone(), format!("unit {unit}")],
+                                format!("{ready} ready, floor {floor} (target {target})"),
+                            ),
+                            key.clone(),
                         ));
-                        track.floor_reached.remove(&reached);
+                        // Once flagged, the unit must reach its floor again to be judged again.
+                        if fresh {
+                            track.floor_reached.remove(&reached);
+                        }
                     }
                 }
             }
@@ -718,8 +799,20 @@ impl State {
             }
             track.pending = still;
         }
-        // A state that stays broken is one violation, flagged when it starts.
+        // A state that stays broken is one violation, flagged when it starts; a breach against
+        // the status only once a fresh read of it confirms.
         let mut now_broken = BTreeSet::new();
+        for ((kind, objects, detail), cd) in against_status {
+            let key = (kind, objects.clone());
+            if self.broken.contains(&key) || self.fresh.as_ref() == Some(&cd) {
+                flags.push((kind, objects, detail));
+            } else {
+                self.suspects
+                    .entry(cd)
+                    .or_default()
+                    .push((kind, objects, detail));
+            }
+        }
         for (kind, objects, detail) in flags {
             let key = (kind, objects.clone());
             if !self.broken.contains(&key) {
@@ -750,7 +843,11 @@ impl Checker {
     pub fn start(hub: kube::Client, members: Vec<Watched>) -> Checker {
         let stop = CancellationToken::new();
         let token = stop.clone();
-        let mut state = State::new(&members);
+        let units: Vec<(&str, &str)> = members
+            .iter()
+            .map(|w| (w.unit.as_str(), w.member.as_str()))
+            .collect();
+        let mut state = State::new(&units);
         let kinds = state.kinds.clone();
         let task = tokio::spawn(async move {
             let mut streams = vec![
@@ -817,7 +914,11 @@ impl Checker {
                     }),
                     Some(Seen::Tick) => state.evaluate(),
                 }
+                confirm(&hub, &mut state).await;
             }
+            confirm(&hub, &mut state).await;
+            let unresolved = state.take_suspects();
+            state.flag_unresolved(unresolved);
             for w in &members {
                 state.check_calls(&w.member, &w.cluster.calls());
             }
@@ -856,6 +957,34 @@ impl Checker {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+}
+
+/// Reads each suspect CafeDeployment afresh and judges its pods on that view; one that cannot
+/// be read stays a suspect for the next round.
+async fn confirm(hub: &kube::Client, state: &mut State) {
+    for ((namespace, name), breaches) in state.take_suspects() {
+        let api = Api::<CafeDeployment>::namespaced(hub.clone(), &namespace);
+        match tokio::time::timeout(Duration::from_secs(5), api.get_opt(&name)).await {
+            Ok(Ok(cd)) => {
+                let before = state.violations.len();
+                state.refreshed(&namespace, &name, cd);
+                if state.violations.len() == before {
+                    // Printed so that a lagging view is visible in a test's output.
+                    eprintln!(
+                        "invariant checker: cleared by a fresh read of {namespace}/{name}: {:?}",
+                        breaches.iter().map(|(k, o, _)| (k, o)).collect::<Vec<_>>()
+                    );
+                }
+            }
+            _ => {
+                state
+                    .suspects
+                    .entry((namespace, name))
+                    .or_default()
+                    .extend(breaches);
+            }
+        }
     }
 }
 

@@ -340,3 +340,94 @@ async fn a_hub_write_to_a_member_it_reports_lost_is_flagged() {
     let found = Case::flagged(checker, Kind::LostMemberWritten).await;
     assert!(found[0].detail.contains("(rogue)"), "{found:?}");
 }
+
+/// The checker's watch of the hub may lag its watch of a member: a pod seen before the status
+/// that released it is a suspect, cleared by a fresh read of that status; the same pod against
+/// a fresh status that does not release it is a violation.
+#[test]
+fn a_pod_seen_before_the_status_that_released_it_is_confirmed_by_a_fresh_read() {
+    use cafe::api::{BatchStatus, CafeDeploymentStatus, RolloutStatus, RolloutUnit};
+    use invariants::{PodView, State};
+
+    let revision = revision_of("demo:2");
+    let at_group = |k: i32, version: &str| {
+        let mut cd = demo(false);
+        cd.metadata.namespace = Some("default".into());
+        cd.metadata.resource_version = Some(version.into());
+        cd.status = Some(CafeDeploymentStatus {
+            rollout: Some(RolloutStatus {
+                phase: Some("Progressing".into()),
+                revision: Some(revision.clone()),
+                current_batch: k,
+                total_batches: 3,
+                batches: (1..=3)
+                    .map(|i| BatchStatus {
+                        index: i,
+                        beta: i == 1,
+                        units: [("DCA".to_string(), 1), ("DCB".to_string(), 1)].into(),
+                        state: None,
+                    })
+                    .collect(),
+                units: ["DCA", "DCB"]
+                    .map(|u| RolloutUnit {
+                        name: u.into(),
+                        replicas: 3,
+                        create: 0,
+                        update: 3,
+                        done: 0,
+                    })
+                    .into(),
+                ..RolloutStatus::default()
+            }),
+            ..CafeDeploymentStatus::default()
+        });
+        cd
+    };
+    let pod = |i: usize, revision: &str| PodView {
+        namespace: "default".into(),
+        name: format!("demo-{i}"),
+        uid: format!("uid-{i}"),
+        cafedeployment: "demo".into(),
+        revision: revision.into(),
+        ready: true,
+        terminating: false,
+        images: vec![("app".into(), "demo:2".into())],
+        restarts: 0,
+    };
+    let mut state = State::new(&UNITS);
+    state.deployment("default", "demo", Some(at_group(1, "10")));
+    // DCA's second pod on the revision arrives before the watch shows group 2.
+    for (i, rev) in [(0, revision.as_str()), (1, revision.as_str()), (2, "old")] {
+        state.pod("dca", &format!("uid-{i}"), Some(pod(i, rev)));
+    }
+    let suspects = state.take_suspects();
+    assert!(
+        suspects.contains_key(&("default".to_string(), "demo".to_string())),
+        "a breach against a status seen through the watch is a suspect first: {suspects:?}"
+    );
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+    // The fresh read shows group 2 released: cleared.
+    state.refreshed("default", "demo", Some(at_group(2, "11")));
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+    // A stale watch event after the fresh read does not step the view back.
+    state.deployment("default", "demo", Some(at_group(1, "10")));
+    assert!(state.take_suspects().is_empty());
+    // A third pod on the revision in DCA: past its share of group 2 (4 in all are released, so
+    // only the unit is breached), and a fresh read confirms it.
+    state.pod("dca", "uid-2", Some(pod(2, &revision)));
+    assert!(!state.take_suspects().is_empty());
+    state.refreshed("default", "demo", Some(at_group(2, "11")));
+    assert_eq!(
+        state
+            .violations
+            .iter()
+            .map(|v| (v.kind, v.objects.clone()))
+            .collect::<Vec<_>>(),
+        [(
+            Kind::PastRelease,
+            vec!["cafedeployment default/demo".to_string(), "unit DCA".into()]
+        )],
+        "{:?}",
+        state.violations
+    );
+}
