@@ -14,23 +14,47 @@ use hub_support::{Hub, ready_of};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+/// The member as soon as the hub reports the room its agent measured.
+async fn wait_capacity(h: &Hub, member: &str) -> MemberCluster {
+    let mcs: Api<MemberCluster> = Api::all(h.hub.clone());
+    common::wait_for(
+        &format!("{member}'s capacity on its MemberCluster"),
+        Duration::from_secs(30),
+        || async {
+            mcs.get(member)
+                .await
+                .ok()
+                .filter(|mc| mc.status.as_ref().is_some_and(|s| s.capacity.is_some()))
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn registered_members_report_ready_version_units_and_capacity() {
     let mut h = Hub::start().await;
+    let agents = h.run_member_agents(&["dca", "dcb", "dcc"]);
     h.run_hub();
     let dca = h.wait_member("dca", "True", "Probed").await;
     let status = dca.status.clone().unwrap();
     assert_eq!(status.kubernetes_version.as_deref(), Some("v1.33.0"));
     assert_eq!(status.units.as_deref(), Some("DataCenter=DCA"));
     assert!(status.last_probe_time.is_some());
-    let capacity = status.capacity.unwrap();
+    // The room is the member agent's measure (the hub lists no node or pod there).
+    let capacity = wait_capacity(&h, "dca").await.status.unwrap().capacity.unwrap();
     assert_eq!(capacity.nodes, 3);
     assert_eq!(capacity.allocatable.cpu_millis, 24_000);
     assert_eq!(capacity.allocatable.memory_bytes, 48 << 30);
     assert_eq!(capacity.allocatable.pods, 330);
-    let dcc = h.wait_member("dcc", "True", "Probed").await;
+    assert_eq!(
+        capacity.free.iter().map(|f| f.nodes).sum::<i32>(),
+        3,
+        "{capacity:?}"
+    );
+    let dcc = wait_capacity(&h, "dcc").await;
     assert_eq!(dcc.status.unwrap().capacity.unwrap().nodes, 2);
     h.stop_hub().await;
+    agents.cancel();
 }
 
 #[tokio::test]
@@ -90,8 +114,10 @@ async fn a_missing_secret_and_a_broken_kubeconfig_are_reported() {
 #[tokio::test]
 async fn an_unreachable_member_is_reported_and_recovers() {
     let mut h = Hub::start().await;
+    let agents = h.run_member_agents(&["dcb"]);
     h.run_hub();
     h.wait_member("dcb", "True", "Probed").await;
+    wait_capacity(&h, "dcb").await;
     h.sim
         .cluster("dcb")
         .unwrap()
@@ -104,6 +130,7 @@ async fn an_unreachable_member_is_reported_and_recovers() {
     assert!(status.capacity.is_some());
     h.wait_member("dcb", "True", "Probed").await;
     h.stop_hub().await;
+    agents.cancel();
 }
 
 /// A member without the InPlaceSet CRD (never installed, or deleted after the hub synced) is not

@@ -355,3 +355,220 @@ async fn an_outage_shorter_than_the_toleration_moves_nothing() {
     h.stop_hub().await;
     agents.cancel();
 }
+
+/// `name`: `replicas` pods of `cpu` CPU over `values`, every replica in the first unit (the
+/// others have a share of 0: they only take loans), rescheduled after 1 s.
+fn loaner(name: &str, replicas: i32, values: &[&str], cpu: &str) -> CafeDeployment {
+    let zero: serde_json::Map<String, Value> =
+        values[1..].iter().map(|u| (u.to_string(), json!(0))).collect();
+    serde_json::from_value(json!({
+        "apiVersion": "apps.cafe.io/v1alpha1",
+        "kind": "CafeDeployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "demo:1",
+                    "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]},
+            },
+            "topology": {"unitType": "DataCenter", "values": values, "unitReplicas": zero,
+                "autoReschedule": {"enable": true, "initialDelaySeconds": 1, "stabilizationSeconds": 600}},
+            "strategy": {"upgradeType": "Batch", "batchSize": "100%", "maxUnavailablePerUnit": 1},
+        },
+    }))
+    .expect("a CafeDeployment")
+}
+
+async fn loans_of(h: &Hub, name: &str) -> Vec<Loan> {
+    h.deployments()
+        .get(name)
+        .await
+        .ok()
+        .and_then(|cd| cd.status)
+        .map(|s| s.loans)
+        .unwrap_or_default()
+}
+
+/// Pods of `member` the scheduler could not place (PodScheduled False, Unschedulable).
+async fn unschedulable_in(h: &Hub, member: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(h.members[member].clone(), "default");
+    let Ok(list) = pods.list(&ListParams::default().labels(UNIT)).await else {
+        return vec![];
+    };
+    list.items
+        .iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.type_ == "PodScheduled"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("Unschedulable")
+                    })
+                })
+        })
+        .map(|p| p.metadata.name.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Every call the hub made to a member that reads its pods or nodes: there must be none.
+fn hub_pod_or_node_reads(h: &Hub, members: &[&str]) -> Vec<String> {
+    members
+        .iter()
+        .flat_map(|m| {
+            h.sim
+                .cluster(m)
+                .expect("cluster")
+                .calls()
+                .into_iter()
+                .filter(|c| c.user_agent.starts_with("cafe-hub/"))
+                .filter(|c| c.resource == "pods" || c.resource == "nodes")
+                .map(move |c| format!("{m}: {} {}", c.verb, c.resource))
+        })
+        .collect()
+}
+
+/// DCA fits one of its two 2-CPU pods. DCB has 2 CPUs free, 1 on each of two nodes: no 2-CPU
+/// pod fits there. DCC's one node fits one.
+const FRAGMENTED: &str = r#"
+kubelet: {startMillis: 50, restartMillis: 50}
+clusters:
+  - name: hub
+    role: hub
+  - name: dca
+    role: member
+    units: {DataCenter: DCA}
+    nodes: [{count: 1, cpu: "2", memory: 16Gi, pods: 110}]
+  - name: dcb
+    role: member
+    units: {DataCenter: DCB}
+    nodes: [{count: 2, cpu: "1", memory: 16Gi, pods: 110}]
+  - name: dcc
+    role: member
+    units: {DataCenter: DCC}
+    nodes: [{count: 1, cpu: "3", memory: 16Gi, pods: 110}]
+"#;
+
+#[tokio::test]
+async fn reschedule_judges_room_node_by_node_and_the_hub_reads_no_member_pod_or_node() {
+    let units = [("dca", "DCA"), ("dcb", "DCB"), ("dcc", "DCC")];
+    let mut h = Hub::start_with(FRAGMENTED, &units).await;
+    let agents = h.run_member_agents(&["dca", "dcb", "dcc"]);
+    h.run_hub();
+    h.wait_members_ready().await;
+    // By cluster totals DCB (2 CPUs free, first in `values`) would take the loan.
+    let dcb: MemberCluster = Api::all(h.hub.clone()).get("dcb").await.unwrap();
+    let dcb_capacity = wait_for("DCB's room on its MemberCluster", WAIT, || async {
+        let mc: MemberCluster = Api::all(h.hub.clone()).get("dcb").await.ok()?;
+        mc.status?.capacity
+    })
+    .await;
+    assert_eq!(
+        dcb_capacity.allocatable.cpu_millis - dcb_capacity.requested.cpu_millis,
+        2_000,
+        "{dcb:?}"
+    );
+    h.deployments()
+        .create(
+            &PostParams::default(),
+            &loaner("big", 2, &["DCA", "DCB", "DCC"], "2"),
+        )
+        .await
+        .unwrap();
+    let lent = wait_for("a loan", WAIT, || async {
+        let l = loans_of(&h, "big").await;
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(
+        lent.iter()
+            .map(|l| (l.from.as_str(), l.to.as_str(), l.replicas))
+            .collect::<Vec<_>>(),
+        [("DCA", "DCC", 1)],
+        "{lent:?}"
+    );
+    wait_for("the loaned pod serving in DCC", WAIT, || async {
+        let pods: Api<Pod> = Api::namespaced(h.members["dcc"].clone(), "default");
+        let list = pods.list(&ListParams::default().labels(UNIT)).await.ok()?;
+        (list.items.iter().filter(|p| serving(p)).count() == 1).then_some(())
+    })
+    .await;
+    assert!(unschedulable_in(&h, "dcb").await.is_empty());
+    assert_eq!(
+        hub_pod_or_node_reads(&h, &["dca", "dcb", "dcc"]),
+        Vec::<String>::new(),
+        "the hub reads room from the agents, never a member's pods or nodes"
+    );
+    h.stop_hub().await;
+    agents.cancel();
+}
+
+/// DCA and DCB each fit one of their two 2-CPU pods; DCC fits one more 2-CPU pod in all.
+const ONE_SPARE: &str = r#"
+kubelet: {startMillis: 50, restartMillis: 50}
+clusters:
+  - name: hub
+    role: hub
+  - name: dca
+    role: member
+    units: {DataCenter: DCA}
+    nodes: [{count: 1, cpu: "2", memory: 16Gi, pods: 110}]
+  - name: dcb
+    role: member
+    units: {DataCenter: DCB}
+    nodes: [{count: 1, cpu: "2", memory: 16Gi, pods: 110}]
+  - name: dcc
+    role: member
+    units: {DataCenter: DCC}
+    nodes: [{count: 1, cpu: "2", memory: 16Gi, pods: 110}]
+"#;
+
+#[tokio::test]
+async fn two_deployments_short_of_room_at_once_never_get_the_same_room() {
+    let units = [("dca", "DCA"), ("dcb", "DCB"), ("dcc", "DCC")];
+    let mut h = Hub::start_with(ONE_SPARE, &units).await;
+    let agents = h.run_member_agents(&["dca", "dcb", "dcc"]);
+    h.run_hub();
+    h.wait_members_ready().await;
+    wait_for("DCC's room on its MemberCluster", WAIT, || async {
+        let mc: MemberCluster = Api::all(h.hub.clone()).get("dcc").await.ok()?;
+        mc.status?.capacity
+    })
+    .await;
+    // Both short at once: each has one pod its unit cannot place, past the same delay.
+    let (x, y) = (
+        loaner("x", 2, &["DCA", "DCC"], "2"),
+        loaner("y", 2, &["DCB", "DCC"], "2"),
+    );
+    let (api, params) = (h.deployments(), PostParams::default());
+    let (a, b) = tokio::join!(api.create(&params, &x), api.create(&params, &y));
+    a.unwrap();
+    b.unwrap();
+    let first = wait_for("one loan", WAIT, || async {
+        let all: Vec<Loan> = [loans_of(&h, "x").await, loans_of(&h, "y").await].concat();
+        (!all.is_empty()).then_some(all)
+    })
+    .await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!((first[0].to.as_str(), first[0].replicas), ("DCC", 1));
+    // Long past the delay and the time the room takes to show the placed pod: still one loan,
+    // and nothing left waiting for a node in DCC.
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        let all: Vec<Loan> = [loans_of(&h, "x").await, loans_of(&h, "y").await].concat();
+        assert_eq!(all.len(), 1, "only one loan fits DCC: {all:?}");
+        assert_eq!(all[0].replicas, 1, "{all:?}");
+        let pending = unschedulable_in(&h, "dcc").await;
+        assert!(pending.is_empty(), "pods left Pending in DCC: {pending:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The one that waits still has its pod unschedulable in its own unit.
+    let waiting = if first[0].from == "DCA" { "dcb" } else { "dca" };
+    assert_eq!(unschedulable_in(&h, waiting).await.len(), 1);
+    h.stop_hub().await;
+    agents.cancel();
+}

@@ -365,6 +365,21 @@ async fn installed_from_deploy_the_controllers_need_no_more_than_they_are_grante
     .await
     .expect("scaled");
     wait_for("scaled to 2", WAIT, ready(2, "nginx:1.28")).await;
+    // Each agent publishes the room the scale-in freed (its ConfigMap replaced): one pod left
+    // in each member.
+    for name in ["dca", "dcb"] {
+        let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(common::client(&sim, name).await, "cafe-system");
+        wait_for(&format!("{name}'s room summary shows one pod"), WAIT, || {
+            let configmaps = configmaps.clone();
+            async move {
+                let cm = configmaps.get(cafe::api::labels::ROOM_CONFIGMAP).await.ok()?;
+                let room = cafe::hub::probe::summary_of(&cm)?;
+                (room.requested.pods == 1).then_some(())
+            }
+        })
+        .await;
+    }
 
     // The hub renews its member token once most of its lifetime has passed: make it look old.
     let secrets: Api<Secret> = Api::namespaced(admin_hub.clone(), "cafe-system");

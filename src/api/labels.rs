@@ -19,6 +19,10 @@ pub const UPGRADE_CONFIRMED: &str = "apps.cafe.io/upgrade-confirmed";
 pub const CLEANUP_FINALIZER: &str = "apps.cafe.io/cleanup";
 /// Namespace holding member kubeconfig Secrets on the hub.
 pub const SYSTEM_NAMESPACE: &str = "cafe-system";
+/// The ConfigMap in each member's `cafe-system` where the member agent publishes the room of
+/// its cluster (key [`ROOM_KEY`], a `Capacity` as JSON) for the hub.
+pub const ROOM_CONFIGMAP: &str = "cafe-member-room";
+pub const ROOM_KEY: &str = "capacity";
 /// Field manager the hub and members write with.
 pub const HUB_MANAGER: &str = "cafe-hub";
 pub const MEMBER_MANAGER: &str = "cafe-member";

@@ -89,6 +89,26 @@ pub struct Capacity {
     pub allocatable: Resources,
     /// Sum of requests of the pods on those nodes.
     pub requested: Resources,
+    /// What is free on the untainted nodes, node by node: one entry per distinct shape, largest
+    /// first (at most 64; the smallest beyond go, so room is never overstated). The member
+    /// agent measures it; the hub places replicas of a template with no InPlaceSet there yet
+    /// by it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub free: Vec<FreeNodes>,
+}
+
+/// Nodes that have the same resources free.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FreeNodes {
+    /// Free CPU on each, in millicores.
+    pub cpu_millis: i64,
+    /// Free memory on each, in bytes.
+    pub memory_bytes: i64,
+    /// Free pod slots on each.
+    pub pods: i64,
+    /// How many nodes have this much free.
+    pub nodes: i32,
 }
 
 /// CPU in millicores and memory in bytes, so free capacity is a subtraction.

@@ -24,7 +24,7 @@ use kube::config::Kubeconfig;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::labels::SYSTEM_NAMESPACE;
+use crate::api::labels::{ROOM_CONFIGMAP, SYSTEM_NAMESPACE};
 
 /// Name of the ServiceAccount, ClusterRole, ClusterRoleBinding, Role and RoleBinding that make
 /// up the hub's identity in a member.
@@ -87,8 +87,6 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         ),
         // hub::member_writes: a CafeDeployment's namespace is created in the member if missing.
         rule("", &["namespaces"], &["get", "create"]),
-        // hub::probe: room and health of the member (nodes' allocatable, pods' requests).
-        rule("", &["nodes", "pods"], &["list"]),
         // `cafe cluster remove`: the identity may delete its own ClusterRole, and with it
         // (owner references) everything registration created; no other ClusterRole.
         PolicyRule {
@@ -106,6 +104,15 @@ pub fn namespace_rules() -> Vec<PolicyRule> {
     vec![
         // hub::membership: the agent's Lease tells whether the agent runs (AgentNotRunning).
         rule("coordination.k8s.io", &["leases"], &["list", "watch"]),
+        // hub::probe: the room the member agent measured, and nothing else of the member's
+        // pods or nodes.
+        PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![ROOM_CONFIGMAP.into()]),
+            verbs: vec!["get".into()],
+            ..PolicyRule::default()
+        },
         // hub::membercluster: the hub renews its own token, and only its own.
         PolicyRule {
             api_groups: Some(vec![String::new()]),

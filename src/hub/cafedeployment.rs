@@ -6,7 +6,7 @@
 //! leadership reconciles every CafeDeployment, after forgetting the expectations of any earlier
 //! term (another replica may have written since).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
@@ -29,7 +29,7 @@ use super::projection::{self, MemberView, Observed, ObservedSet, Write};
 use crate::api::labels::{
     CAFEDEPLOYMENT, CAFEDEPLOYMENT_NAMESPACE, CLEANUP_FINALIZER, HUB_MANAGER, UPGRADE_CONFIRMED,
 };
-use crate::api::{CafeDeployment, CafeDeploymentStatus, MemberCluster};
+use crate::api::{CafeDeployment, CafeDeploymentStatus, Loan, MemberCluster};
 use crate::plan::revision::revision_hash;
 use crate::plan::unit_status::{CLEANED_UP, REPLICA_FAILURE, UNITS_RESOLVED};
 use crate::runtime::events::{EventType, EventWriter, Fact, event_type};
@@ -98,6 +98,15 @@ struct Context {
     /// Consecutive failures per CafeDeployment, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<CafeDeployment>, u32>>,
     term: TermGuard,
+    /// Every CafeDeployment, for the room their loans hold.
+    deployments: Store<CafeDeployment>,
+    /// The loans the hub last decided for each CafeDeployment, ahead of the status that records
+    /// them: loan decisions are made one at a time under this lock, so two cannot promise the
+    /// same room.
+    ledger: Mutex<BTreeMap<DeploymentKey, Vec<Loan>>>,
+    /// Per (CafeDeployment, member), the loan pods placed there and since when this hub has
+    /// seen that many: they hold their room until the member's measure of it can show them.
+    placed: Mutex<HashMap<(DeploymentKey, String), (i64, std::time::Instant)>>,
 }
 
 /// Runs the CafeDeployment controller until `shutdown`; member events arrive through `triggers`.
@@ -112,6 +121,8 @@ pub async fn run(
     let api: Api<CafeDeployment> = Api::all(client.clone());
     let events = EventWriter::new(client.clone(), HUB_MANAGER);
     let gained = options.leadership.gained();
+    // The watch Controller::new would run, with its first list reported to /readyz.
+    let (store, writer) = reflector::store();
     let context = Arc::new(Context {
         client,
         members,
@@ -121,9 +132,10 @@ pub async fn run(
         options,
         failures: Mutex::new(HashMap::new()),
         term: TermGuard::default(),
+        deployments: store.clone(),
+        ledger: Mutex::new(BTreeMap::new()),
+        placed: Mutex::new(HashMap::new()),
     });
-    // The watch Controller::new would run, with its first list reported to /readyz.
-    let (store, writer) = reflector::store();
     let readiness = context.options.telemetry.readiness.clone();
     let stream = watcher(api, watcher::Config::default())
         .backoff(crate::runtime::backoff::watch_backoff())
@@ -167,6 +179,9 @@ async fn reconcile_one(
     ctx.term.enter(&ctx.options.leadership, || {
         ctx.expectations.clear();
         lock(&ctx.failures).clear();
+        // Another leader may have decided since: the statuses say what holds.
+        lock(&ctx.ledger).clear();
+        lock(&ctx.placed).clear();
     });
     let namespace = cd.namespace().ok_or(CafeDeploymentError::Unnamespaced)?;
     let key = ObjectRef::from_obj(&*cd);
@@ -252,12 +267,20 @@ fn error_policy(cd: Arc<CafeDeployment>, error: &CafeDeploymentError, ctx: Arc<C
 /// A live CafeDeployment: project it into its members and report.
 async fn apply(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploymentError> {
     let (members, sets) = observe(cd, ctx);
-    let plan = projection::project(&Observed {
-        deployment: cd,
-        members: &members,
-        sets: &sets,
-        now: now(),
-    });
+    let plan = {
+        let mut ledger = lock(&ctx.ledger);
+        let held = held_by_others(cd, ctx, &ledger);
+        let plan = projection::project(&Observed {
+            deployment: cd,
+            members: &members,
+            sets: &sets,
+            held: &held,
+            now: now(),
+        });
+        let loans = plan.status.loans.clone();
+        ledger.insert(ledger_key(cd), loans);
+        plan
+    };
     // A new revision is kept in the history before the rollout toward it starts, so that
     // `cafe rollout undo` can always come back.
     let recorded = cd
@@ -323,11 +346,14 @@ async fn reset_confirmation(
 /// A CafeDeployment being deleted: delete its InPlaceSets everywhere, or keep the finalizer and
 /// say which member holds it up.
 async fn cleanup(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploymentError> {
+    lock(&ctx.ledger).remove(&ledger_key(cd));
+    lock(&ctx.placed).retain(|(key, _), _| *key != ledger_key(cd));
     let (members, sets) = observe(cd, ctx);
     let plan = projection::plan_cleanup(&Observed {
         deployment: cd,
         members: &members,
         sets: &sets,
+        held: &BTreeMap::new(),
         now: now(),
     });
     execute(cd, plan.writes, &sets, ctx).await?;
@@ -357,6 +383,62 @@ async fn cleanup(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeplo
     );
     write_status(cd, &status, cd.resource_version(), ctx).await?;
     Err(CafeDeploymentError::CleanupBlocked(plan.blocked.join("; ")))
+}
+
+/// A CafeDeployment: (namespace, name).
+type DeploymentKey = (String, String);
+
+fn ledger_key(cd: &CafeDeployment) -> DeploymentKey {
+    (cd.namespace().unwrap_or_default(), cd.name_any())
+}
+
+/// The room the loans of every other CafeDeployment hold, per member: their loans as last
+/// decided here, else as their status records them. Pods not placed yet hold theirs; placed
+/// ones too, for as long as the member's measure of its room may not show them yet (the agent
+/// publishes within its refresh period, the hub reads the summary at each probe). A hub that
+/// starts counts from its start, so a restart never frees room early.
+fn held_by_others(
+    cd: &CafeDeployment,
+    ctx: &Context,
+    ledger: &BTreeMap<DeploymentKey, Vec<Loan>>,
+) -> BTreeMap<String, projection::Held> {
+    let settle = ctx.options.probe_interval + 2 * crate::member::ROOM_REFRESH;
+    let now = std::time::Instant::now();
+    let me = ledger_key(cd);
+    let mut held: BTreeMap<String, projection::Held> = BTreeMap::new();
+    let mut placed = lock(&ctx.placed);
+    for other in ctx.deployments.state() {
+        let key = ledger_key(&other);
+        if key == me {
+            continue;
+        }
+        let loans = match ledger.get(&key) {
+            Some(loans) => loans.as_slice(),
+            None => other.status.as_ref().map_or(&[][..], |s| &s.loans),
+        };
+        if loans.is_empty() {
+            continue;
+        }
+        let (_, sets) = observe(&other, ctx);
+        for (member, pods) in projection::loan_pods(&other, loans, &sets) {
+            let entry = placed
+                .entry((key.clone(), member.clone()))
+                .or_insert((pods.placed, now));
+            if pods.placed > entry.0 {
+                *entry = (pods.placed, now);
+            }
+            entry.0 = pods.placed;
+            let settling = if now.duration_since(entry.1) < settle {
+                pods.placed
+            } else {
+                0
+            };
+            held.entry(member)
+                .or_default()
+                .add(&pods.held(pods.unplaced.saturating_add(settling)));
+        }
+    }
+    held
 }
 
 /// The registered members and the InPlaceSets of this CafeDeployment their caches hold.

@@ -27,7 +27,7 @@ use super::HubOptions;
 use super::access;
 use super::membership::Membership;
 use super::probe::{self, ProbeReport, Problem, ProblemReason};
-use crate::api::labels::{HUB_MANAGER, SYSTEM_NAMESPACE, UNIT_LABEL_PREFIX};
+use crate::api::labels::{HUB_MANAGER, ROOM_CONFIGMAP, SYSTEM_NAMESPACE, UNIT_LABEL_PREFIX};
 use crate::api::{MemberCluster, MemberClusterStatus};
 use crate::plan::unit_status::set_condition;
 use crate::runtime::events::{EventType, EventWriter, Fact};
@@ -526,14 +526,17 @@ pub fn desired_status(
     let (status, reason, message) = match outcome {
         Ok(report) => {
             new.kubernetes_version = Some(report.version.clone());
-            new.capacity = Some(report.capacity.clone());
+            new.capacity = report.capacity.clone();
+            let nodes = match &report.capacity {
+                Some(c) => format!("{} ready schedulable nodes", c.nodes),
+                None => format!(
+                    "its room not published yet (ConfigMap {SYSTEM_NAMESPACE}/{ROOM_CONFIGMAP}, written by the member agent)"
+                ),
+            };
             (
                 "True",
                 PROBED.to_string(),
-                format!(
-                    "Kubernetes {}, {} ready schedulable nodes",
-                    report.version, report.capacity.nodes
-                ),
+                format!("Kubernetes {}, {nodes}", report.version),
             )
         }
         Err(problem) => (
@@ -593,7 +596,7 @@ mod tests {
     fn report() -> Result<ProbeReport, Problem> {
         Ok(ProbeReport {
             version: "v1.33.0".into(),
-            capacity: Capacity {
+            capacity: Some(Capacity {
                 nodes: 3,
                 allocatable: Resources {
                     cpu_millis: 24_000,
@@ -601,7 +604,8 @@ mod tests {
                     pods: 330,
                 },
                 requested: Resources::default(),
-            },
+                free: vec![],
+            }),
         })
     }
 

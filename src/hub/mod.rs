@@ -7,11 +7,10 @@
 //! - [`cafedeployment`] projects each CafeDeployment into one InPlaceSet per unit, in the member
 //!   that unit resolves to, and aggregates their status. Member InPlaceSet events requeue the owning
 //!   CafeDeployment through the registry.
-//! - [`projection`], [`capacity`] and `crate::plan` are the pure parts; the rest is I/O.
+//! - [`projection`] and `crate::plan` are the pure parts; the rest is I/O.
 
 pub mod access;
 pub mod cafedeployment;
-pub mod capacity;
 pub mod crds;
 pub mod expectations;
 pub mod history;

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
 
 use crate::api::Capacity;
+use crate::api::labels::{ROOM_CONFIGMAP, ROOM_KEY, SYSTEM_NAMESPACE};
 
 /// Why a member is not usable. The names are the Ready condition's reasons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,12 +74,15 @@ impl std::fmt::Display for Problem {
 pub struct ProbeReport {
     /// `gitVersion` from `/version`, e.g. "v1.33.0".
     pub version: String,
-    pub capacity: Capacity,
+    /// The room the member agent measured (ConfigMap `cafe-system/cafe-member-room`); `None`
+    /// until it has published one.
+    pub capacity: Option<Capacity>,
 }
 
-/// Probes `/version`, then lists Nodes and non-terminated Pods (authenticated requests: on some
-/// servers `/version` is public, so it alone cannot tell a bad token). The whole probe is bounded
-/// by `timeout`.
+/// Probes `/version`, then reads the room the member agent published (an authenticated request:
+/// on some servers `/version` is public, so it alone cannot tell a bad token). Two small GETs,
+/// whatever the member's size: the hub never lists a member's pods or nodes. The whole probe is
+/// bounded by `timeout`.
 pub async fn probe(client: &kube::Client, timeout: Duration) -> Result<ProbeReport, Problem> {
     match tokio::time::timeout(timeout, probe_unbounded(client)).await {
         Ok(result) => result,
@@ -94,20 +98,21 @@ async fn probe_unbounded(client: &kube::Client) -> Result<ProbeReport, Problem> 
         .apiserver_version()
         .await
         .map_err(|e| classify("GET /version", &e))?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let nodes = nodes
-        .list(&ListParams::default())
+    let room: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let room = room
+        .get_opt(ROOM_CONFIGMAP)
         .await
-        .map_err(|e| classify("listing nodes", &e))?;
-    let pods: Api<Pod> = Api::all(client.clone());
-    let pods = pods
-        .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
-        .await
-        .map_err(|e| classify("listing pods", &e))?;
+        .map_err(|e| classify(&format!("reading ConfigMap {SYSTEM_NAMESPACE}/{ROOM_CONFIGMAP}"), &e))?;
     Ok(ProbeReport {
         version: info.git_version,
-        capacity: super::capacity::capacity(&nodes.items, &pods.items),
+        capacity: room.as_ref().and_then(summary_of),
     })
+}
+
+/// The room a member agent's ConfigMap carries; `None` when it carries none that parses.
+pub fn summary_of(cm: &ConfigMap) -> Option<Capacity> {
+    let text = cm.data.as_ref()?.get(ROOM_KEY)?;
+    serde_json::from_str(text).ok()
 }
 
 /// Why the hub's watch of a member's InPlaceSets failed, when that makes the member unusable:

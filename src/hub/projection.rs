@@ -66,7 +66,112 @@ pub struct Observed<'a> {
     pub members: &'a [MemberView],
     /// Every InPlaceSet labelled as this CafeDeployment's, in any member.
     pub sets: &'a [ObservedSet],
+    /// Per member, the room other CafeDeployments' loans hold there until their pods are
+    /// placed ([`held_by`]): promised once, never twice.
+    pub held: &'a BTreeMap<String, Held>,
     pub now: Time,
+}
+
+/// Room a CafeDeployment's loans hold in one member: pods lent there and not placed yet, and
+/// what they request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub pods: i64,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+}
+
+impl Held {
+    pub fn add(&mut self, other: &Held) {
+        self.pods = self.pods.saturating_add(other.pods);
+        self.cpu_millis = self.cpu_millis.saturating_add(other.cpu_millis);
+        self.memory_bytes = self.memory_bytes.saturating_add(other.memory_bytes);
+    }
+
+    /// Pods of `(cpu, memory)` this holding keeps out: at least one per held pod, more when
+    /// the held pods are bigger.
+    fn displaces(&self, (cpu, memory): (i64, i64)) -> i64 {
+        let by = |held: i64, each: i64| {
+            if each > 0 {
+                held.saturating_add(each - 1) / each
+            } else {
+                0
+            }
+        };
+        self.pods
+            .max(by(self.cpu_millis, cpu))
+            .max(by(self.memory_bytes, memory))
+    }
+}
+
+/// Pods of a CafeDeployment's loans into one member: `unplaced` still wait for a node,
+/// `placed` are bound there; `each` is what one requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoanPods {
+    pub unplaced: i64,
+    pub placed: i64,
+    pub each: (i64, i64),
+}
+
+impl LoanPods {
+    /// The room `pods` of them hold.
+    pub fn held(&self, pods: i64) -> Held {
+        Held {
+            pods,
+            cpu_millis: pods.saturating_mul(self.each.0),
+            memory_bytes: pods.saturating_mul(self.each.1),
+        }
+    }
+}
+
+/// The pods of `cd`'s `loans`, per borrowing member: lent replicas its InPlaceSet there has not
+/// bound to a node yet, and those it has (pods bound beyond the unit's own share are the
+/// loans'). A loan holds its room from the moment it is decided (the hub keeps its decisions
+/// until the status records them) until its pods are placed, and a while after, until the
+/// member's own measure of its room shows them (the driver's part); after a hub restart the
+/// statuses say the same.
+pub fn loan_pods(
+    cd: &CafeDeployment,
+    loans: &[crate::api::Loan],
+    sets: &[ObservedSet],
+) -> BTreeMap<String, LoanPods> {
+    let each = cd
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .map_or((0, 0), crate::plan::room::spec_requests);
+    let units = cd.status.as_ref().map(|s| s.units.as_slice()).unwrap_or_default();
+    let mut out: BTreeMap<String, LoanPods> = BTreeMap::new();
+    for unit in units {
+        let Some(member) = unit.cluster.as_deref() else {
+            continue;
+        };
+        let borrowed = loans
+            .iter()
+            .filter(|l| l.to == unit.name)
+            .fold(0i32, |n, l| n.saturating_add(l.replicas.max(0)));
+        if borrowed == 0 {
+            continue;
+        }
+        let lent = loans
+            .iter()
+            .filter(|l| l.from == unit.name && loans::scales_down_lender(l))
+            .fold(0i32, |n, l| n.saturating_add(l.replicas.max(0)));
+        let own = unit.desired_replicas.saturating_sub(lent).max(0);
+        let scheduled = find_set(sets, member, &unit.name)
+            .filter(|c| !c.deleting())
+            .and_then(|c| c.set.status.as_ref())
+            .map_or(0, |s| s.scheduled_replicas);
+        let placed = scheduled.saturating_sub(own).clamp(0, borrowed);
+        let pods = out.entry(member.to_string()).or_insert(LoanPods {
+            each,
+            ..LoanPods::default()
+        });
+        pods.unplaced += i64::from(borrowed - placed);
+        pods.placed += i64::from(placed);
+    }
+    out
 }
 
 /// One write to a member.
@@ -423,13 +528,29 @@ fn loan_facts(
         .template
         .spec
         .as_ref()
-        .map_or((0, 0), super::capacity::spec_requests);
+        .map_or((0, 0), crate::plan::room::spec_requests);
     units
         .iter()
         .map(|u| {
             let view = o.members.iter().find(|m| m.name == u.cluster);
             let set = find_set(o.sets, &u.cluster, &u.unit).filter(|c| !c.deleting());
             let status = set.and_then(|c| c.set.status.clone()).unwrap_or_default();
+            // Room as the member agent measured it, node by node: for this template's own
+            // InPlaceSet when there is one, else from the cluster summary; less this
+            // template's pods still waiting for a node there, and the room other loans hold.
+            let measured = match (status.room, view.and_then(|v| v.capacity.as_ref())) {
+                (Some(room), _) if set.is_some() => i64::from(room),
+                (_, Some(capacity)) => i64::from(crate::plan::room::room_in(capacity, requests)),
+                _ => 0,
+            };
+            let waiting = set.map_or(0, |c| {
+                i64::from(c.set.spec.replicas.saturating_sub(status.scheduled_replicas).max(0))
+            });
+            let held = o
+                .held
+                .get(&u.cluster)
+                .map_or(0, |h| h.displaces(requests));
+            let room = measured.saturating_sub(waiting).saturating_sub(held).max(0);
             // The member has acted on what the hub asks of it now, loans included.
             let asked = asked_now.get(&u.unit).map(|t| t.replicas);
             // Pods on their way out (a scale-in) still show until they are deleted: only once
@@ -449,9 +570,7 @@ fn loan_facts(
                     (None, _) => None,
                 },
                 cordoned: view.is_some_and(|v| v.cordoned),
-                room: view
-                    .and_then(|v| v.capacity.as_ref())
-                    .map_or(0, |c| super::capacity::room_for(c, requests)),
+                room: i32::try_from(room).unwrap_or(i32::MAX),
                 unschedulable: status.unschedulable_replicas,
                 unschedulable_since: status.unschedulable_since.map(|t| t.0),
                 available: status.available_replicas,
@@ -905,6 +1024,7 @@ mod tests {
             deployment: cd,
             members,
             sets,
+            held: &BTreeMap::new(),
             now: now(),
         })
     }
@@ -1275,6 +1395,7 @@ mod tests {
             deployment: &cd,
             members: &members,
             sets: &sets,
+            held: &BTreeMap::new(),
             now: now(),
         });
         assert!(matches!(c.writes.as_slice(), [Write::Delete { member, .. }] if member == "dca"));

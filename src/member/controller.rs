@@ -139,6 +139,8 @@ pub struct Context {
     metrics: Arc<crate::runtime::metrics::Metrics>,
     leadership: Leadership,
     term: TermGuard,
+    /// The room of the member's nodes, for each InPlaceSet's `status.room`.
+    room: super::room::Room,
 }
 
 /// Runs the controller until `shutdown` is cancelled; reconciles in flight finish first.
@@ -168,6 +170,12 @@ pub async fn run(
     );
     let failures = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let events = EventWriter::new(client.clone(), MEMBER_MANAGER);
+    let room = super::room::Room::default();
+    let room_task = tokio::spawn(super::room::watch(
+        client.clone(),
+        room.clone(),
+        options.telemetry.readiness.clone(),
+    ));
     let context = Arc::new(Context {
         client: client.clone(),
         pods,
@@ -182,6 +190,7 @@ pub async fn run(
         metrics: options.telemetry.metrics.clone(),
         leadership: options.leadership.clone(),
         term: TermGuard::default(),
+        room: room.clone(),
     });
     let gained = options.leadership.gained();
     let (sets, set_writer) = reflector::store();
@@ -193,10 +202,18 @@ pub async fn run(
         failures,
         options.telemetry.readiness.clone(),
     );
+    let room_changed = super::room::publish(
+        client.clone(),
+        room,
+        sets.clone(),
+        options.leadership.clone(),
+        shutdown.clone(),
+    );
     Controller::for_stream(set_events, sets)
         .trigger_backoff(crate::runtime::backoff::watch_backoff())
         .owns_stream(pod_events)
         .reconcile_all_on(gained)
+        .reconcile_on(room_changed)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -212,6 +229,7 @@ pub async fn run(
         })
         .await;
     revision_task.abort();
+    room_task.abort();
 }
 
 /// The InPlaceSets, cached in `writer` for the controller; an InPlaceSet deleted (seen as an
@@ -766,6 +784,7 @@ async fn write_status(
         pods,
         failure,
         blocked,
+        room: ctx.room.for_template(ips.spec.template.spec.as_ref()),
         now: Timestamp::now(),
     });
     let api: Api<InPlaceSet> = Api::namespaced(ctx.client.clone(), namespace);

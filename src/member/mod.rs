@@ -19,6 +19,7 @@ mod lifecycle;
 mod pod;
 mod resize;
 mod revisions;
+mod room;
 mod status;
 mod work;
 
@@ -34,6 +35,7 @@ pub const MEMBER_LEASE: &str = "cafe-member";
 
 pub use apply::ApplyError;
 pub use controller::{CACHE_NOT_SYNCED, ReconcileError};
+pub use room::REFRESH as ROOM_REFRESH;
 pub use status::REPLICA_FAILURE;
 
 /// Readiness names: the InPlaceSet CRD Established, and the controller's caches listed.

@@ -75,6 +75,9 @@ pub struct Inputs<'a> {
     pub failure: ReplicaFailure,
     /// Pods held by a hook past the timeout, sorted by pod name.
     pub blocked: &'a [BlockedPod],
+    /// More pods of the template the nodes can take (`None` until measured: the last value
+    /// stays).
+    pub room: Option<i32>,
     pub now: Timestamp,
 }
 
@@ -139,6 +142,8 @@ pub fn compute(input: &Inputs<'_>) -> (InPlaceSetStatus, Option<Duration>) {
         revisions: revisions(input.update_revision, &active),
         unschedulable_replicas: count(unschedulable.len()),
         unschedulable_since: unschedulable.into_iter().min().map(Time),
+        scheduled_replicas: count(active.iter().filter(|p| p.facts.scheduled).count()),
+        room: input.room.or(input.previous.and_then(|s| s.room)),
         current_revision: Some(current),
         not_ready_pods: not_ready_pods(&active),
         update_revision: Some(input.update_revision.to_string()),
@@ -390,6 +395,7 @@ mod tests {
             pods,
             failure: ReplicaFailure::None,
             blocked: &[],
+            room: None,
             now: ts(100),
         }
     }

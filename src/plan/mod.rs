@@ -3,6 +3,7 @@
 
 pub mod loans;
 pub mod revision;
+pub mod room;
 pub mod rollout;
 pub mod scale;
 pub mod split;
