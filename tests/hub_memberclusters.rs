@@ -41,7 +41,12 @@ async fn registered_members_report_ready_version_units_and_capacity() {
     assert_eq!(status.units.as_deref(), Some("DataCenter=DCA"));
     assert!(status.last_probe_time.is_some());
     // The room is the member agent's measure (the hub lists no node or pod there).
-    let capacity = wait_capacity(&h, "dca").await.status.unwrap().capacity.unwrap();
+    let capacity = wait_capacity(&h, "dca")
+        .await
+        .status
+        .unwrap()
+        .capacity
+        .unwrap();
     assert_eq!(capacity.nodes, 3);
     assert_eq!(capacity.allocatable.cpu_millis, 24_000);
     assert_eq!(capacity.allocatable.memory_bytes, 48 << 30);
@@ -184,4 +189,89 @@ async fn a_member_without_the_crd_is_not_ready() {
     let mc = h.wait_member("dca", "False", "CRDNotInstalled").await;
     assert!(ready_of(&mc).unwrap().message.contains(fix));
     h.stop_hub().await;
+}
+
+/// A member that answers again is written to only once the hub has said it is Ready: while
+/// the MemberCluster still reports it lost (here the status write is forbidden), nothing of
+/// the hub reaches it, and everything does once the report is out.
+#[tokio::test]
+async fn a_member_back_is_not_written_to_before_the_hub_reports_it_ready() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use kube::api::{Patch, PatchParams};
+
+    let mut h = Hub::start_with(common::TWO_MEMBERS, &[("dca", "DCA"), ("dcb", "DCB")]).await;
+    let agents = h.run_member_agents(&["dca", "dcb"]);
+    h.run_hub();
+    h.wait_members_ready().await;
+    h.deployments()
+        .create(
+            &PostParams::default(),
+            &hub_support::deployment(4, &["DCA", "DCB"], json!({})),
+        )
+        .await
+        .unwrap();
+    h.wait_status("4 available", |cd| {
+        cd.status.as_ref().is_some_and(|s| s.available_replicas == 4)
+    })
+    .await;
+
+    let dcb = h.sim.cluster("dcb").unwrap();
+    dcb.faults.outage(Duration::from_secs(2));
+    h.wait_member("dcb", "False", "Unreachable").await;
+    // The hub may no longer write MemberCluster status: dcb stays reported lost.
+    let roles: Api<ClusterRole> = Api::all(common::client(&h.sim, "hub").await);
+    let granted = roles.get("cafe-hub").await.unwrap();
+    let mut revoked = granted.clone();
+    revoked.metadata.managed_fields = None;
+    if let Some(rules) = revoked.rules.as_mut() {
+        rules.retain(|r| {
+            !r.resources
+                .as_ref()
+                .is_some_and(|rs| rs.iter().any(|x| x == "memberclusters/status"))
+        });
+    }
+    roles
+        .replace("cafe-hub", &PostParams::default(), &revoked)
+        .await
+        .unwrap();
+    common::wait_for("the outage ends", Duration::from_secs(10), || async {
+        (!dcb.faults.in_outage()).then_some(())
+    })
+    .await;
+    // dcb answers again; a scale-out would write to both members.
+    let before = h.set_writes("dcb");
+    h.deployments()
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 6}})),
+        )
+        .await
+        .unwrap();
+    // Ten probes of the member answering, none reported: a window to see nothing happen in.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mc: MemberCluster = Api::all(h.hub.clone()).get("dcb").await.unwrap();
+    assert_eq!(ready_of(&mc).unwrap().status, "False");
+    assert_eq!(
+        h.set_writes("dcb"),
+        before,
+        "the hub wrote to dcb while it reported it not Ready"
+    );
+
+    let mut restored = granted;
+    restored.metadata.managed_fields = None;
+    restored.metadata.resource_version = None;
+    roles
+        .replace("cafe-hub", &PostParams::default(), &restored)
+        .await
+        .unwrap();
+    h.wait_member("dcb", "True", "Probed").await;
+    for member in ["dca", "dcb"] {
+        common::wait_for(&format!("{member} scaled to 3"), Duration::from_secs(30), || async {
+            (h.sets(member).get("demo").await.ok()?.spec.replicas == 3).then_some(())
+        })
+        .await;
+    }
+    h.stop_hub().await;
+    agents.cancel();
 }

@@ -359,8 +359,10 @@ async fn an_outage_shorter_than_the_toleration_moves_nothing() {
 /// `name`: `replicas` pods of `cpu` CPU over `values`, every replica in the first unit (the
 /// others have a share of 0: they only take loans), rescheduled after 1 s.
 fn loaner(name: &str, replicas: i32, values: &[&str], cpu: &str) -> CafeDeployment {
-    let zero: serde_json::Map<String, Value> =
-        values[1..].iter().map(|u| (u.to_string(), json!(0))).collect();
+    let zero: serde_json::Map<String, Value> = values[1..]
+        .iter()
+        .map(|u| (u.to_string(), json!(0)))
+        .collect();
     serde_json::from_value(json!({
         "apiVersion": "apps.cafe.io/v1alpha1",
         "kind": "CafeDeployment",

@@ -370,14 +370,21 @@ async fn installed_from_deploy_the_controllers_need_no_more_than_they_are_grante
     for name in ["dca", "dcb"] {
         let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
             Api::namespaced(common::client(&sim, name).await, "cafe-system");
-        wait_for(&format!("{name}'s room summary shows one pod"), WAIT, || {
-            let configmaps = configmaps.clone();
-            async move {
-                let cm = configmaps.get(cafe::api::labels::ROOM_CONFIGMAP).await.ok()?;
-                let room = cafe::hub::probe::summary_of(&cm)?;
-                (room.requested.pods == 1).then_some(())
-            }
-        })
+        wait_for(
+            &format!("{name}'s room summary shows one pod"),
+            WAIT,
+            || {
+                let configmaps = configmaps.clone();
+                async move {
+                    let cm = configmaps
+                        .get(cafe::api::labels::ROOM_CONFIGMAP)
+                        .await
+                        .ok()?;
+                    let room = cafe::hub::probe::summary_of(&cm)?;
+                    (room.requested.pods == 1).then_some(())
+                }
+            },
+        )
         .await;
     }
 

@@ -199,9 +199,12 @@ async fn reconcile_one(
         }
         Err(problem) => Err(problem),
     };
-    ctx.membership
-        .set_health(&name, outcome.as_ref().err().cloned());
+    // A failure stops the writes to the member at once; a recovery lets them resume only once
+    // the MemberCluster says Ready again (below), so the hub never acts on a member it still
+    // reports lost (a status write refused leaves it lost until the next probe).
+    let recovered = outcome.is_ok();
     if let Err(problem) = &outcome {
+        ctx.membership.set_health(&name, Some(problem.clone()));
         tracing::debug!(member = %name, %problem, "member probe failed");
     }
     // A member that answers but whose InPlaceSets the hub cannot watch is no more usable than
@@ -221,6 +224,9 @@ async fn reconcile_one(
     });
     if !ctx.options.leadership.is_leader() {
         // A follower keeps the registry warm; the leader writes what it found.
+        if recovered {
+            ctx.membership.set_health(&name, None);
+        }
         return Ok(Action::requeue(ctx.options.probe_interval));
     }
     let desired = desired_status(
@@ -231,19 +237,24 @@ async fn reconcile_one(
         &now(),
         ctx.options.status_heartbeat,
     );
-    if let Some(status) = desired {
-        write_status(&ctx.client, &mc, &name, &status).await?;
-        if let Some((reason, message)) = lost(mc.status.as_ref(), &status) {
-            let fact = Fact {
-                type_: EventType::Warning,
-                reason: MEMBER_NOT_READY,
-                message: &format!("member {name} is not Ready: {reason}: {message}"),
-                action: "Probe",
-                related: None,
-            };
-            if let Err(error) = ctx.events.publish(&mc.object_ref(&()), &fact).await {
-                tracing::debug!(%error, "publishing an Event failed");
-            }
+    if let Some(status) = &desired {
+        write_status(&ctx.client, &mc, &name, status).await?;
+    }
+    if recovered {
+        ctx.membership.set_health(&name, None);
+    }
+    if let Some(status) = desired
+        && let Some((reason, message)) = lost(mc.status.as_ref(), &status)
+    {
+        let fact = Fact {
+            type_: EventType::Warning,
+            reason: MEMBER_NOT_READY,
+            message: &format!("member {name} is not Ready: {reason}: {message}"),
+            action: "Probe",
+            related: None,
+        };
+        if let Err(error) = ctx.events.publish(&mc.object_ref(&()), &fact).await {
+            tracing::debug!(%error, "publishing an Event failed");
         }
     }
     Ok(Action::requeue(next))

@@ -99,10 +99,12 @@ async fn probe_unbounded(client: &kube::Client) -> Result<ProbeReport, Problem> 
         .await
         .map_err(|e| classify("GET /version", &e))?;
     let room: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-    let room = room
-        .get_opt(ROOM_CONFIGMAP)
-        .await
-        .map_err(|e| classify(&format!("reading ConfigMap {SYSTEM_NAMESPACE}/{ROOM_CONFIGMAP}"), &e))?;
+    let room = room.get_opt(ROOM_CONFIGMAP).await.map_err(|e| {
+        classify(
+            &format!("reading ConfigMap {SYSTEM_NAMESPACE}/{ROOM_CONFIGMAP}"),
+            &e,
+        )
+    })?;
     Ok(ProbeReport {
         version: info.git_version,
         capacity: room.as_ref().and_then(summary_of),

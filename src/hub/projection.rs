@@ -141,7 +141,11 @@ pub fn loan_pods(
         .spec
         .as_ref()
         .map_or((0, 0), crate::plan::room::spec_requests);
-    let units = cd.status.as_ref().map(|s| s.units.as_slice()).unwrap_or_default();
+    let units = cd
+        .status
+        .as_ref()
+        .map(|s| s.units.as_slice())
+        .unwrap_or_default();
     let mut out: BTreeMap<String, LoanPods> = BTreeMap::new();
     for unit in units {
         let Some(member) = unit.cluster.as_deref() else {
@@ -544,12 +548,15 @@ fn loan_facts(
                 _ => 0,
             };
             let waiting = set.map_or(0, |c| {
-                i64::from(c.set.spec.replicas.saturating_sub(status.scheduled_replicas).max(0))
+                i64::from(
+                    c.set
+                        .spec
+                        .replicas
+                        .saturating_sub(status.scheduled_replicas)
+                        .max(0),
+                )
             });
-            let held = o
-                .held
-                .get(&u.cluster)
-                .map_or(0, |h| h.displaces(requests));
+            let held = o.held.get(&u.cluster).map_or(0, |h| h.displaces(requests));
             let room = measured.saturating_sub(waiting).saturating_sub(held).max(0);
             // The member has acted on what the hub asks of it now, loans included.
             let asked = asked_now.get(&u.unit).map(|t| t.replicas);

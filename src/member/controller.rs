@@ -141,6 +141,8 @@ pub struct Context {
     term: TermGuard,
     /// The room of the member's nodes, for each InPlaceSet's `status.room`.
     room: super::room::Room,
+    /// The cached pods by controller uid.
+    owners: super::owners::OwnerIndex,
 }
 
 /// Runs the controller until `shutdown` is cancelled; reconciles in flight finish first.
@@ -160,9 +162,11 @@ pub async fn run(
     let revision_task = tokio::spawn(revision_watch);
     let expectations = Arc::new(Expectations::new(expectations::DEFAULT_TIMEOUT));
     let pod_watch_failure = WatchFailure::default();
+    let owners = super::owners::OwnerIndex::default();
     let pod_events = pod_watch(
         &client,
         writer,
+        owners.clone(),
         pods.clone(),
         expectations.clone(),
         pod_watch_failure.clone(),
@@ -191,6 +195,7 @@ pub async fn run(
         leadership: options.leadership.clone(),
         term: TermGuard::default(),
         room: room.clone(),
+        owners,
     });
     let gained = options.leadership.gained();
     let (sets, set_writer) = reflector::store();
@@ -276,6 +281,7 @@ fn inplaceset_watch(
 fn pod_watch(
     client: &Client,
     writer: reflector::store::Writer<Pod>,
+    owners: super::owners::OwnerIndex,
     cache: Store<Pod>,
     expectations: Arc<Expectations>,
     failure: WatchFailure,
@@ -285,8 +291,10 @@ fn pod_watch(
     let pod_failure = failure.clone();
     watcher(Api::<Pod>::all(client.clone()), config)
         .backoff(crate::runtime::backoff::watch_backoff())
+        .modify(super::owners::strip)
         .reflect(writer)
         .inspect_ok(move |event| {
+            owners.observe(event);
             readiness.observe(super::PODS_WATCH, event);
             expectations.observe_event(event);
             if matches!(event, watcher::Event::InitDone) {
@@ -370,7 +378,11 @@ async fn reconcile_one(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action
 
     // observe: the pods it controls and selects; those it controls but no longer selects are
     // released, and are no longer counted, so replacements are made
-    let claimed = claim::claim(ctx.pods.state(), &uid, &ips.spec.selector);
+    let claimed = claim::claim(
+        ctx.owners.pods_of(&uid, &ctx.pods),
+        &uid,
+        &ips.spec.selector,
+    );
     let released = release_pods(&ctx, &ips, &namespace, &uid, &claimed.release).await;
     let pods = views_of(claimed.owned);
     let views: Vec<PodView> = pods.iter().map(|(_, v)| v.clone()).collect();

@@ -16,6 +16,7 @@ mod crd;
 mod expectations;
 mod inplace;
 mod lifecycle;
+mod owners;
 mod pod;
 mod resize;
 mod revisions;

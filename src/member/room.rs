@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::labels::{MEMBER_MANAGER, ROOM_CONFIGMAP, ROOM_KEY, SYSTEM_NAMESPACE};
 use crate::api::{Capacity, InPlaceSet, Resources};
 use crate::plan::room::{self, Demand, NodeFacts, PodFacts};
-use crate::runtime::readiness::Readiness;
 use crate::runtime::leader::Leadership;
+use crate::runtime::readiness::Readiness;
 
 /// Readiness names of the two watches.
 pub const NODES_WATCH: &str = "nodes";
@@ -206,7 +206,15 @@ pub fn publish(
     leadership: Leadership,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = ObjectRef<InPlaceSet>> + Send + 'static {
-    let state = (client, room, sets, leadership, shutdown, None::<u64>, None::<Capacity>);
+    let state = (
+        client,
+        room,
+        sets,
+        leadership,
+        shutdown,
+        None::<u64>,
+        None::<Capacity>,
+    );
     futures::stream::unfold(state, |mut s| async move {
         let (client, room, sets, leadership, shutdown, seen, written) = &mut s;
         loop {

@@ -3,8 +3,8 @@
 
 pub mod loans;
 pub mod revision;
-pub mod room;
 pub mod rollout;
+pub mod room;
 pub mod scale;
 pub mod split;
 pub mod unit_status;

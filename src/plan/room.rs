@@ -119,7 +119,10 @@ impl Demand {
                 .affinity
                 .as_ref()
                 .and_then(|a| a.node_affinity.as_ref())
-                .and_then(|a| a.required_during_scheduling_ignored_during_execution.clone()),
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .clone()
+                }),
             tolerations: spec.tolerations.clone().unwrap_or_default(),
         }
     }
@@ -289,8 +292,12 @@ fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
         "NotIn" => value.is_none_or(|v| values.iter().all(|x| x != v)),
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
-        "Gt" => matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(v), Some(x)) if v > x),
-        "Lt" => matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(v), Some(x)) if v < x),
+        "Gt" => {
+            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(v), Some(x)) if v > x)
+        }
+        "Lt" => {
+            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(v), Some(x)) if v < x)
+        }
         _ => false,
     }
 }
@@ -452,7 +459,8 @@ mod tests {
         .iter()
         .map(NodeFacts::of)
         .collect();
-        let one_cpu = json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]});
+        let one_cpu =
+            json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]});
         let used: Vec<PodFacts> = ["n1", "n2"]
             .map(|n| PodFacts {
                 node: n.into(),
@@ -473,8 +481,10 @@ mod tests {
     fn selectors_affinity_and_taints_keep_pods_off_nodes() {
         let mut tainted = node("n2", true, false, "8", "16Gi");
         tainted.spec.as_mut().unwrap().taints = Some(vec![
-            serde_json::from_value(json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"}))
-                .unwrap(),
+            serde_json::from_value(
+                json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"}),
+            )
+            .unwrap(),
             serde_json::from_value(json!({"key": "soft", "effect": "PreferNoSchedule"})).unwrap(),
         ]);
         let mut other = node("n3", true, false, "8", "16Gi");
@@ -494,11 +504,16 @@ mod tests {
         // n1 and n3 (4 each); n2's NoSchedule taint keeps it off.
         assert_eq!(with(json!({})), 8);
         assert_eq!(
-            with(json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]})),
+            with(
+                json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]})
+            ),
             12
         );
         assert_eq!(with(json!({"tolerations": [{"operator": "Exists"}]})), 12);
-        assert_eq!(with(json!({"tolerations": [{"key": "dedicated", "value": "web"}]})), 8);
+        assert_eq!(
+            with(json!({"tolerations": [{"key": "dedicated", "value": "web"}]})),
+            8
+        );
         assert_eq!(with(json!({"nodeSelector": {"disk": "ssd"}})), 4);
         let affinity = |op: &str, values: serde_json::Value| {
             json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
