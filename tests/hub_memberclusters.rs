@@ -211,7 +211,9 @@ async fn a_member_back_is_not_written_to_before_the_hub_reports_it_ready() {
         .await
         .unwrap();
     h.wait_status("4 available", |cd| {
-        cd.status.as_ref().is_some_and(|s| s.available_replicas == 4)
+        cd.status
+            .as_ref()
+            .is_some_and(|s| s.available_replicas == 4)
     })
     .await;
 
@@ -267,9 +269,11 @@ async fn a_member_back_is_not_written_to_before_the_hub_reports_it_ready() {
         .unwrap();
     h.wait_member("dcb", "True", "Probed").await;
     for member in ["dca", "dcb"] {
-        common::wait_for(&format!("{member} scaled to 3"), Duration::from_secs(30), || async {
-            (h.sets(member).get("demo").await.ok()?.spec.replicas == 3).then_some(())
-        })
+        common::wait_for(
+            &format!("{member} scaled to 3"),
+            Duration::from_secs(30),
+            || async { (h.sets(member).get("demo").await.ok()?.spec.replicas == 3).then_some(()) },
+        )
         .await;
     }
     h.stop_hub().await;

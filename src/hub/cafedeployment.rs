@@ -107,6 +107,14 @@ struct Context {
     /// Per (CafeDeployment, member), the loan pods placed there and since when this hub has
     /// seen that many: they hold their room until the member's measure of it can show them.
     placed: Mutex<HashMap<(DeploymentKey, String), (i64, std::time::Instant)>>,
+    /// Per CafeDeployment, the hub's last status write: the resourceVersion it replaced (a
+    /// cache still showing that one is stale: deciding from it would only meet a 409) and when.
+    status_writes: Mutex<HashMap<DeploymentKey, StatusWrite>>,
+}
+
+struct StatusWrite {
+    replaced: Option<String>,
+    at: std::time::Instant,
 }
 
 /// Runs the CafeDeployment controller until `shutdown`; member events arrive through `triggers`.
@@ -135,6 +143,7 @@ pub async fn run(
         deployments: store.clone(),
         ledger: Mutex::new(BTreeMap::new()),
         placed: Mutex::new(HashMap::new()),
+        status_writes: Mutex::new(HashMap::new()),
     });
     let readiness = context.options.telemetry.readiness.clone();
     let stream = watcher(api, watcher::Config::default())
@@ -182,6 +191,7 @@ async fn reconcile_one(
         // Another leader may have decided since: the statuses say what holds.
         lock(&ctx.ledger).clear();
         lock(&ctx.placed).clear();
+        lock(&ctx.status_writes).clear();
     });
     let namespace = cd.namespace().ok_or(CafeDeploymentError::Unnamespaced)?;
     let key = ObjectRef::from_obj(&*cd);
@@ -264,8 +274,24 @@ fn error_policy(cd: Arc<CafeDeployment>, error: &CafeDeploymentError, ctx: Arc<C
     Action::requeue(delay)
 }
 
+/// How soon to look again when the cache has not caught up with our own status write (its
+/// watch event usually comes first).
+const STALE_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A live CafeDeployment: project it into its members and report.
 async fn apply(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploymentError> {
+    // Our own last status write is not in the cache yet: its watch event is on the way and
+    // reconciles again. Deciding now would decide from the state before it (and meet a 409).
+    let key = ledger_key(cd);
+    let last_write = lock(&ctx.status_writes)
+        .get(&key)
+        .map(|w| (w.replaced.clone(), w.at));
+    if let Some((replaced, _)) = &last_write
+        && replaced.is_some()
+        && *replaced == cd.resource_version()
+    {
+        return Ok(Action::requeue(STALE_RECHECK));
+    }
     let (members, sets) = observe(cd, ctx);
     let plan = {
         let mut ledger = lock(&ctx.ledger);
@@ -298,8 +324,26 @@ async fn apply(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploym
         version = reset_confirmation(cd, ctx).await?;
     }
     // The rollout state is written before the member writes it calls for: after a restart the
-    // hub resumes from what the status says, never from writes it cannot see.
-    write_status(cd, &plan.status, version, ctx).await?;
+    // hub resumes from what the status says, never from writes it cannot see. A change that
+    // calls for no member write (pods created, ready, available; a condition, a phase reached)
+    // is re-derived from the members by any later reconcile, so it waits until
+    // `progress_interval` has passed since the last write: a CafeDeployment coming up costs a
+    // write or two, not one per pod event.
+    let held_back = match last_write {
+        Some((_, at)) if plan.writes.is_empty() => {
+            ctx.options.progress_interval.checked_sub(at.elapsed())
+        }
+        _ => None,
+    };
+    if held_back.is_none() && write_status(cd, &plan.status, version, ctx).await? {
+        lock(&ctx.status_writes).insert(
+            key,
+            StatusWrite {
+                replaced: cd.resource_version(),
+                at: std::time::Instant::now(),
+            },
+        );
+    }
     ctx.options.telemetry.metrics.set_rollout_phase(
         &cd.namespace().unwrap_or_default(),
         &cd.name_any(),
@@ -318,6 +362,7 @@ async fn apply(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploym
         tracing::debug!(cafedeployment = %cd.name_any(), waiting = ?plan.waiting, "waiting for members");
         ctx.options.member_wait
     };
+    let next = held_back.map_or(next, |h| h.min(next));
     Ok(Action::requeue(plan.recheck.map_or(next, |r| r.min(next))))
 }
 
@@ -347,6 +392,7 @@ async fn reset_confirmation(
 /// say which member holds it up.
 async fn cleanup(cd: &CafeDeployment, ctx: &Context) -> Result<Action, CafeDeploymentError> {
     lock(&ctx.ledger).remove(&ledger_key(cd));
+    lock(&ctx.status_writes).remove(&ledger_key(cd));
     lock(&ctx.placed).retain(|(key, _), _| *key != ledger_key(cd));
     let (members, sets) = observe(cd, ctx);
     let plan = projection::plan_cleanup(&Observed {
@@ -533,8 +579,8 @@ fn event_of(w: &Write) -> (&'static str, String) {
     }
 }
 
-/// Writes `status` when it differs from what the CafeDeployment shows; a condition newly going
-/// bad is also published as a Warning Event.
+/// Writes `status` when it differs from what the CafeDeployment shows (true when it wrote); a
+/// condition newly going bad is also published as a Warning Event.
 ///
 /// `version` is a precondition: a status decided from a stale cache is refused (409) rather than
 /// written over a newer one, so a rollout never steps back.
@@ -543,10 +589,10 @@ async fn write_status(
     status: &CafeDeploymentStatus,
     version: Option<String>,
     ctx: &Context,
-) -> Result<(), CafeDeploymentError> {
+) -> Result<bool, CafeDeploymentError> {
     let previous = cd.status.clone().unwrap_or_default();
     if *status == previous {
-        return Ok(());
+        return Ok(false);
     }
     let (name, namespace) = (cd.name_any(), cd.namespace().unwrap_or_default());
     let api: Api<CafeDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -577,7 +623,7 @@ async fn write_status(
             publish(cd, ctx, EventType::Warning, (&c.reason, c.message.clone())).await;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Best effort: an Event that cannot be written is logged, never fails the reconcile.

@@ -68,6 +68,10 @@ pub struct HubOptions {
     /// MemberCluster status is written when something in it changes, and at least this often so
     /// that `lastProbeTime` shows the probe is alive (like a Node's heartbeat).
     pub status_heartbeat: Duration,
+    /// A CafeDeployment's status is written at once when it calls for member writes (the
+    /// rollout state goes first); any other change (pods created, ready, available; a condition,
+    /// a phase reached) waits until this long after the last write.
+    pub progress_interval: Duration,
     /// First delay after a failed reconcile; doubles on each further failure up to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -97,6 +101,7 @@ impl Default for HubOptions {
             probe_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             status_heartbeat: Duration::from_secs(60),
+            progress_interval: Duration::from_secs(1),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             member_wait: Duration::from_secs(5),
@@ -118,6 +123,7 @@ impl HubOptions {
             probe_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             status_heartbeat: Duration::from_secs(5),
+            progress_interval: Duration::from_secs(1),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
             member_wait: Duration::from_millis(500),

@@ -299,6 +299,10 @@ pub struct State {
     suspects: Suspects,
     /// The CafeDeployment just read afresh, while the rules run on that view.
     fresh: Option<(String, String)>,
+    /// Per member, since when the checker's pod watch there has been failing (its view of the
+    /// pods frozen), and when it last recovered.
+    pods_stale_since: BTreeMap<String, Instant>,
+    pods_fresh_since: BTreeMap<String, Instant>,
     pub violations: Vec<Violation>,
     pub checks: u64,
     /// The kinds flagged so far, readable while the checker runs.
@@ -322,6 +326,8 @@ impl State {
             broken: BTreeSet::new(),
             suspects: BTreeMap::new(),
             fresh: None,
+            pods_stale_since: BTreeMap::new(),
+            pods_fresh_since: BTreeMap::new(),
             violations: vec![],
             checks: 0,
             kinds: Arc::default(),
@@ -444,6 +450,21 @@ impl State {
             .flat_map(|p| p.values())
             .filter(|p| p.namespace == namespace && p.cafedeployment == cd && !p.terminating)
             .collect()
+    }
+
+    /// The pod watch of `member` failed: its view of the pods stays as it was until it recovers.
+    pub fn pods_stale(&mut self, member: &str) {
+        self.pods_stale_since
+            .entry(member.to_string())
+            .or_insert_with(Instant::now);
+    }
+
+    /// The pod watch of `member` delivers again.
+    pub fn pods_fresh(&mut self, member: &str) {
+        if self.pods_stale_since.remove(member).is_some() {
+            self.pods_fresh_since
+                .insert(member.to_string(), Instant::now());
+        }
     }
 
     /// A CafeDeployment's new state, as its watch delivers it (`None`: deleted).
@@ -615,6 +636,17 @@ impl State {
         self.checks += 1;
         let now = Instant::now();
         let not_ready = self.not_ready_set();
+        // Whether the pod view was live since a group started GRACE before its deadline: a
+        // view frozen by a failing watch cannot tell whether the pods were done in time.
+        let stale_now = !self.pods_stale_since.is_empty();
+        let last_fresh = self.pods_fresh_since.values().max().copied();
+        let live = |deadline: Instant| {
+            !stale_now
+                && deadline
+                    .checked_sub(GRACE)
+                    .is_some_and(|start| last_fresh.is_none_or(|fresh| fresh <= start))
+        };
+        let lagging = |deadline: Instant| last_fresh.map_or(deadline, |f| deadline.max(f + GRACE));
         let keys: Vec<(String, String)> = self.tracks.keys().cloned().collect();
         // Breaches of the rules over the hub's status carry the CafeDeployment to read afresh.
         let mut flags: Vec<(Kind, Vec<String>, String)> = vec![];
@@ -783,7 +815,16 @@ impl State {
                 if done {
                     continue;
                 }
-                if now >= deadline {
+                if now >= deadline && !live(deadline) {
+                    // The pods were not seen for part of the grace: give them a grace from the
+                    // moment they were seen again.
+                    let deadline = if stale_now {
+                        deadline
+                    } else {
+                        lagging(deadline)
+                    };
+                    still.push((deadline, revision, before));
+                } else if now >= deadline {
                     flags.push((
                         Kind::GroupEarly,
                         vec![object.clone()],
@@ -835,6 +876,7 @@ enum Seen {
     Deployment(Box<watcher::Event<CafeDeployment>>),
     Member(Box<watcher::Event<MemberCluster>>),
     Pod(String, Box<watcher::Event<Pod>>),
+    PodWatchFailed(String),
     Tick,
 }
 
@@ -881,7 +923,12 @@ impl Checker {
                     .default_backoff()
                     .filter_map(move |e| {
                         let member = member.clone();
-                        async move { e.ok().map(|e| Seen::Pod(member, Box::new(e))) }
+                        async move {
+                            Some(match e {
+                                Ok(e) => Seen::Pod(member, Box::new(e)),
+                                Err(_) => Seen::PodWatchFailed(member),
+                            })
+                        }
                     })
                     .boxed(),
                 );
@@ -908,10 +955,14 @@ impl Checker {
                                 .any(|c| c.type_ == "Ready" && c.status == "True");
                         state.member_ready(&mc.name_any(), ready);
                     }),
-                    Some(Seen::Pod(member, e)) => on_event(*e, |pod, gone| {
-                        let uid = pod.uid().unwrap_or_default();
-                        state.pod(&member, &uid, (!gone).then(|| PodView::of(&pod)));
-                    }),
+                    Some(Seen::PodWatchFailed(member)) => state.pods_stale(&member),
+                    Some(Seen::Pod(member, e)) => {
+                        state.pods_fresh(&member);
+                        on_event(*e, |pod, gone| {
+                            let uid = pod.uid().unwrap_or_default();
+                            state.pod(&member, &uid, (!gone).then(|| PodView::of(&pod)));
+                        })
+                    }
                     Some(Seen::Tick) => state.evaluate(),
                 }
                 confirm(&hub, &mut state).await;
