@@ -1,9 +1,13 @@
 //! Benchmark: an in-place upgrade of one InPlaceSet by the member controller, against a
 //! simulated member cluster in this process.
 //!
-//! Reports the time from the image change until every pod serves the new image, and the API
-//! writes the controller made per pod upgraded (pod patches and pods/status patches), against the
-//! minimum of 3 (gate off, patch, gate on). Prints a Markdown table.
+//! Reports, for `podUpdatePolicy: InPlaceIfPossible` and for `ReCreate` with the same kubelet
+//! delays: the time from the image change until every pod serves the new image, and every API
+//! write the controller made per pod upgraded: pod patches, pods/status patches (the minimum is
+//! 3: gate off, patch, gate on), and everything else (Events, InPlaceSet status, pod creations
+//! and deletions), with the writes refused with 409 Conflict counted apart. The simulated kubelet
+//! writes in process, so what the API server counts is the controller's alone. Prints a
+//! Markdown table.
 //!
 //! Run: `cargo bench --bench inplace_upgrade` (PODS=, MAX_UNAVAILABLE= override the sizes).
 
@@ -73,10 +77,20 @@ async fn wait_serving(pods: &Api<Pod>, n: usize, image: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let pods_n = env_or("PODS", 200);
-    let max_unavailable = env_or("MAX_UNAVAILABLE", 20);
+/// What one upgrade cost.
+struct Run {
+    policy: &'static str,
+    upgrade: Duration,
+    pod_patches: u64,
+    status_patches: u64,
+    other_writes: u64,
+    conflicts: u64,
+    by_resource: Vec<(String, u64)>,
+}
+
+const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+async fn upgrade(policy: &'static str, pods_n: usize, max_unavailable: usize) -> Run {
     let config = SimConfig::parse(
         r#"
 kubelet: {startMillis: 50, restartMillis: 50}
@@ -114,7 +128,7 @@ clusters:
         "metadata": {"name": "bench", "namespace": "default"},
         "spec": {"replicas": pods_n, "selector": {"matchLabels": {"app": "bench"}},
                  "template": template("bench:1"),
-                 "strategy": {"maxUnavailable": max_unavailable}},
+                 "strategy": {"maxUnavailable": max_unavailable, "podUpdatePolicy": policy}},
     }))
     .expect("set");
     let sets: Api<InPlaceSet> = Api::default_namespaced(client.clone());
@@ -128,20 +142,10 @@ clusters:
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let created = Instant::now();
     wait_serving(&pods, pods_n, "bench:1").await;
-    let creation = created.elapsed();
 
-    let metrics = &sim.cluster("bench").expect("cluster").metrics;
-    let writes = |sub: &'static str| {
-        metrics.count(|l| {
-            l.resource == "pods"
-                && l.subresource == sub
-                && matches!(l.verb.as_str(), "patch" | "update")
-                && l.code.starts_with('2')
-        })
-    };
-    let (meta_before, status_before) = (writes(""), writes("status"));
+    let calls = &sim.cluster("bench").expect("cluster").calls;
+    let before = calls.snapshot().len();
     let changed = Instant::now();
     sets.patch(
         "bench",
@@ -152,24 +156,81 @@ clusters:
     .expect("patch");
     wait_serving(&pods, pods_n, "bench:2").await;
     let upgrade = changed.elapsed();
-    // Counted at the API server: the simulated kubelet writes pod status in process, so these
-    // are the controller's writes alone.
-    let meta = writes("") - meta_before;
-    let status = writes("status") - status_before;
-    let per_pod = |n: u64| n as f64 / pods_n as f64;
-
-    println!(
-        "| pods | maxUnavailable | creation | upgrade | pod patches/pod | pods/status patches/pod | writes/pod | minimum |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {pods_n} | {max_unavailable} | {:.1} s | {:.1} s | {:.2} | {:.2} | {:.2} | 3 |",
-        creation.as_secs_f64(),
-        upgrade.as_secs_f64(),
-        per_pod(meta),
-        per_pod(status),
-        per_pod(meta + status),
-    );
+    // Everything written after the image change but the change itself (the controller never
+    // writes an InPlaceSet's spec).
+    let writes: Vec<_> = calls
+        .snapshot()
+        .into_iter()
+        .skip(before)
+        .filter(|c| WRITE_VERBS.contains(&c.verb.as_str()))
+        .filter(|c| !(c.resource == "inplacesets" && c.subresource.is_empty()))
+        .collect();
+    let ok = |c: &&cafe_sim::metrics::CallRecord| (200..300).contains(&c.code);
+    let count = |resource: &str, sub: &str| {
+        writes
+            .iter()
+            .filter(ok)
+            .filter(|c| c.resource == resource && c.subresource == sub && c.verb == "patch")
+            .count() as u64
+    };
+    let pod_patches = count("pods", "");
+    let status_patches = count("pods", "status");
+    let all_ok = writes.iter().filter(ok).count() as u64;
+    let mut by_resource = std::collections::BTreeMap::<String, u64>::new();
+    for c in writes.iter().filter(ok) {
+        let key = if c.subresource.is_empty() {
+            format!("{} {}", c.verb, c.resource)
+        } else {
+            format!("{} {}/{}", c.verb, c.resource, c.subresource)
+        };
+        *by_resource.entry(key).or_default() += 1;
+    }
     shutdown.cancel();
     let _ = member.await;
+    Run {
+        policy,
+        upgrade,
+        pod_patches,
+        status_patches,
+        other_writes: all_ok - pod_patches - status_patches,
+        conflicts: writes.iter().filter(|c| c.code == 409).count() as u64,
+        by_resource: by_resource.into_iter().collect(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let pods_n = env_or("PODS", 200);
+    let max_unavailable = env_or("MAX_UNAVAILABLE", 20);
+    let in_place = upgrade("InPlaceIfPossible", pods_n, max_unavailable).await;
+    let recreate = upgrade("ReCreate", pods_n, max_unavailable).await;
+    let per_pod = |n: u64| n as f64 / pods_n as f64;
+    println!(
+        "| podUpdatePolicy | pods | maxUnavailable | upgrade | pod patches/pod | pods/status patches/pod | other writes/pod | all writes/pod | 409s/pod |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in [&in_place, &recreate] {
+        println!(
+            "| {} | {pods_n} | {max_unavailable} | {:.1} s | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.policy,
+            r.upgrade.as_secs_f64(),
+            per_pod(r.pod_patches),
+            per_pod(r.status_patches),
+            per_pod(r.other_writes),
+            per_pod(r.pod_patches + r.status_patches + r.other_writes + r.conflicts),
+            per_pod(r.conflicts),
+        );
+    }
+    println!();
+    println!(
+        "in-place time / ReCreate time: {:.2}",
+        in_place.upgrade.as_secs_f64() / recreate.upgrade.as_secs_f64()
+    );
+    for r in [&in_place, &recreate] {
+        println!();
+        println!("{} writes by kind (2xx):", r.policy);
+        for (kind, n) in &r.by_resource {
+            println!("- {kind}: {n} ({:.2}/pod)", per_pod(*n));
+        }
+    }
 }

@@ -484,6 +484,24 @@ pub fn commit_update(
         m.remove("selfLink");
     }
     match opts.subresource.as_deref() {
+        Some("status") if rt.builtin && rt.group.is_empty() && rt.plural == "pods" => {
+            // pods/status takes metadata with the status, as Kubernetes' pod status strategy
+            // does: it resets only spec, deletionTimestamp and ownerReferences (kubelets once
+            // corrupted owner references). The identity fields were restored above.
+            if let Some(spec) = old.get("spec") {
+                new["spec"] = spec.clone();
+            }
+            let owners = old.pointer("/metadata/ownerReferences").cloned();
+            let m = metadata_mut(&mut new);
+            match owners {
+                Some(o) => {
+                    m.insert("ownerReferences".into(), o);
+                }
+                None => {
+                    m.remove("ownerReferences");
+                }
+            }
+        }
         Some("status") => {
             // The status subresource changes status (and managedFields) only.
             let mut merged = (**old).clone();

@@ -618,6 +618,69 @@ async fn metrics_count_requests_by_verb() {
     );
 }
 
+/// Kubernetes' pod status strategy resets only spec, deletionTimestamp and ownerReferences on
+/// pods/status, so labels and annotations written with a status change stick (controllers move
+/// a lifecycle label and a readiness gate condition in one write); a custom resource's status
+/// subresource takes nothing but status (see `generation_and_status_subresource_rules`).
+#[tokio::test]
+async fn pods_status_takes_labels_and_annotations_but_not_spec_or_owners() {
+    let sim = start().await;
+    let c = client(&sim, "dca").await;
+    let pods: Api<Pod> = Api::default_namespaced(c.clone());
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "labels": {"state": "Normal"}},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1"}]},
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let written = pods
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({
+                "metadata": {"labels": {"state": "Preparing"}, "annotations": {"since": "now"},
+                             "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                                                  "name": "x", "uid": "u"}]},
+                "spec": {"containers": [{"name": "app", "image": "nginx:2"}]},
+                "status": {"conditions": [{"type": "example.com/gate", "status": "False"}]},
+            })),
+        )
+        .await
+        .expect("pods/status patched");
+    assert_eq!(written.metadata.labels.unwrap()["state"], "Preparing");
+    assert_eq!(written.metadata.annotations.unwrap()["since"], "now");
+    assert_eq!(written.metadata.owner_references, None, "owners stay");
+    assert_eq!(written.metadata.uid, created.metadata.uid);
+    assert_eq!(
+        written.spec.unwrap().containers[0].image.as_deref(),
+        Some("nginx:1"),
+        "spec stays"
+    );
+    assert!(
+        written
+            .status
+            .unwrap()
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "example.com/gate" && c.status == "False")
+    );
+    // A resourceVersion in the patch is a precondition there too.
+    let err = api_err(
+        pods.patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"metadata": {"resourceVersion": created.metadata.resource_version,
+                                                  "labels": {"state": "Late"}}}),
+            ),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, 409);
+}
+
 #[tokio::test]
 async fn pods_may_only_change_allowed_fields() {
     let sim = start().await;

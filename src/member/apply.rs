@@ -146,12 +146,8 @@ async fn create(t: &Target<'_>, template: &Pod) -> Result<(), ApplyError> {
     t.expectations
         .expect_creation(t.owner_uid, &uid, Instant::now(), || t.seen(&name, &uid));
     tracing::info!(inplaceset = %t.inplaceset, pod = %name, "created pod");
-    // The gate is False from the start (the API server drops status on create), so nothing
-    // reads the pod as updated-and-ready before the controller says so. A failure here is
-    // repaired by the next reconcile, which sets a missing gate False.
-    if let Err(err) = set_gate(t, &name, false).await {
-        tracing::debug!(pod = %name, error = %err, "initial readiness gate not written");
-    }
+    // No gate condition is written: the pod's spec lists the gate, and a missing gate condition
+    // counts as False, so nothing reads the pod as ready before the controller says so.
     Ok(())
 }
 
@@ -182,15 +178,40 @@ async fn delete(t: &Target<'_>, pod: &PodId) -> Result<(), ApplyError> {
     }
 }
 
+/// The pods/status patch that moves `pod` to `stage`, with its gate if given. The pods/status
+/// subresource takes labels and annotations (Kubernetes resets only spec, deletionTimestamp and
+/// ownerReferences there), so a state and its gate are one write. Taking a pod out of service
+/// spends the availability budget, so it is decided on the pod as seen and applies only to it
+/// (resourceVersion precondition); going back in service or marking progress is decided on what
+/// the kubelet already reported, and has no precondition the kubelet's next status write could
+/// break.
+fn mark_patch(pod: &Pod, stage: Stage, gate: Option<bool>) -> Value {
+    let now = Timestamp::now();
+    let mut patch = json!({"metadata": {
+        "labels": {LIFECYCLE_STATE: label_of(stage)},
+        "annotations": {LIFECYCLE_SINCE: now.to_string()},
+    }});
+    if gate == Some(false) {
+        patch["metadata"]["resourceVersion"] = json!(pod.metadata.resource_version);
+    }
+    if let Some(value) = gate {
+        patch["status"] = gate_status(value, now);
+    }
+    patch
+}
+
+fn gate_status(value: bool, now: Timestamp) -> Value {
+    json!({"conditions": [{
+        "type": READINESS_GATE,
+        "status": if value { "True" } else { "False" },
+        "lastTransitionTime": Time(now),
+    }]})
+}
+
 /// Writes the gate condition through the pods/status subresource; a strategic merge patch
 /// merges conditions by type, so the kubelet's conditions are untouched.
 async fn set_gate(t: &Target<'_>, pod: &str, value: bool) -> Result<Pod, ApplyError> {
-    let status = if value { "True" } else { "False" };
-    let patch = Patch::Strategic(json!({"status": {"conditions": [{
-        "type": READINESS_GATE,
-        "status": status,
-        "lastTransitionTime": Time(Timestamp::now()),
-    }]}}));
+    let patch = Patch::Strategic(json!({"status": gate_status(value, Timestamp::now())}));
     let written = t
         .api
         .patch_status(pod, &patch_params(), &patch)
@@ -200,7 +221,7 @@ async fn set_gate(t: &Target<'_>, pod: &str, value: bool) -> Result<Pod, ApplyEr
             value,
             source,
         })?;
-    tracing::debug!(pod, gate = status, "readiness gate set");
+    tracing::debug!(pod, gate = value, "readiness gate set");
     Ok(written)
 }
 
@@ -214,8 +235,12 @@ fn patch_params() -> PatchParams {
 /// One write to one pod: a step of its lifecycle (see `lifecycle`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum PodWrite {
-    /// Set the lifecycle state label (and when it began).
-    Mark(Stage),
+    /// Set the lifecycle state label (and when it began), and the readiness gate with it when
+    /// `gate` says so: one pods/status write.
+    Mark {
+        to: Stage,
+        gate: Option<bool>,
+    },
     Gate(bool),
     /// Patch the pod in place from revision `from` to `to`.
     InPlace {
@@ -232,7 +257,11 @@ impl PodWrite {
     /// What the write is called in logs and errors.
     pub fn action(&self) -> String {
         match self {
-            Self::Mark(stage) => format!("moving to {}", label_of(*stage)),
+            Self::Mark { to, gate: None } => format!("moving to {}", label_of(*to)),
+            Self::Mark {
+                to,
+                gate: Some(gate),
+            } => format!("moving to {} with {READINESS_GATE}={gate}", label_of(*to)),
             Self::Gate(v) => format!("setting {READINESS_GATE}={v}"),
             Self::InPlace { to, .. } => format!("updating in place to revision {to}"),
             Self::Resize(_) => "resizing".to_string(),
@@ -267,16 +296,15 @@ pub async fn perform(t: &Target<'_>, pod: &Pod, write: &PodWrite) -> Result<(), 
             .await;
         }
         PodWrite::Gate(value) => set_gate(t, &name, *value).await,
-        PodWrite::Mark(stage) => {
-            let patch = Patch::Merge(json!({"metadata": {
-                // Precondition: act only on the pod as we saw it.
-                "resourceVersion": pod.metadata.resource_version,
-                "labels": {LIFECYCLE_STATE: label_of(*stage)},
-                "annotations": {LIFECYCLE_SINCE: Timestamp::now().to_string()},
-            }}));
-            t.api.patch(&name, &patch_params(), &patch).await
-        }
-        .map_err(|source| update_error(&name, write, source)),
+        PodWrite::Mark { to, gate } => t
+            .api
+            .patch_status(
+                &name,
+                &patch_params(),
+                &Patch::Strategic(mark_patch(pod, *to, *gate)),
+            )
+            .await
+            .map_err(|source| update_error(&name, write, source)),
         PodWrite::InPlace { change, from, to } => {
             let record = inplace::record(pod, change, from, to, Timestamp::now());
             let patch = Patch::Strategic(inplace::in_place_patch(pod, change, &record));

@@ -21,15 +21,14 @@ use tokio_util::sync::CancellationToken;
 use super::apply::{self, ApplyError, PodWrite, Target};
 use super::claim::{self, ClaimError};
 use super::expectations::{self, Expectations, Seen};
-use super::inplace::{self, InPlaceChange, UpdatePath};
+use super::inplace::{self, UpdatePath};
 use super::pod::{self, PodView};
 use super::revisions::{self, RevisionError};
 use super::status::{self, BlockedPod, Inputs, LIFECYCLE_BLOCKED, ReplicaFailure};
-use super::work::{self, Observed, Work};
+use super::work::{self, Observed, UpdateStep, Work};
 use crate::api::labels::{MEMBER_MANAGER, REVISION};
 use crate::api::{InPlaceSet, InPlaceSetStatus};
 use crate::plan::revision::revision_hash;
-use crate::plan::update::Stage;
 use crate::runtime::api_cause;
 use crate::runtime::events::{EventType, EventWriter, Fact};
 use crate::runtime::leader::{Leadership, TermGuard};
@@ -143,6 +142,8 @@ pub struct Context {
     room: super::room::Room,
     /// The cached pods by controller uid.
     owners: super::owners::OwnerIndex,
+    /// The rollout step last announced per InPlaceSet uid.
+    announced: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// Runs the controller until `shutdown` is cancelled; reconciles in flight finish first.
@@ -196,6 +197,7 @@ pub async fn run(
         term: TermGuard::default(),
         room: room.clone(),
         owners,
+        announced: std::sync::Mutex::default(),
     });
     let gained = options.leadership.gained();
     let (sets, set_writer) = reflector::store();
@@ -350,6 +352,10 @@ async fn reconcile_one(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action
     if ips.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the pods through their owner references.
         ctx.expectations.forget(&uid);
+        ctx.announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
         return Ok(Action::await_change());
     }
     // A cache that has not listed yet would read as "no pods" and create them all again.
@@ -414,6 +420,9 @@ async fn reconcile_one(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action
         .flatten();
     let (created, written) =
         perform(&ctx, &ips, &target, &work, &template, old_template.as_ref()).await;
+    if let Some(step) = &work.update {
+        announce(&ctx, &ips, &uid, &revision, step).await;
+    }
 
     // status
     let failure = replica_failure(&created, &written, pending.is_some());
@@ -673,7 +682,7 @@ fn update_paths(
     paths
 }
 
-/// Performs the pod writes concurrently, with an Event for each lifecycle transition; returns
+/// Performs the pod writes concurrently, with an Event for each deletion; returns
 /// the first failure (the others are logged and retried by the next reconcile).
 async fn perform_writes(
     ctx: &Context,
@@ -684,7 +693,7 @@ async fn perform_writes(
     let results: Vec<Result<(), ApplyError>> = stream::iter(writes.to_vec())
         .map(|(pod, write)| async move {
             apply::perform(target, &pod, &write).await?;
-            if let Some((reason, note)) = transition_event(&pod, &write) {
+            if let Some((reason, note)) = pod_event(&pod, &write) {
                 publish(ctx, ips, EventType::Normal, reason, note, Some(&pod)).await;
             }
             Ok(())
@@ -700,52 +709,40 @@ async fn perform_writes(
     first.map_or(Ok(()), Err)
 }
 
-/// The Event reason and note for a pod's lifecycle transition (gate writes are too frequent to
-/// announce; the lifecycle label shows them).
-fn transition_event(pod: &Pod, write: &PodWrite) -> Option<(&'static str, String)> {
-    let name = pod.name_any();
-    Some(match write {
-        PodWrite::Gate(_) => return None,
-        PodWrite::Mark(Stage::PreparingUpdate) => (
-            "PreparingUpdate",
-            format!("pod {name}: leaving service before an in-place update"),
-        ),
-        PodWrite::Mark(Stage::PreparingDelete) => (
-            "PreparingDelete",
-            format!("pod {name}: leaving service before deletion"),
-        ),
-        PodWrite::Mark(Stage::Updated) => (
-            "Updated",
-            format!("pod {name}: running the new revision; waiting for minReadySeconds"),
-        ),
-        PodWrite::Mark(Stage::Normal) => {
-            ("UpdateCompleted", format!("pod {name}: back in service"))
-        }
-        PodWrite::Mark(Stage::Updating) => return None,
-        PodWrite::InPlace { change, from, to } => (
-            "UpdatingInPlace",
-            format!(
-                "pod {name}: revision {from} -> {to} in place{}",
-                describe_change(change)
-            ),
-        ),
-        PodWrite::Resize(_) => ("Resizing", format!("pod {name}: resizing in place")),
-        PodWrite::Delete => ("SuccessfulDelete", format!("Deleted pod: {name}")),
+/// The Event for a pod write: only a deletion, one per pod as the ReplicaSet controller does.
+/// The lifecycle steps of an update are announced once per rollout step (see [`announce`]);
+/// each pod's own progress is on its lifecycle label and in the InPlaceSet's status.
+fn pod_event(pod: &Pod, write: &PodWrite) -> Option<(&'static str, String)> {
+    matches!(write, PodWrite::Delete).then(|| {
+        (
+            "SuccessfulDelete",
+            format!("Deleted pod: {}", pod.name_any()),
+        )
     })
 }
 
-fn describe_change(change: &InPlaceChange) -> String {
-    let mut parts: Vec<String> = change
-        .images
-        .iter()
-        .map(|(c, image)| format!("{c}={image}"))
-        .collect();
-    parts.extend(change.resources.keys().map(|c| format!("{c} resized")));
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", parts.join(", "))
+/// One Event when pods start toward the update revision for a new rollout step (a new template
+/// or partition): what moves and how. Kept in memory, so a restarted agent may announce the
+/// step once more.
+async fn announce(ctx: &Context, ips: &InPlaceSet, uid: &str, revision: &str, step: &UpdateStep) {
+    // A step is the revision and partition; the pods still to move shrink as it proceeds.
+    let key = format!("{revision}/{}", step.partition);
+    {
+        let mut announced = ctx.announced.lock().unwrap_or_else(|e| e.into_inner());
+        if announced.get(uid) == Some(&key) {
+            return;
+        }
+        announced.insert(uid.to_string(), key);
     }
+    publish(
+        ctx,
+        ips,
+        EventType::Normal,
+        "Updating",
+        step.note(revision),
+        None,
+    )
+    .await;
 }
 
 /// A Warning Event for each pod newly held past its hook timeout (the condition carries the

@@ -158,6 +158,22 @@ fn change(
 
 /// Adds the difference between containers `a` and `b` (both named `name`) to `change`, or
 /// says why it cannot be made in place.
+/// The change in words for Events: " (app=demo:2, app resized)", or "" when only labels and
+/// annotations change.
+pub fn describe(change: &InPlaceChange) -> String {
+    let mut parts: Vec<String> = change
+        .images
+        .iter()
+        .map(|(c, image)| format!("{c}={image}"))
+        .collect();
+    parts.extend(change.resources.keys().map(|c| format!("{c} resized")));
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
 fn container_change(
     name: &str,
     a: &Map<String, Value>,

@@ -1,11 +1,19 @@
 //! The per-pod state machine of an in-place upgrade, as a pure function:
 //! given one pod as the cache shows it, the next single write to make, or why to wait.
 //!
-//! Normal -> PreparingUpdate (gate False; grace period; pre-update hooks released) -> Updating
-//! (patched in place; the kubelet restarts the new image, resizes apply) -> Updated (containers
-//! ready on the new revision for minReadySeconds) -> gate True -> Normal. A pod that cannot be
-//! updated in place goes Normal -> PreparingDelete (gate False; grace; pre-delete hooks) ->
-//! deleted, and the scale logic creates its replacement.
+//! Normal -> PreparingUpdate with the gate False (one write; then the grace period, and the
+//! pre-update hooks released) -> Updating (patched in place; the kubelet restarts the new image,
+//! resizes apply) -> Normal with the gate True (one write). That is the three writes an in-place
+//! update needs: gate off, patch, gate on. Only when `minReadySeconds` asks for a wait does the pod
+//! show it as Updated (containers ready on the new revision) in a fourth write. A pod that cannot
+//! be updated in place goes Normal -> PreparingDelete with the gate False (grace; pre-delete hooks)
+//! -> deleted, and the scale logic creates its replacement.
+//!
+//! A state change and its gate go in one write because the pods/status subresource takes labels
+//! and annotations with the status (the API server resets only spec, deletionTimestamp and
+//! ownerReferences there), so a hook handler watching the label sees the pod leave service in the
+//! same instant the gate turns False. A pod created with the gate in its spec and no condition is
+//! not Ready (a missing gate condition counts as False), so creation writes no gate either.
 //!
 //! Every state lives on the pod (the lifecycle label, the `lifecycle-since` and
 //! `inplace-update-state` annotations, the gate condition), and each step is one write whose
@@ -59,8 +67,8 @@ pub enum Step {
     StartInPlace(InPlaceChange),
     /// Send this body to the pods/resize subresource.
     Resize(serde_json::Value),
-    /// Set the lifecycle state label.
-    Mark(Stage),
+    /// Set the lifecycle state label, and the readiness gate with it when `gate` says so.
+    Mark { to: Stage, gate: Option<bool> },
     /// Delete the pod.
     Delete,
 }
@@ -156,18 +164,33 @@ pub fn step(pod: &Pod, view: &PodView, input: &StepInputs<'_>) -> Step {
         // A pod caught mid-update by a newer template (an undo of a revision that never got
         // ready, say) is out of service already: it starts over toward the newest revision
         // instead of waiting for one nobody wants any more.
-        Stage::Updating if input.path.is_some() => Step::Mark(Stage::PreparingUpdate),
-        Stage::Updating => updating(pod, view),
+        Stage::Updating if input.path.is_some() => leave_service(Stage::PreparingUpdate),
+        Stage::Updating => updating(pod, view, input),
         Stage::Updated => updated(view, input),
     }
 }
 
-/// A serving pod: its gate is False until it first runs, then True while its containers are ready.
+/// Moving to `stage` takes the pod out of service in the same write.
+pub fn leave_service(stage: Stage) -> Step {
+    Step::Mark {
+        to: stage,
+        gate: Some(false),
+    }
+}
+
+/// Back in service: Normal, with the gate True in the same write.
+fn back_in_service() -> Step {
+    Step::Mark {
+        to: Stage::Normal,
+        gate: Some(true),
+    }
+}
+
+/// A serving pod: its gate is missing (False) until it first runs, then True while its containers
+/// are ready.
 fn normal(view: &PodView) -> Step {
     if view.containers_ready && view.gate != Some(true) {
         Step::Gate(true)
-    } else if view.gate.is_none() {
-        Step::Gate(false)
     } else {
         Step::Idle
     }
@@ -177,13 +200,20 @@ fn preparing(pod: &Pod, view: &PodView, stage: Stage, input: &StepInputs<'_>) ->
     if stage == Stage::PreparingUpdate {
         match input.path {
             // The template went back to this pod's revision (an undo): nothing to do after all.
-            None => return Step::Mark(Stage::Normal),
+            None => {
+                return Step::Mark {
+                    to: Stage::Normal,
+                    gate: view.containers_ready.then_some(true),
+                };
+            }
             // The newest template cannot be reached in place: replace the pod instead.
-            Some(UpdatePath::Recreate { .. }) => return Step::Mark(Stage::PreparingDelete),
+            Some(UpdatePath::Recreate { .. }) => return leave_service(Stage::PreparingDelete),
             Some(UpdatePath::InPlace(_)) => {}
         }
     }
-    // Traffic leaves first: the gate turns False, the kubelet turns Ready False.
+    // Traffic leaves first: the gate turns False, the kubelet turns Ready False. (The write that
+    // moved the pod here did it; a pod found here otherwise gets it now, and with it the time
+    // the grace period counts from.)
     if view.gate != Some(false) {
         return Step::Gate(false);
     }
@@ -227,15 +257,15 @@ fn preparing(pod: &Pod, view: &PodView, stage: Stage, input: &StepInputs<'_>) ->
     }
 }
 
-fn updating(pod: &Pod, view: &PodView) -> Step {
-    if view.gate != Some(false) {
+fn updating(pod: &Pod, view: &PodView, input: &StepInputs<'_>) -> Step {
+    if view.gate == Some(true) {
         return Step::Gate(false);
     }
     let Some(record) = inplace::read_record(pod) else {
         // Without the record nothing can be verified; the containers' readiness is all there
         // is to go by.
         return if view.containers_ready {
-            Step::Mark(Stage::Updated)
+            running_new(input)
         } else {
             Step::Wait {
                 after: POLL,
@@ -247,7 +277,7 @@ fn updating(pod: &Pod, view: &PodView) -> Step {
         return Step::Resize(body);
     }
     match inplace::verify(pod, &record) {
-        Verification::Done if view.containers_ready => Step::Mark(Stage::Updated),
+        Verification::Done if view.containers_ready => running_new(input),
         Verification::Done => Step::Wait {
             after: POLL,
             why: "containers not ready".into(),
@@ -256,9 +286,22 @@ fn updating(pod: &Pod, view: &PodView) -> Step {
     }
 }
 
+/// The pod runs the new revision, ready: back in service at once, or, when `minReadySeconds` asks
+/// for a wait, Updated until it has passed (the one write beyond the three, so the wait shows).
+fn running_new(input: &StepInputs<'_>) -> Step {
+    if input.min_ready.is_zero() {
+        back_in_service()
+    } else {
+        Step::Mark {
+            to: Stage::Updated,
+            gate: None,
+        }
+    }
+}
+
 fn updated(view: &PodView, input: &StepInputs<'_>) -> Step {
     if !view.containers_ready {
-        if view.gate != Some(false) {
+        if view.gate == Some(true) {
             return Step::Gate(false);
         }
         return Step::Wait {
@@ -273,10 +316,7 @@ fn updated(view: &PodView, input: &StepInputs<'_>) -> Step {
             why: "minReadySeconds".into(),
         };
     }
-    if view.gate != Some(true) {
-        return Step::Gate(true);
-    }
-    Step::Mark(Stage::Normal)
+    back_in_service()
 }
 
 #[cfg(test)]
@@ -341,8 +381,9 @@ mod tests {
 
     #[test]
     fn normal_pods_get_their_gate_from_their_containers() {
+        // A missing gate condition counts as False: nothing to write until the containers run.
         let fresh = pod(STATE_NORMAL, json!([]), json!({}));
-        assert_eq!(run(&fresh, &inputs(None)), Step::Gate(false));
+        assert_eq!(run(&fresh, &inputs(None)), Step::Idle);
         let ready = pod(
             STATE_NORMAL,
             json!([
@@ -455,9 +496,15 @@ mod tests {
         );
         assert_eq!(
             run(&p, &inputs(Some(&recreate))),
-            Step::Mark(Stage::PreparingDelete)
+            leave_service(Stage::PreparingDelete)
         );
-        assert_eq!(run(&p, &inputs(None)), Step::Mark(Stage::Normal));
+        assert_eq!(
+            run(&p, &inputs(None)),
+            Step::Mark {
+                to: Stage::Normal,
+                gate: None
+            }
+        );
         let d = pod(
             STATE_PREPARING_DELETE,
             json!([cond(READINESS_GATE, "False", 100)]),
@@ -467,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn updated_waits_min_ready_then_gate_then_normal() {
+    fn updated_waits_min_ready_then_goes_back_in_service_in_one_write() {
         let young = pod(
             STATE_UPDATED,
             json!([
@@ -491,16 +538,30 @@ mod tests {
             ]),
             json!({}),
         );
-        assert_eq!(run(&ripe, &inputs(None)), Step::Gate(true));
-        let gated = pod(
-            STATE_UPDATED,
+        assert_eq!(run(&ripe, &inputs(None)), back_in_service());
+    }
+
+    #[test]
+    fn a_verified_update_goes_back_in_service_at_once_without_min_ready() {
+        let p = pod(
+            STATE_UPDATING,
             json!([
                 cond("ContainersReady", "True", 100),
-                cond(READINESS_GATE, "True", 105)
+                cond(READINESS_GATE, "False", 90)
             ]),
             json!({}),
         );
-        assert_eq!(run(&gated, &inputs(None)), Step::Mark(Stage::Normal));
+        let mut input = inputs(None);
+        assert_eq!(
+            run(&p, &input),
+            Step::Mark {
+                to: Stage::Updated,
+                gate: None
+            },
+            "minReadySeconds shows as Updated"
+        );
+        input.min_ready = Duration::ZERO;
+        assert_eq!(run(&p, &input), back_in_service());
     }
 
     #[test]
@@ -529,7 +590,7 @@ mod tests {
         let path = in_place();
         assert_eq!(
             run(&p, &inputs(Some(&path))),
-            Step::Mark(Stage::PreparingUpdate)
+            leave_service(Stage::PreparingUpdate)
         );
     }
 

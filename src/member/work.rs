@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 use super::apply::PodWrite;
-use super::inplace::UpdatePath;
+use super::inplace::{self, UpdatePath};
 use super::lifecycle::{self, Step, StepInputs, holders, stage_of};
 use super::pod::PodView;
 use super::status::BlockedPod;
@@ -46,6 +46,53 @@ pub struct Work {
     pub wake: Option<Duration>,
     /// Old pods owed an update that the availability budget holds back.
     pub held_back: usize,
+    /// Pods were taken toward the update revision in this decision: what the rollout step is.
+    pub update: Option<UpdateStep>,
+}
+
+/// What the pods the partition lets through have to go through, announced once per rollout
+/// step in one Event (per-pod detail is on each pod's lifecycle label and in the status).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateStep {
+    /// Pods the partition wants at the update revision that are not there yet.
+    pub pods: usize,
+    pub partition: usize,
+    /// How they get there: "in place (app=demo:2)", "by recreation (why)".
+    pub how: String,
+}
+
+impl UpdateStep {
+    /// The Event note.
+    pub fn note(&self, revision: &str) -> String {
+        format!(
+            "updating {} pods to revision {revision} {} (partition {})",
+            self.pods, self.how, self.partition
+        )
+    }
+}
+
+/// How pods on the other revisions reach the update revision, in words.
+fn how(paths: &BTreeMap<String, UpdatePath>) -> String {
+    let mut in_place = None;
+    let mut recreate = None;
+    for path in paths.values() {
+        match path {
+            UpdatePath::InPlace(change) => {
+                in_place.get_or_insert_with(|| inplace::describe(change));
+            }
+            UpdatePath::Recreate { why } => {
+                recreate.get_or_insert_with(|| why.clone());
+            }
+        }
+    }
+    match (in_place, recreate) {
+        (Some(change), None) => format!("in place{change}"),
+        (None, Some(why)) => format!("by recreation ({why})"),
+        (Some(change), Some(why)) => {
+            format!("in place{change}, and by recreation where that cannot be ({why})")
+        }
+        (None, None) => "(nothing to change)".to_string(),
+    }
 }
 
 fn seconds(s: i32) -> Duration {
@@ -117,15 +164,29 @@ pub fn decide(o: &Observed<'_>) -> Work {
         starts.insert(id.uid.as_str(), Stage::PreparingUpdate);
     }
 
+    let started = plan.update_in_place.len() + plan.recreate.len();
+    let wanted = replicas - partition;
+    let updated = facts.iter().filter(|f| f.updated).count();
     let mut work = Work {
         create: plan.create,
         create_old: plan.create_old,
         held_back: plan.waiting,
+        update: (started > 0).then(|| UpdateStep {
+            pods: wanted.saturating_sub(updated),
+            partition,
+            how: how(o.paths),
+        }),
         ..Work::default()
     };
     for (pod, view) in o.pods {
         if let Some(stage) = starts.get(view.facts.uid.as_str()) {
-            work.writes.push((pod.clone(), PodWrite::Mark(*stage)));
+            work.writes.push((
+                pod.clone(),
+                PodWrite::Mark {
+                    to: *stage,
+                    gate: Some(false),
+                },
+            ));
             continue;
         }
         let path = path_of(view);
@@ -166,7 +227,7 @@ pub fn decide(o: &Observed<'_>) -> Work {
                 to: o.update_revision.to_string(),
             }),
             Step::Resize(body) => Some(PodWrite::Resize(body)),
-            Step::Mark(stage) => Some(PodWrite::Mark(stage)),
+            Step::Mark { to, gate } => Some(PodWrite::Mark { to, gate }),
             Step::Delete => Some(PodWrite::Delete),
         };
         if let Some(w) = write {
@@ -234,11 +295,22 @@ mod tests {
         let marks: Vec<_> = work
             .writes
             .iter()
-            .filter(|(_, w)| *w == PodWrite::Mark(Stage::PreparingUpdate))
+            .filter(|(_, w)| {
+                *w == PodWrite::Mark {
+                    to: Stage::PreparingUpdate,
+                    gate: Some(false),
+                }
+            })
             .collect();
-        assert_eq!(marks.len(), 2);
+        assert_eq!(
+            marks.len(),
+            2,
+            "leaving service is one write: state and gate"
+        );
         assert_eq!(work.writes.len(), 2);
         assert_eq!(work.held_back, 2);
+        let step = work.update.expect("the step is announced");
+        assert_eq!((step.pods, step.partition), (4, 0));
     }
 
     #[test]
@@ -257,7 +329,14 @@ mod tests {
                 .iter()
                 .map(|(_, w)| w.clone())
                 .collect::<Vec<_>>(),
-            vec![PodWrite::Mark(Stage::PreparingDelete)]
+            vec![PodWrite::Mark {
+                to: Stage::PreparingDelete,
+                gate: Some(false)
+            }]
+        );
+        assert_eq!(
+            work.update.map(|u| u.note("new")),
+            Some("updating 2 pods to revision new by recreation (env) (partition 0)".to_string())
         );
     }
 
