@@ -9,14 +9,18 @@
 //! writes in process, so what the API server counts is the controller's alone. Prints a
 //! Markdown table.
 //!
+//! Also prints (stderr) the mean time between a pod's successive in-place writes (gate off ->
+//! patch -> gate on); `TIMELINE=1` lists the first writes with their times.
+//!
 //! Run: `cargo bench --bench inplace_upgrade` (PODS=, MAX_UNAVAILABLE= override the sizes).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::time::{Duration, Instant};
 
 use cafe::api::InPlaceSet;
 use cafe::api::labels::READINESS_GATE;
-use cafe_sim::config::SimConfig;
-use cafe_sim::sim::Sim;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -30,17 +34,11 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn client(sim: &Sim) -> kube::Client {
-    let yaml = sim.kubeconfig(Some("bench"));
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
-}
-
-/// Waits until all `n` pods run `image` and serve (Ready with the gate True, state Normal).
+/// Waits until all `n` pods run `image` and serve (Ready with the gate True, state Normal);
+/// says where it is every 10 s and gives up after 5 minutes.
 async fn wait_serving(pods: &Api<Pod>, n: usize, image: &str) {
+    let started = Instant::now();
+    let mut said = Instant::now();
     loop {
         let list = pods
             .list(&ListParams::default().labels("app=bench"))
@@ -73,6 +71,18 @@ async fn wait_serving(pods: &Api<Pod>, n: usize, image: &str) {
         if list.len() == n && serving == n {
             return;
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{serving} of {n} pods serve {image} after 5 minutes ({} pods)",
+            list.len()
+        );
+        if said.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "waiting: {serving} of {n} pods serve {image} ({} pods)",
+                list.len()
+            );
+            said = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -91,7 +101,8 @@ struct Run {
 const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
 async fn upgrade(policy: &'static str, pods_n: usize, max_unavailable: usize) -> Run {
-    let config = SimConfig::parse(
+    // With namespace cafe-system, where the member agent keeps its Lease and room ConfigMap.
+    let sim = common::start_sim(
         r#"
 kubelet: {startMillis: 50, restartMillis: 50}
 clusters:
@@ -100,14 +111,9 @@ clusters:
     units: {DataCenter: DCA}
     nodes: [{count: 4, cpu: "64", memory: 256Gi, pods: 500}]
 "#,
-        "bench",
     )
-    .expect("config");
-    let sim = Sim::start(config).await.expect("sim");
-    sim.wait_ready(Duration::from_secs(10))
-        .await
-        .expect("ready");
-    let client = client(&sim).await;
+    .await;
+    let client = common::client(&sim, "bench").await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in cafe::cli::crds::all() {
         if crd.metadata.name.as_deref() == Some("inplacesets.apps.cafe.io") {
@@ -184,6 +190,47 @@ clusters:
             format!("{} {}/{}", c.verb, c.resource, c.subresource)
         };
         *by_resource.entry(key).or_default() += 1;
+    }
+    // Where a pod's upgrade time goes: the mean gap between its successive writes
+    // (in place: gate off -> patch -> gate on).
+    let mut per_pod_writes = std::collections::BTreeMap::<&str, Vec<Instant>>::new();
+    for c in writes.iter().filter(ok).filter(|c| c.resource == "pods") {
+        per_pod_writes
+            .entry(c.name.as_str())
+            .or_default()
+            .push(c.at);
+    }
+    let mut gaps = Vec::<(Duration, u32)>::new();
+    for times in per_pod_writes.values() {
+        for (i, w) in times.windows(2).enumerate() {
+            if gaps.len() <= i {
+                gaps.push((Duration::ZERO, 0));
+            }
+            gaps[i].0 += w[1] - w[0];
+            gaps[i].1 += 1;
+        }
+    }
+    let gaps = gaps
+        .iter()
+        .map(|(sum, n)| format!("{:.0} ms", sum.as_secs_f64() * 1000.0 / f64::from(*n)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if policy == "InPlaceIfPossible" {
+        eprintln!("{policy}: mean gaps between a pod's writes: {gaps}");
+    }
+    // TIMELINE=1 prints the first writes, to see where a wave's time goes.
+    if std::env::var("TIMELINE").is_ok() {
+        for c in writes.iter().take(150) {
+            eprintln!(
+                "{:>6.1} {} {} {}/{} {}",
+                (c.at - changed).as_secs_f64() * 1000.0,
+                c.code,
+                c.verb,
+                c.resource,
+                c.subresource,
+                c.name
+            );
+        }
     }
     shutdown.cancel();
     let _ = member.await;
