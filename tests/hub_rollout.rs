@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use cafe::api::labels::{UNIT, UPGRADE_CONFIRMED};
 use cafe::api::{CafeDeployment, RolloutStatus};
+use cafe::plan::rollout::plan_of;
 use common::wait_for;
 use hub_support::{Hub, condition};
 use k8s_openapi::api::core::v1::Pod;
@@ -224,9 +225,22 @@ fn image_of(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
+/// Each group's pods per unit, of the whole plan made again from the status (which keeps only
+/// the groups around the current one: at most 2 rows, each with its index).
 fn quotas(r: &RolloutStatus) -> Vec<(i32, i32)> {
-    r.batches
-        .iter()
+    assert!(
+        r.batches.len() <= 2 && r.batches.windows(2).all(|w| w[1].index == w[0].index + 1),
+        "status.rollout.batches is a window: {:?}",
+        r.batches
+    );
+    let plan = plan_of(r);
+    for kept in &r.batches {
+        assert_eq!(
+            Some(kept),
+            plan.get(usize::try_from(kept.index - 1).unwrap())
+        );
+    }
+    plan.iter()
         .map(|b| (b.units["DCA"], b.units["DCB"]))
         .collect()
 }
@@ -368,8 +382,7 @@ async fn uneven_units_split_every_group_in_proportion_and_complete() {
     let _ = watch.kill().await;
     reader.abort();
     assert!(
-        rollout
-            .batches
+        plan_of(&rollout)
             .iter()
             .all(|b| b.state.as_deref() == Some("Completed"))
     );
@@ -405,7 +418,7 @@ async fn a_beta_pod_that_never_gets_ready_stalls_at_the_deadline_and_undo_brings
         .await;
     let rollout = cd.status.unwrap().rollout.unwrap();
     assert_eq!(rollout.current_batch, 1, "stopped at Beta");
-    assert!(rollout.batches[0].beta);
+    assert!(plan_of(&rollout)[0].beta);
     for member in ["dca", "dcb"] {
         // One Beta pod on the bad image, not serving; the other keeps serving the old one.
         r.wait_serving(member, &[("demo:1", 1)]).await;

@@ -178,9 +178,9 @@ pub(crate) const HAS_CONTAINERS: &str =
     "has(self.template.spec) && size(self.template.spec.containers) > 0";
 pub(crate) const NO_CONTAINERS: &str = "a pod template needs at least one container";
 
-// Every group is an entry of status.rollout.batches and a step someone may have to confirm: a
-// count batch size that cuts the replicas into more than 1000 groups is refused (a percent is
-// at least 1%: at most 100 groups).
+// Every group is a step someone may have to confirm, and a row `cafe status` draws: a count
+// batch size that cuts the replicas into more than 1000 groups is refused (a percent is at least
+// 1%: at most 100 groups).
 const AT_MOST_MAX_GROUPS: &str = concat!(
     "!has(self.strategy) || !has(self.strategy.batchSize)",
     " || type(self.strategy.batchSize) == string",
@@ -370,7 +370,8 @@ pub struct CafeDeploymentStatus {
     /// Topology units the replicas are split between, for `kubectl get -o wide`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unit_count: i32,
-    /// The rollout toward the update revision: its groups, progress and what it waits for.
+    /// The rollout toward the update revision: what its groups are made from, the current ones,
+    /// progress and what it waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
     /// One row per topology unit: its share, its pods and its member's reachability.
@@ -417,8 +418,10 @@ fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
-/// The rollout toward `revision`: its group plan, how far it got, and what it waits for. It is
-/// all the hub needs to resume after a restart.
+/// The rollout toward `revision`: what its group plan is made from, how far it got, and what it
+/// waits for. It is all the hub needs to resume after a restart. Its size grows with the number
+/// of units, not of groups: the plan is made again from it
+/// ([`crate::plan::rollout::plan_of`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
@@ -437,7 +440,19 @@ pub struct RolloutStatus {
     /// "current/total", for the printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<String>,
-    /// The group plan: pods each group creates or updates in each unit.
+    /// `spec.strategy.upgradeType` when the plan was made. With `batchSize` and `units` it is
+    /// all the group plan is made from: the plan is made again from them, not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_type: Option<UpgradeType>,
+    /// Pods per group after the Beta group when the plan was made: `spec.strategy.batchSize`
+    /// resolved against `spec.replicas` (percents round up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<i32>,
+    /// The groups around the current one: the current group and the next (groups 1 and 2
+    /// before the first is released), each with its index, pods per unit and state. Groups before
+    /// them are Completed, groups after them Pending; the whole plan is made again from
+    /// `upgradeType`, `batchSize` and `units`. A status written without `upgradeType` and
+    /// `batchSize` (by an older hub) holds every group of the plan here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batches: Vec<BatchStatus>,
     /// The work each unit had when the plan was made, and how much of it is done.

@@ -9,7 +9,10 @@
 //! unit down at once (the member's `maxUnavailable`). [`step`] is the rollout's state machine:
 //! from the previous rollout status and what the members report, the next status, the targets,
 //! and whether the confirmation annotation must be reset. Everything it needs to resume after a
-//! restart is in the status it returns.
+//! restart is in the status it returns. That status does not hold the plan: it holds what the
+//! plan is made from (the upgrade type, the resolved batch size, each unit's work) and the groups
+//! around the current one; [`plan_of`] makes the whole plan again, so the status grows with the
+//! units, not with the groups.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -69,7 +72,7 @@ impl UnitWork {
     }
 
     pub fn need(&self) -> i32 {
-        self.create + self.update
+        self.create.saturating_add(self.update)
     }
 
     /// Pods already on the new revision when the plan was made.
@@ -117,6 +120,9 @@ pub fn batch_size(strategy: &RolloutStrategy, replicas: i32) -> i32 {
 /// `batch` pods, each split in proportion to what each unit still has to do (largest remainder,
 /// ties to the earlier unit). Every pod of work is in exactly one group. After the Beta group the
 /// plan is memoryless: the groups after any prefix are the plan of what is left.
+///
+/// A rollout's status stores what its plan is made from, not the plan ([`plan_of`]): a change to
+/// how groups are cut changes the plan of every rollout in flight when the hub is upgraded.
 pub fn groups(upgrade: &UpgradeType, batch: i32, work: &[UnitWork]) -> Vec<Group> {
     let mut left: Vec<i32> = work.iter().map(|w| w.need().max(0)).collect();
     let mut out = vec![];
@@ -173,7 +179,78 @@ pub fn groups(upgrade: &UpgradeType, batch: i32, work: &[UnitWork]) -> Vec<Group
     out
 }
 
-/// Pods of `unit` released by the first `k` groups.
+/// Groups [`plan_of`] makes again from a status at most. The hub never plans more than about
+/// 1000 (the CafeDeployment's validation); a status that would make more (written by hand) is
+/// read as it is stored.
+pub const MAX_REPLANNED_GROUPS: i64 = 10_000;
+
+/// The whole group plan of a rollout, each group with its state, from its status alone.
+///
+/// The plan is [`groups`] of the upgrade type, the batch size and the work of each unit the
+/// status recorded when the plan was made: the same plan the hub made, whatever the spec says
+/// now. A group's state is the one the status stores for it (the current group and the next:
+/// [`WINDOW`]); before the current group it is Completed, after it Pending. A status without
+/// `upgradeType` and `batchSize` (written by an older hub) stores every group: that list is
+/// the plan.
+pub fn plan_of(status: &RolloutStatus) -> Vec<BatchStatus> {
+    let Some(plan) = replan(status) else {
+        return status.batches.clone();
+    };
+    let k = status.current_batch;
+    plan.into_iter()
+        .zip(1..)
+        .map(|(g, index)| {
+            let stored = status
+                .batches
+                .iter()
+                .find(|b| b.index == index)
+                .and_then(|b| b.state.clone());
+            let state = match index.cmp(&k) {
+                std::cmp::Ordering::Less => stored.or_else(|| Some(GROUP_COMPLETED.to_string())),
+                std::cmp::Ordering::Greater => stored.or_else(|| Some(GROUP_PENDING.to_string())),
+                std::cmp::Ordering::Equal => stored,
+            };
+            BatchStatus {
+                index,
+                beta: g.beta,
+                units: g.quota,
+                state,
+            }
+        })
+        .collect()
+}
+
+/// The groups of the plan recorded in `status`; `None` when it records no plan to make again
+/// (no `upgradeType` or `batchSize`), or one of more than [`MAX_REPLANNED_GROUPS`].
+fn replan(status: &RolloutStatus) -> Option<Vec<Group>> {
+    let upgrade = status.upgrade_type.as_ref()?;
+    let batch = status.batch_size?.max(1);
+    let work: Vec<UnitWork> = status.units.iter().map(work_of).collect();
+    let pods: i64 = work
+        .iter()
+        .map(|w| i64::from(w.create.max(0)) + i64::from(w.update.max(0)))
+        .sum();
+    let units = i64::try_from(work.len()).unwrap_or(i64::MAX);
+    if pods / i64::from(batch) + units > MAX_REPLANNED_GROUPS {
+        return None;
+    }
+    Some(groups(upgrade, batch, &work))
+}
+
+/// Groups `status.rollout.batches` keeps: the current one and the next.
+pub const WINDOW: i32 = 2;
+
+/// The groups of `plan` a status keeps once `current` is the group released last: the
+/// [`WINDOW`] groups from the current one (from the first while none is released).
+pub fn window(plan: &[BatchStatus], current: i32) -> Vec<BatchStatus> {
+    let first = current.max(1);
+    plan.iter()
+        .filter(|b| b.index >= first && b.index < first + WINDOW)
+        .cloned()
+        .collect()
+}
+
+/// Pods of `unit` released by the first `k` groups of `plan` (a whole plan: [`plan_of`]).
 pub fn released(plan: &[BatchStatus], unit: &str, k: i32) -> i32 {
     plan.iter()
         .take(usize::try_from(k).unwrap_or(0))
@@ -382,6 +459,9 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutDecision {
         }
         fresh_plan(input)
     };
+    // Within this step `status.batches` is the whole plan; the status returned keeps the
+    // window around the current group of it.
+    status.batches = plan_of(&status);
 
     // Progress of each unit's work. Pods a unit carries for another on the new revision are
     // not its own progress: what it shows is capped at what its released groups ask of it.
@@ -577,8 +657,14 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutDecision {
     status.total_batches = total;
     status.batch = Some(format!("{k}/{total}"));
     status.message = Some(progress.message.clone());
+    let targets = targets(&status);
+    // A plan [`plan_of`] can make again is not stored: only the groups around the current one.
+    // One it cannot (an older hub's status) is kept whole.
+    if replan(&status).is_some() {
+        status.batches = window(&status.batches, k);
+    }
     RolloutDecision {
-        targets: targets(&status),
+        targets,
         status,
         reset_confirmation,
         progressing: progress,
@@ -690,17 +776,16 @@ fn fresh_plan(input: &RolloutInput<'_>) -> RolloutStatus {
             UnitWork::new(&u.unit, u.target, observed, updated)
         })
         .collect();
-    let plan = groups(
-        &input.strategy.upgrade_type,
-        batch_size(input.strategy, input.replicas),
-        &work,
-    );
+    let batch = batch_size(input.strategy, input.replicas);
+    let plan = groups(&input.strategy.upgrade_type, batch, &work);
     RolloutStatus {
         phase: Some(PHASE_PROGRESSING.into()),
         revision: Some(input.revision.to_string()),
         current_batch: 0,
         total_batches: i32::try_from(plan.len()).unwrap_or(i32::MAX),
         batch: None,
+        upgrade_type: Some(input.strategy.upgrade_type.clone()),
+        batch_size: Some(batch),
         batches: plan
             .into_iter()
             .enumerate()

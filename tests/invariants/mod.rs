@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use cafe::api::labels::{REVISION, UNIT, UPGRADE_CONFIRMED};
 use cafe::api::{CafeDeployment, CafeDeploymentStatus, MemberCluster, PodUpdatePolicy};
 use cafe::plan::loans::scales_down_lender;
-use cafe::plan::rollout::released;
+use cafe::plan::rollout::{plan_of, released};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -166,6 +166,7 @@ pub fn allowance_through(status: &CafeDeploymentStatus, through: i32) -> Option<
     if rollout.units.is_empty() {
         return None;
     }
+    let plan = plan_of(rollout);
     let quota = |unit: &str| -> i32 {
         rollout
             .units
@@ -173,7 +174,7 @@ pub fn allowance_through(status: &CafeDeploymentStatus, through: i32) -> Option<
             .find(|r| r.name == unit)
             .map_or(0, |r| {
                 let already = r.replicas - r.create - r.update;
-                already + released(&rollout.batches, unit, through)
+                already + released(&plan, unit, through)
             })
     };
     let mut per_unit = BTreeMap::new();

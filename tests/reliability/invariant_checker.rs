@@ -346,7 +346,7 @@ async fn a_hub_write_to_a_member_it_reports_lost_is_flagged() {
 /// a fresh status that does not release it is a violation.
 #[test]
 fn a_pod_seen_before_the_status_that_released_it_is_confirmed_by_a_fresh_read() {
-    use cafe::api::{BatchStatus, CafeDeploymentStatus, RolloutStatus, RolloutUnit};
+    use cafe::api::{BatchStatus, CafeDeploymentStatus, RolloutStatus, RolloutUnit, UpgradeType};
     use invariants::{PodView, State};
 
     let revision = revision_of("demo:2");
@@ -360,7 +360,10 @@ fn a_pod_seen_before_the_status_that_released_it_is_confirmed_by_a_fresh_read() 
                 revision: Some(revision.clone()),
                 current_batch: k,
                 total_batches: 3,
-                batches: (1..=3)
+                // Beta (1 + 1), then 1 + 1 twice; the status keeps the groups around k.
+                upgrade_type: Some(UpgradeType::Beta),
+                batch_size: Some(2),
+                batches: (k.max(1)..=(k + 1).min(3))
                     .map(|i| BatchStatus {
                         index: i,
                         beta: i == 1,

@@ -9,6 +9,7 @@ use crate::api::{BatchStatus, CafeDeployment, RolloutStatus};
 use crate::plan::revision::revision_hash;
 use crate::plan::rollout::{
     GROUP_COMPLETED, GROUP_WAITING, PHASE_COMPLETED, PHASE_PAUSED, PHASE_WAITING_FOR_CONFIRM,
+    plan_of,
 };
 use crate::plan::unit_status::PROGRESSING;
 
@@ -87,8 +88,9 @@ impl Follow {
             }
         };
 
-        let total = group_total(rollout);
-        for group in &rollout.batches {
+        let plan = plan_of(rollout);
+        let total = group_total(rollout, &plan);
+        for group in &plan {
             let done = matches!(
                 group.state.as_deref(),
                 Some(GROUP_COMPLETED) | Some(GROUP_WAITING)
@@ -178,10 +180,10 @@ fn deadline_exceeded(cd: &CafeDeployment, rollout: &RolloutStatus) -> Option<Str
     Some(format!("{DEADLINE_EXCEEDED}: {message}"))
 }
 
-fn group_total(rollout: &RolloutStatus) -> i32 {
+fn group_total(rollout: &RolloutStatus, plan: &[BatchStatus]) -> i32 {
     rollout
         .total_batches
-        .max(i32::try_from(rollout.batches.len()).unwrap_or(i32::MAX))
+        .max(i32::try_from(plan.len()).unwrap_or(i32::MAX))
 }
 
 /// `group 1/3 (Beta)`.
@@ -325,6 +327,55 @@ mod tests {
                 "group 2/3 complete: DCA 1, DCB 1".to_string(),
                 "group 3/3 complete: DCA 0, DCB 0".to_string(),
                 format!("cafedeployment \"demo\" successfully rolled out (revision {revision})"),
+            ]
+        );
+    }
+
+    /// The demo's rollout as a hub writes it now: 2 + 2 pods, Beta then batches of 2 (groups
+    /// 1 + 1, 1 + 1), only the current group and the next kept.
+    fn windowed(phase: &str, current: i32, kept: Value) -> Value {
+        json!({"rollout": {
+            "phase": phase, "currentBatch": current, "totalBatches": 2,
+            "upgradeType": "Beta", "batchSize": 2,
+            "message": format!("group {current}/2: waiting for readiness: DCA 0/1, DCB 0/1"),
+            "batches": kept,
+            "units": [
+                {"name": "DCA", "replicas": 2, "update": 2},
+                {"name": "DCB", "replicas": 2, "update": 2},
+            ],
+        }})
+    }
+
+    #[test]
+    fn rollout_status_reports_groups_the_status_no_longer_keeps() {
+        let mut follow = Follow::new("demo");
+        let (lines, _) = follow.observe(&demo(windowed(
+            "Progressing",
+            1,
+            json!([
+                {"index": 1, "beta": true, "units": {"DCA": 1, "DCB": 1}, "state": "Progressing"},
+                {"index": 2, "units": {"DCA": 1, "DCB": 1}, "state": "Pending"},
+            ]),
+        )));
+        assert_eq!(
+            lines,
+            [
+                "Waiting for the rollout to finish: group 1/2: waiting for readiness: DCA 0/1, DCB 0/1"
+            ]
+        );
+        // Group 1 was never seen complete: the status that completes the rollout keeps group 2
+        // only, yet both are reported.
+        let (lines, verdict) = follow.observe(&demo(windowed(
+            "Completed",
+            2,
+            json!([{"index": 2, "units": {"DCA": 1, "DCB": 1}, "state": "Completed"}]),
+        )));
+        assert_eq!(verdict, Verdict::Complete);
+        assert_eq!(
+            lines[..2],
+            [
+                "group 1/2 (Beta) complete: DCA 1, DCB 1",
+                "group 2/2 complete: DCA 1, DCB 1"
             ]
         );
     }

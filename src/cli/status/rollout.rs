@@ -1,9 +1,10 @@
-//! Pure rendering of `status.rollout` for `cafe status NAME`: the phase, the group plan with each
-//! group's progress per unit, the whole rollout's progress, and what it waits for.
+//! Pure rendering of `status.rollout` for `cafe status NAME`: the phase, the group plan (made
+//! again from the status: [`plan_of`]) with each group's progress per unit, the whole rollout's
+//! progress, and what it waits for.
 
 use super::render_table;
 use crate::api::RolloutStatus;
-use crate::plan::rollout::released;
+use crate::plan::rollout::{plan_of, released};
 
 /// `1 (Beta)` or `2`: a group as the tables name it.
 pub fn group_name(index: i32, beta: bool) -> String {
@@ -17,12 +18,13 @@ pub fn group_name(index: i32, beta: bool) -> String {
 /// The rollout section of `cafe status NAME`. A rollout without a group plan (none made yet, or
 /// nothing to do) is one line: phase, batch, message.
 pub fn render_rollout(rollout: &RolloutStatus) -> String {
-    if rollout.batches.is_empty() || rollout.units.is_empty() {
+    let plan = plan_of(rollout);
+    if plan.is_empty() || rollout.units.is_empty() {
         return summary_line(rollout);
     }
     let total = rollout
         .total_batches
-        .max(i32::try_from(rollout.batches.len()).unwrap_or(i32::MAX));
+        .max(i32::try_from(plan.len()).unwrap_or(i32::MAX));
     let mut head = format!("Rollout:     {}", rollout.phase.as_deref().unwrap_or("-"));
     if let Some(revision) = &rollout.revision {
         head.push_str(&format!(", revision {revision}"));
@@ -37,7 +39,7 @@ pub fn render_rollout(rollout: &RolloutStatus) -> String {
     header.extend(rollout.units.iter().map(|u| u.name.clone()));
     header.push("TOTAL".into());
     let mut rows = vec![header];
-    for g in &rollout.batches {
+    for g in &plan {
         let mut row = vec![
             group_name(g.index, g.beta),
             g.state.clone().unwrap_or_else(|| "-".into()),
@@ -45,7 +47,7 @@ pub fn render_rollout(rollout: &RolloutStatus) -> String {
         let (mut done_sum, mut quota_sum) = (0, 0);
         for u in &rollout.units {
             let quota = g.units.get(&u.name).copied().unwrap_or(0);
-            let before = released(&rollout.batches, &u.name, g.index - 1);
+            let before = released(&plan, &u.name, g.index - 1);
             let done = (u.done - before).clamp(0, quota);
             row.push(format!("{done}/{quota}"));
             done_sum += done;
@@ -134,6 +136,45 @@ mod tests {
             lines[6],
             "Message:     group 2/3: waiting for readiness: DCA 1/2, DCB 0/2"
         );
+    }
+
+    /// The same rollout as a hub writes it now: what the plan is made from, and only the
+    /// current group and the next.
+    fn in_flight_windowed() -> RolloutStatus {
+        serde_json::from_value(json!({
+            "phase": "Progressing", "revision": "def", "currentBatch": 2, "totalBatches": 3,
+            "batch": "2/3", "upgradeType": "Beta", "batchSize": 4,
+            "batches": [
+                {"index": 2, "units": {"DCA": 2, "DCB": 2}, "state": "Progressing"},
+                {"index": 3, "units": {"DCA": 2, "DCB": 2}, "state": "Pending"},
+            ],
+            "units": [
+                {"name": "DCA", "replicas": 5, "create": 0, "update": 5, "done": 2},
+                {"name": "DCB", "replicas": 5, "create": 1, "update": 4, "done": 1},
+            ],
+            "message": "group 2/3: waiting for readiness: DCA 1/2, DCB 0/2",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_status_keeping_two_groups_shows_the_whole_plan() {
+        assert_eq!(
+            render_rollout(&in_flight_windowed()),
+            render_rollout(&in_flight())
+        );
+        let mut stalled = in_flight_windowed();
+        stalled.phase = Some("Stalled".into());
+        stalled.deadline_exceeded = true;
+        stalled.batches[0].state = Some("Stalled".into());
+        let out = render_rollout(&stalled);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            cells(lines[2]),
+            ["1", "(Beta)", "Completed", "1/1", "1/1", "2/2"]
+        );
+        assert_eq!(cells(lines[3]), ["2", "Stalled", "1/2", "0/2", "1/4"]);
+        assert_eq!(cells(lines[4]), ["3", "Pending", "0/2", "0/2", "0/4"]);
     }
 
     #[test]

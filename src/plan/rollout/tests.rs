@@ -372,6 +372,7 @@ proptest! {
         let mut confirmed: Option<String> = None;
         let mut releases_since_confirm = 0;
         let mut completed = false;
+        let mut first_plan: Option<Vec<BatchStatus>> = None;
         for tick in 0..400usize {
             let bits = noise[tick % noise.len()].rotate_left(u32::try_from(tick % 8).unwrap());
             let observed: Vec<UnitObserved> = units.iter().map(|u| UnitObserved {
@@ -390,6 +391,15 @@ proptest! {
             if before.is_some_and(|b| d.status.current_batch == b + 1) && b_needs_confirm(&d, confirm) {
                 releases_since_confirm += 1;
                 prop_assert!(releases_since_confirm <= 1, "one confirmation released two groups");
+            }
+            // The status keeps the groups around the current one; the plan made again from it
+            // is the plan made at the start, whole.
+            prop_assert!(d.status.batches.len() <= 2, "{:?}", d.status.batches);
+            if !d.status.units.is_empty() {
+                let plan = without_states(&plan_of(&d.status));
+                let first = first_plan.get_or_insert_with(|| plan.clone());
+                prop_assert_eq!(&plan, first);
+                prop_assert_eq!(i32::try_from(plan.len()).unwrap(), d.status.total_batches);
             }
             // A restart: the status is all the hub keeps.
             let round_trip: RolloutStatus =
@@ -567,7 +577,7 @@ fn a_missed_deadline_stalls_until_the_user_acts() {
             .any(|(r, _)| *r == "ProgressDeadlineExceeded")
     );
     // The group's own row says so too.
-    assert_eq!(d.status.batches[0].state.as_deref(), Some(GROUP_STALLED));
+    assert_eq!(plan_of(&d.status)[0].state.as_deref(), Some(GROUP_STALLED));
     // Sticky.
     let d = run(Some(&d.status), at(121), false);
     assert!(d.status.deadline_exceeded);
@@ -795,7 +805,7 @@ fn quota(status: Option<&RolloutStatus>, unit: &str) -> i32 {
         .find(|r| r.name == unit)
         .map_or(0, |row| {
             let work = work_of(row);
-            work.already() + released(&status.batches, unit, status.current_batch)
+            work.already() + released(&plan_of(status), unit, status.current_batch)
         })
 }
 
@@ -980,4 +990,334 @@ fn each_rollouts_events_name_its_revision() {
     let (first, second) = (started("r1"), started("r2"));
     assert_ne!(first, second);
     assert!(first.ends_with("(revision r1)"), "{first}");
+}
+
+// ---- status.rollout: what the plan is made from, not the plan ----
+
+/// The groups of `plan` without their states.
+fn without_states(plan: &[BatchStatus]) -> Vec<BatchStatus> {
+    plan.iter()
+        .map(|b| BatchStatus {
+            state: None,
+            ..b.clone()
+        })
+        .collect()
+}
+
+/// The groups the planner makes, as a status lists them (without states).
+fn planned(up: &UpgradeType, batch: i32, work: &[UnitWork]) -> Vec<BatchStatus> {
+    groups(up, batch, work)
+        .into_iter()
+        .zip(1..)
+        .map(|(g, index)| BatchStatus {
+            index,
+            beta: g.beta,
+            units: g.quota,
+            state: None,
+        })
+        .collect()
+}
+
+/// Units reporting revision "new" whose InPlaceSets make exactly `work`: each runs
+/// `replicas - create` pods, `already` of them updated.
+fn observed_for(work: &[UnitWork]) -> Vec<UnitObserved> {
+    work.iter()
+        .map(|w| UnitObserved {
+            unit: w.unit.clone(),
+            cluster: w.unit.to_lowercase(),
+            target: w.replicas,
+            unreachable: None,
+            loan: 0,
+            set: Some(SetObserved {
+                replicas: w.replicas - w.create,
+                partition: w.replicas - w.create,
+                synced: true,
+                update_revision: Some("new".into()),
+                status_replicas: w.replicas - w.create,
+                updated: w.already(),
+                updated_available: w.already(),
+            }),
+        })
+        .collect()
+}
+
+/// Units DCA and DCB, `per_unit` old pods each, all reported on revision "new".
+fn old_units(per_unit: i32) -> Vec<UnitObserved> {
+    observed_for(&work(&[("DCA", 0, per_unit), ("DCB", 0, per_unit)]))
+}
+
+/// Moves each unit of `units` to the targets of `d`, its released pods updated and available.
+fn members_follow(units: &mut [UnitObserved], d: &RolloutDecision) {
+    for u in units {
+        let t = d.targets[&u.unit];
+        let set = u.set.as_mut().unwrap();
+        set.replicas = t.replicas;
+        set.partition = t.partition;
+        set.status_replicas = t.replicas;
+        set.updated = t.replicas - t.partition;
+        set.updated_available = t.replicas - t.partition;
+    }
+}
+
+fn serialized_len(status: &RolloutStatus) -> usize {
+    serde_json::to_vec(status).unwrap().len()
+}
+
+/// 200 groups: `status.rollout` holds two of them, whatever group is current, and stays under
+/// 2 KB (the whole plan took 11,808 bytes).
+#[test]
+fn a_rollout_of_200_groups_keeps_its_status_under_2_kb() {
+    let strategy = simulated_strategy(UpgradeType::Batch, 1, false);
+    let mut units = old_units(100);
+    let mut previous: Option<RolloutStatus> = None;
+    let mut largest = 0;
+    for _ in 0..=201 {
+        let d = simulated_step(&strategy, 200, None, previous.as_ref(), &units, &[]);
+        assert_eq!(d.status.total_batches, 200);
+        let k = d.status.current_batch;
+        let kept: Vec<i32> = d.status.batches.iter().map(|b| b.index).collect();
+        assert_eq!(
+            kept,
+            (k.max(1)..=(k.max(1) + 1).min(200)).collect::<Vec<_>>()
+        );
+        largest = largest.max(serialized_len(&d.status));
+        let plan = plan_of(&d.status);
+        assert_eq!(plan.len(), 200);
+        assert_eq!(released(&plan, "DCA", 200), 100);
+        members_follow(&mut units, &d);
+        let done = d.status.phase.as_deref() == Some(PHASE_COMPLETED);
+        previous = Some(d.status);
+        if done {
+            break;
+        }
+    }
+    let status = previous.unwrap();
+    assert_eq!(status.phase.as_deref(), Some(PHASE_COMPLETED));
+    assert!(
+        plan_of(&status)
+            .iter()
+            .all(|b| b.state.as_deref() == Some(GROUP_COMPLETED))
+    );
+    assert!(
+        largest < 2048,
+        "status.rollout of 200 groups: {largest} bytes"
+    );
+    // The same plan stored whole, as an older hub wrote it, is the size this avoids.
+    let whole = RolloutStatus {
+        upgrade_type: None,
+        batch_size: None,
+        batches: plan_of(&status),
+        ..status.clone()
+    };
+    assert!(serialized_len(&whole) > 10 * 1024);
+}
+
+/// The plan made again from the status is the plan the planner made from the strategy and the
+/// units' work, with each group's state: Completed before the current one, Pending after it.
+#[test]
+fn the_plan_made_from_the_status_is_the_plan_the_planner_made() {
+    let count = |n: i32| PositiveIntOrPercent(IntOrPercent::Int(n));
+    let percent = |p: &str| PositiveIntOrPercent(IntOrPercent::Percent(p.into()));
+    let cases = [
+        (
+            UpgradeType::Beta,
+            count(4),
+            vec![("DCA", 0, 5), ("DCB", 0, 5)],
+        ),
+        (
+            UpgradeType::Batch,
+            count(4),
+            vec![("DCA", 0, 7), ("DCB", 0, 3)],
+        ),
+        (
+            UpgradeType::Beta,
+            count(1),
+            vec![("DCA", 3, 4), ("DCB", 0, 0), ("DCC", 9, 1)],
+        ),
+        (
+            UpgradeType::Batch,
+            percent("30%"),
+            vec![("DCA", 2, 8), ("DCB", 5, 5)],
+        ),
+        (
+            UpgradeType::Beta,
+            percent("1%"),
+            vec![("A", 40, 10), ("B", 1, 0), ("C", 0, 49)],
+        ),
+        (
+            UpgradeType::Beta,
+            percent("100%"),
+            vec![("DCA", 0, 6), ("DCB", 1, 1)],
+        ),
+        (UpgradeType::Batch, count(1000), vec![("DCA", 0, 1)]),
+    ];
+    for (up, batch, units) in cases {
+        let strategy = RolloutStrategy {
+            upgrade_type: up.clone(),
+            batch_size: batch.clone(),
+            ..simulated_strategy(UpgradeType::Beta, 1, true)
+        };
+        let w = work(&units);
+        let replicas: i32 = w.iter().map(|u| u.replicas).sum();
+        let expected = planned(&up, batch_size(&strategy, replicas), &w);
+        let mut observed = observed_for(&w);
+        let mut previous: Option<RolloutStatus> = None;
+        let mut confirmed = None;
+        for _ in 0..(2 * expected.len() + 3) {
+            let d = simulated_step(
+                &strategy,
+                replicas,
+                confirmed,
+                previous.as_ref(),
+                &observed,
+                &[],
+            );
+            let plan = plan_of(&d.status);
+            assert_eq!(
+                without_states(&plan),
+                expected,
+                "{up:?} {batch:?} {units:?}"
+            );
+            let k = d.status.current_batch;
+            for g in &plan {
+                let state = g.state.as_deref();
+                match g.index.cmp(&k) {
+                    std::cmp::Ordering::Less => assert_eq!(state, Some(GROUP_COMPLETED)),
+                    std::cmp::Ordering::Greater => assert_eq!(state, Some(GROUP_PENDING)),
+                    std::cmp::Ordering::Equal => assert!(state.is_some()),
+                }
+            }
+            // A restart reads the same plan back.
+            let json = serde_json::to_value(&d.status).unwrap();
+            let back: RolloutStatus = serde_json::from_value(json).unwrap();
+            assert_eq!(plan_of(&back), plan);
+            members_follow(&mut observed, &d);
+            confirmed =
+                (d.status.phase.as_deref() == Some(PHASE_WAITING_FOR_CONFIRM)).then_some("true");
+            let done = d.status.phase.as_deref() == Some(PHASE_COMPLETED);
+            previous = Some(d.status);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(
+            previous.unwrap().phase.as_deref(),
+            Some(PHASE_COMPLETED),
+            "{up:?} {batch:?} {units:?}"
+        );
+    }
+}
+
+fn arb_batch() -> impl Strategy<Value = PositiveIntOrPercent> {
+    prop_oneof![
+        (1..9i32).prop_map(|n| PositiveIntOrPercent(IntOrPercent::Int(n))),
+        (1..=100i32).prop_map(|p| PositiveIntOrPercent(IntOrPercent::Percent(format!("{p}%")))),
+    ]
+}
+
+proptest! {
+    /// For any units' work, upgrade type and batch size (a count or a percent), the plan made
+    /// again from the first status is the planner's.
+    #[test]
+    fn the_plan_of_a_fresh_status_is_the_planners(
+        w in arb_work(),
+        up in arb_upgrade(),
+        batch in arb_batch(),
+    ) {
+        let strategy = RolloutStrategy {
+            upgrade_type: up.clone(),
+            batch_size: batch,
+            ..RolloutStrategy::default()
+        };
+        let replicas: i32 = w.iter().map(|u| u.replicas).sum();
+        let d = simulated_step(&strategy, replicas, None, None, &observed_for(&w), &[]);
+        let expected = planned(&up, batch_size(&strategy, replicas), &w);
+        prop_assert_eq!(without_states(&plan_of(&d.status)), expected.clone());
+        prop_assert_eq!(d.status.total_batches, i32::try_from(expected.len()).unwrap());
+        prop_assert!(d.status.batches.len() <= 2);
+        for kept in &d.status.batches {
+            prop_assert_eq!(
+                &plan_of(&d.status)[usize::try_from(kept.index - 1).unwrap()],
+                kept
+            );
+        }
+    }
+}
+
+/// The plan is the one made when the rollout started: a batch size or upgrade type changed
+/// since changes nothing until the next rollout.
+#[test]
+fn a_strategy_changed_mid_rollout_keeps_the_plan_made() {
+    let strategy = simulated_strategy(UpgradeType::Beta, 4, true);
+    let mut units = old_units(5);
+    let d = simulated_step(&strategy, 10, None, None, &units, &[]);
+    let plan = without_states(&plan_of(&d.status));
+    assert_eq!(plan.len(), 3);
+    members_follow(&mut units, &d);
+    let changed = simulated_strategy(UpgradeType::Batch, 1, true);
+    let d = simulated_step(&changed, 10, None, Some(&d.status), &units, &[]);
+    assert_eq!(without_states(&plan_of(&d.status)), plan);
+    assert_eq!(d.status.total_batches, 3);
+    assert_eq!(d.status.batch_size, Some(4));
+    assert_eq!(d.status.upgrade_type, Some(UpgradeType::Beta));
+}
+
+/// A status an older hub wrote, every group in `batches` and no `upgradeType` or `batchSize`:
+/// its plan is that list, and the rollout goes on with it, kept whole.
+#[test]
+fn a_status_with_the_whole_plan_stored_is_read_as_before() {
+    let strategy = simulated_strategy(UpgradeType::Beta, 4, false);
+    let mut units = old_units(5);
+    let old: RolloutStatus = serde_json::from_value(serde_json::json!({
+        "phase": "Progressing", "revision": "new", "currentBatch": 0, "totalBatches": 3,
+        "batch": "0/3",
+        "batches": [
+            {"index": 1, "beta": true, "units": {"DCA": 1, "DCB": 1}, "state": "Pending"},
+            {"index": 2, "units": {"DCA": 2, "DCB": 2}, "state": "Pending"},
+            {"index": 3, "units": {"DCA": 2, "DCB": 2}, "state": "Pending"},
+        ],
+        "units": [
+            {"name": "DCA", "replicas": 5, "create": 0, "update": 5},
+            {"name": "DCB", "replicas": 5, "create": 0, "update": 5},
+        ],
+    }))
+    .unwrap();
+    assert_eq!(plan_of(&old), old.batches);
+    let mut previous = old;
+    for _ in 0..10 {
+        let d = simulated_step(&strategy, 10, None, Some(&previous), &units, &[]);
+        assert_eq!(d.status.batches.len(), 3, "kept whole");
+        assert_eq!(d.status.upgrade_type, None);
+        members_follow(&mut units, &d);
+        previous = d.status;
+        if previous.phase.as_deref() == Some(PHASE_COMPLETED) {
+            break;
+        }
+    }
+    assert_eq!(previous.phase.as_deref(), Some(PHASE_COMPLETED));
+    assert!(
+        previous
+            .batches
+            .iter()
+            .all(|b| b.state.as_deref() == Some(GROUP_COMPLETED))
+    );
+}
+
+/// A status that would make an absurd plan (written by hand) is read as it is stored, not
+/// made again.
+#[test]
+fn a_hand_written_status_of_too_many_groups_is_not_made_again() {
+    let status = RolloutStatus {
+        upgrade_type: Some(UpgradeType::Batch),
+        batch_size: Some(1),
+        units: vec![RolloutUnit {
+            name: "DCA".into(),
+            replicas: i32::MAX,
+            create: i32::MAX,
+            update: i32::MAX,
+            done: 0,
+        }],
+        ..RolloutStatus::default()
+    };
+    assert!(plan_of(&status).is_empty());
 }
