@@ -350,11 +350,13 @@ fn list(
         }
         None => None,
     };
-    let (objects, rv, compacted) = cluster
+    // Judged against the continue floor, not the watch history: a real API server serves a
+    // continue token from etcd until etcd compacts, however short its watch cache's window.
+    let (objects, rv, continue_floor) = cluster
         .store
-        .read(|s| (s.list(&rt.storage, ns), s.rv(), s.compacted()));
+        .read(|s| (s.list(&rt.storage, ns), s.rv(), s.continue_floor()));
     if let Some(c) = &cont
-        && c.rv < compacted
+        && c.rv < continue_floor
     {
         return Err(ApiError::expired(
             "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",

@@ -122,6 +122,11 @@ pub async fn start(
     ));
     tokio::spawn(crate::scheduler::run(store.clone(), shutdown.clone()));
     tokio::spawn(crate::kubelet::run(store.clone(), timing, shutdown.clone()));
+    tokio::spawn(crate::store::run_trimmer(
+        store.clone(),
+        crate::store::TRIM_EVERY,
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::gc::run(store, shutdown.clone()));
     tokio::spawn(crate::auth::run_controllers(
         cluster.clone(),

@@ -177,6 +177,57 @@ async fn watch_honours_timeout_seconds() {
 }
 
 #[tokio::test]
+async fn trimmed_history_expires_watches_but_not_continue_tokens() {
+    let sim = start().await;
+    let c = client(&sim, "dca").await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(c);
+    for i in 0..3 {
+        cms.create(&PostParams::default(), &cm(&format!("p{i}")))
+            .await
+            .unwrap();
+    }
+    let page = cms.list(&ListParams::default().limit(1)).await.unwrap();
+    let token = page.metadata.continue_.expect("a continue token");
+    let listed_at = page.metadata.resource_version.unwrap();
+    // More changes than the history keeps however old (at least 100, 3 per live object), then
+    // 75 s pass.
+    let store = &sim.cluster("dca").unwrap().store;
+    store.write(|s| {
+        let storage = s.registry.core("configmaps").storage.clone();
+        for i in 0..cafe_sim::store::HISTORY_FLOOR + 4 * s.live() {
+            s.put(
+                &storage,
+                json!({"metadata": {"name": "churn", "namespace": "kube-system"}, "data": {"i": i.to_string()}}),
+            );
+        }
+    });
+    assert!(store.trim_history(std::time::Instant::now() + Duration::from_secs(76)) > 0);
+    // Watching from the list's revision: 410 Expired, as from beyond a watch cache's window.
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(5), &listed_at)
+        .await
+        .expect("HTTP 200: the error comes inside the stream")
+        .boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected an ERROR event, got {other:?}"),
+    }
+    // The continue token is served as etcd would until it compacts.
+    let next = cms
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .expect("the continue token outlives the watch history");
+    assert_eq!(next.items[0].metadata.name.as_deref(), Some("p1"));
+    store.write(|s| s.compact());
+    let err = api_err(
+        cms.list(&ListParams::default().limit(1).continue_token(&token))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (410, "Expired"));
+}
+
+#[tokio::test]
 async fn too_old_resource_version_is_an_in_stream_410() {
     let sim = start().await;
     let c = client(&sim, "dca").await;
