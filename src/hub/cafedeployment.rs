@@ -118,6 +118,15 @@ struct StatusWrite {
 }
 
 /// Runs the CafeDeployment controller until `shutdown`; member events arrive through `triggers`.
+/// Reconciles at once, at most: each holds API connections (a rollout step writes to several
+/// members), and the client keeps every connection it opened idle for a while, so unbounded
+/// concurrency after 1,000 CafeDeployments were created held ~900 TLS connections and ~100 MiB.
+const RECONCILE_CONCURRENCY: u16 = 16;
+
+fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
+}
+
 pub async fn run(
     client: kube::Client,
     members: Store<MemberCluster>,
@@ -152,6 +161,7 @@ pub async fn run(
         .inspect_ok(move |event| readiness.observe(CAFEDEPLOYMENTS_WATCH, event))
         .applied_objects();
     Controller::for_stream(stream, store)
+        .with_config(controller_config())
         .reconcile_on(triggers.one)
         .reconcile_all_on(triggers.all)
         .reconcile_all_on(gained)
