@@ -180,6 +180,22 @@ async fn install(client: &kube::Client, part: Part) {
     }
 }
 
+/// Creates `object`, retrying for up to a minute while its CRD is not served yet.
+async fn create_when_served<K>(api: &Api<K>, object: &K)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let started = Instant::now();
+    while let Err(e) = api.create(&PostParams::default(), object).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "creating {:?}: {e}",
+            object.meta().name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn sim_config(members: &[(&str, &str)], pods_per_node: u32) -> String {
     let mut config = String::from("kubelet: {startMillis: 50, restartMillis: 50}\nclusters:\n");
     if members.len() > 1 {
@@ -292,16 +308,7 @@ async fn fleet(scenario: &str, count: usize, replicas: usize, idle: bool) {
 
     let api: Api<CafeDeployment> = Api::default_namespaced(hub.clone());
     for i in 0..count {
-        let cd = cafedeployment(&format!("cd-{i}"), replicas);
-        let created = Instant::now();
-        // The CRD needs a moment to be served.
-        while let Err(e) = api.create(&PostParams::default(), &cd).await {
-            assert!(
-                created.elapsed() < Duration::from_secs(60),
-                "creating cd-{i}: {e}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        create_when_served(&api, &cafedeployment(&format!("cd-{i}"), replicas)).await;
     }
     let deadline = Duration::from_secs(600 + (count * replicas) as u64 / 10);
     let converged = wait_all("CafeDeployments available", deadline, || async {
@@ -357,14 +364,7 @@ async fn member_alone(scenario: &str, pods: usize) {
     }))
     .expect("an InPlaceSet");
     let sets: Api<InPlaceSet> = Api::default_namespaced(member.clone());
-    let created = Instant::now();
-    while let Err(e) = sets.create(&PostParams::default(), &set).await {
-        assert!(
-            created.elapsed() < Duration::from_secs(60),
-            "creating the InPlaceSet: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    create_when_served(&sets, &set).await;
     let ready = wait_all("pods ready", Duration::from_secs(1200), || async {
         let ready = sets
             .get_status("fleet")
