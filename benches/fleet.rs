@@ -16,7 +16,10 @@
 //! Each prints one Markdown row: the time until every CafeDeployment has all its replicas
 //! available, each process' peak and current RSS, and the simulator's RSS per 1,000 live pods.
 //!
-//! Run: `cargo bench --bench fleet -- SCENARIO` (default `small`).
+//! Run: `cargo bench --bench fleet -- SCENARIO` (default `small`). To see where a controller's
+//! memory goes, `FLEET_WRAP="heaptrack -o /tmp/{name}"` runs every process under that command,
+//! `{name}` replaced by the process' name (`sim`, `hub`, `member-dca`, ...), or only those named
+//! in `FLEET_WRAP_ONLY=sim,hub`; the RSS figures then are the profiler's, not cafe's.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -34,7 +37,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
-/// One process of the fleet, killed when dropped.
+/// One process of the fleet, killed when dropped with its children (cafe itself, when a
+/// profiler wraps it).
 struct Proc {
     name: String,
     child: Child,
@@ -42,6 +46,9 @@ struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -91,9 +98,20 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn cafe(args: &[&str], log: &Path) -> Child {
+/// `cafe ARGS`, run by `wrapper` (a profiler, say) when given.
+fn cafe_wrapped(wrapper: Option<&str>, args: &[&str], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_cafe"))
+    // Split on whitespace: a profiler's command line needs no quoting.
+    let words: Vec<&str> = wrapper.unwrap_or_default().split_whitespace().collect();
+    let mut command = match words.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_cafe"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_cafe")),
+    };
+    command
         .args(args)
         .stdout(Stdio::piped())
         .stderr(log)
@@ -101,11 +119,24 @@ fn cafe(args: &[&str], log: &Path) -> Child {
         .expect("cafe starts")
 }
 
+/// The `FLEET_WRAP` command for process `name`, unless `FLEET_WRAP_ONLY` (a comma-separated list
+/// of names) leaves it out.
+fn wrapper_for(name: &str) -> Option<String> {
+    let only = std::env::var("FLEET_WRAP_ONLY").ok();
+    if only.is_some_and(|only| !only.split(',').any(|n| n.trim() == name)) {
+        return None;
+    }
+    std::env::var("FLEET_WRAP")
+        .ok()
+        .map(|w| w.replace("{name}", name))
+}
+
 /// `cafe sim` with `config`, once it printed its `ready` line.
 fn start_sim(dir: &Path, config: &str) -> Proc {
     let file = dir.join("sim.yaml");
     std::fs::write(&file, config).expect("sim config");
-    let mut child = cafe(
+    let mut child = cafe_wrapped(
+        wrapper_for("sim").as_deref(),
         &[
             "sim",
             "--config",
@@ -134,7 +165,13 @@ fn start_sim(dir: &Path, config: &str) -> Proc {
 
 fn start_controller(dir: &Path, part: &str, context: &str) -> Proc {
     let kubeconfig = dir.join("kubeconfig");
-    let child = cafe(
+    let file_name = if part == "hub" {
+        part.to_string()
+    } else {
+        format!("{part}-{context}")
+    };
+    let child = cafe_wrapped(
+        wrapper_for(&file_name).as_deref(),
         &[
             part,
             "--kubeconfig",
@@ -230,9 +267,9 @@ fn cafedeployment(name: &str, replicas: usize) -> CafeDeployment {
     .expect("a CafeDeployment")
 }
 
-/// Polls `done` (returning (done, total) counts) every 2 s until it reports all done; says
+/// Polls `done` (returning (done, total) counts) every `every` until it reports all done; says
 /// where it is every 15 s; panics after `deadline`.
-async fn wait_all<F, Fut>(what: &str, deadline: Duration, mut done: F) -> Duration
+async fn wait_all<F, Fut>(what: &str, every: Duration, deadline: Duration, mut done: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = (usize, usize)>,
@@ -255,7 +292,7 @@ where
             );
             said = Instant::now();
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -307,11 +344,16 @@ async fn fleet(scenario: &str, count: usize, replicas: usize, idle: bool) {
     let hub_proc = start_controller(&dir, "hub", "hub");
 
     let api: Api<CafeDeployment> = Api::default_namespaced(hub.clone());
+    let creating = Instant::now();
     for i in 0..count {
         create_when_served(&api, &cafedeployment(&format!("cd-{i}"), replicas)).await;
     }
+    let created = creating.elapsed();
     let deadline = Duration::from_secs(600 + (count * replicas) as u64 / 10);
-    let converged = wait_all("CafeDeployments available", deadline, || async {
+    // Each poll lists every CafeDeployment: at 10,000 that is tens of MB the simulator encodes,
+    // so the poll slows with the fleet instead of loading the machine it measures.
+    let every = Duration::from_secs((count as u64 / 500).max(2));
+    let converged = wait_all("CafeDeployments available", every, deadline, || async {
         let list = api.list(&ListParams::default()).await.map(|l| l.items);
         let done = list.as_deref().unwrap_or_default().iter().filter(|cd| {
             cd.status
@@ -327,7 +369,8 @@ async fn fleet(scenario: &str, count: usize, replicas: usize, idle: bool) {
     let pods = count * replicas;
     let (_, sim_now) = sim.rss_mib();
     println!(
-        "| {scenario} | {count} x {replicas} | {pods} | {:.0} s | {} | {:.0} MiB |",
+        "| {scenario} | {count} x {replicas} | {pods} | {:.0} s | {:.0} s | {} | {:.0} MiB |",
+        created.as_secs_f64(),
         converged.as_secs_f64(),
         rss_cells(&procs),
         sim_now / (pods as f64 / 1000.0)
@@ -365,15 +408,20 @@ async fn member_alone(scenario: &str, pods: usize) {
     .expect("an InPlaceSet");
     let sets: Api<InPlaceSet> = Api::default_namespaced(member.clone());
     create_when_served(&sets, &set).await;
-    let ready = wait_all("pods ready", Duration::from_secs(1200), || async {
-        let ready = sets
-            .get_status("fleet")
-            .await
-            .ok()
-            .and_then(|s| s.status)
-            .map_or(0, |s| s.ready_replicas as usize);
-        (ready.min(pods), pods)
-    })
+    let ready = wait_all(
+        "pods ready",
+        Duration::from_secs(2),
+        Duration::from_secs(1200),
+        || async {
+            let ready = sets
+                .get_status("fleet")
+                .await
+                .ok()
+                .and_then(|s| s.status)
+                .map_or(0, |s| s.ready_replicas as usize);
+            (ready.min(pods), pods)
+        },
+    )
     .await;
     let (_, sim_now) = sim.rss_mib();
     println!(
@@ -406,9 +454,9 @@ async fn main() {
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "small".into());
     println!(
-        "| scenario | CafeDeployments x replicas | pods | all available | RSS (peak, now) | sim RSS / 1,000 pods |"
+        "| scenario | CafeDeployments x replicas | pods | created in | all available after the last | RSS (peak, now) | sim RSS / 1,000 pods |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     if chosen == "all" {
         for name in ["small", "wide", "many", "idle", "member10k", "huge"] {
             scenario(name).await;

@@ -24,6 +24,7 @@ use serde_json::json;
 
 #[tokio::main]
 async fn main() {
+    common::quiet_logs();
     let n: usize = std::env::var("CDS")
         .ok()
         .and_then(|v| v.parse().ok())

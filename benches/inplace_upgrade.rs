@@ -247,6 +247,7 @@ clusters:
 
 #[tokio::main]
 async fn main() {
+    common::quiet_logs();
     let pods_n = env_or("PODS", 200);
     let max_unavailable = env_or("MAX_UNAVAILABLE", 20);
     let in_place = upgrade("InPlaceIfPossible", pods_n, max_unavailable).await;

@@ -268,6 +268,53 @@ pub fn collect_dependents(inner: &mut Inner, gone: &Value) {
     release_foreground_owners(inner);
 }
 
+/// An object created naming only owners that do not exist (deleted while the creator still
+/// held a stale cache, say) is deleted in the background, as Kubernetes' garbage collector does
+/// once it has looked the owners up. An owner of a kind this server does not serve is assumed
+/// to exist (the collector cannot look it up either).
+pub fn collect_if_orphaned(inner: &mut Inner, rt: &ResourceType, created: &Value) {
+    let Some(refs) = created
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    if refs.is_empty() || refs.iter().any(|r| owner_exists(inner, created, r)) {
+        return;
+    }
+    let _ = delete(
+        inner,
+        rt,
+        meta_str(created, "namespace"),
+        meta_str(created, "name"),
+        &DeleteOptions::default(),
+    );
+}
+
+fn owner_exists(inner: &Inner, dependent: &Value, owner: &Value) -> bool {
+    let field = |k: &str| owner.get(k).and_then(Value::as_str).unwrap_or_default();
+    let group = field("apiVersion")
+        .rsplit_once('/')
+        .map_or("", |(group, _)| group);
+    let Some(owner_type) = inner
+        .registry
+        .all()
+        .iter()
+        .find(|t| t.kind == field("kind") && t.group == group)
+        .cloned()
+    else {
+        return true;
+    };
+    let namespace = if owner_type.namespaced {
+        meta_str(dependent, "namespace")
+    } else {
+        ""
+    };
+    inner
+        .get(&owner_type.storage, namespace, field("name"))
+        .is_some_and(|o| meta_str(&o, "uid") == field("uid"))
+}
+
 fn uid_exists(inner: &Inner, uid: &str) -> bool {
     let storages: Vec<String> = inner.storages().cloned().collect();
     storages.iter().any(|s| {

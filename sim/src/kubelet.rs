@@ -1108,9 +1108,9 @@ impl Kubelet {
             self.cursor = last.rv;
             for change in &batch {
                 if change.storage == self.pods_storage {
-                    self.apply_pod(change.kind, &change.object, change.rv);
+                    self.apply_pod(change.kind, &change.object(), change.rv);
                 } else if change.storage == self.nodes_storage {
-                    self.apply_node(change.kind, &change.object);
+                    self.apply_node(change.kind, &change.object());
                 }
             }
         }

@@ -658,9 +658,9 @@ impl Scheduler {
             self.cursor = last.rv;
             for change in &batch {
                 if change.storage == self.pods_storage {
-                    self.apply_pod(change.kind, &change.object);
+                    self.apply_pod(change.kind, &change.object());
                 } else if change.storage == self.nodes_storage {
-                    self.apply_node(change.kind, &change.object);
+                    self.apply_node(change.kind, &change.object());
                 }
             }
         }

@@ -45,14 +45,86 @@ pub struct Change {
     pub rv: u64,
     pub storage: String,
     pub kind: ChangeKind,
-    pub object: Obj,
-    pub previous: Option<Obj>,
+    object: Version,
+    previous: Option<Version>,
     /// The watch event line for this change as most watchers send it (full object, same event
     /// type), encoded once and shared: with many watchers, encoding dominates the cost.
     pub encoded: std::sync::OnceLock<bytes::Bytes>,
     /// When the change was recorded (for trimming by age).
     pub at: Instant,
 }
+
+/// An object version a change carries: the decoded object while it is recent (watchers and the
+/// simulated kubelet and scheduler read it within milliseconds) or the current one anyway, its
+/// JSON once [`FREEZE_AFTER`] has passed and a newer version replaced it. A decoded object is
+/// several times its JSON in memory, and the history holds up to 75 s of writes: kept decoded,
+/// the versions dominated the simulator's memory (1 GB at 1,000 CafeDeployments).
+#[derive(Debug, Clone)]
+enum Version {
+    Decoded(Obj),
+    Json(bytes::Bytes),
+}
+
+impl Version {
+    fn object(&self) -> Obj {
+        match self {
+            Version::Decoded(o) => o.clone(),
+            // Written by `serde_json::to_vec` of a Value: it decodes.
+            Version::Json(b) => Arc::new(serde_json::from_slice(b).unwrap_or(Value::Null)),
+        }
+    }
+
+    fn is_json(&self) -> bool {
+        matches!(self, Version::Json(_))
+    }
+}
+
+impl Change {
+    /// The object as of this change.
+    pub fn object(&self) -> Obj {
+        self.object.object()
+    }
+
+    /// The object before this change (none for an addition).
+    pub fn previous(&self) -> Option<Obj> {
+        self.previous.as_ref().map(Version::object)
+    }
+
+    /// The object's JSON when the change keeps only that: a watch line is built from it without
+    /// decoding and encoding again.
+    pub fn object_json(&self) -> Option<&bytes::Bytes> {
+        match &self.object {
+            Version::Json(b) => Some(b),
+            Version::Decoded(_) => None,
+        }
+    }
+
+    fn frozen(&self) -> bool {
+        self.object.is_json() && self.previous.as_ref().is_none_or(Version::is_json)
+    }
+
+    /// The changed object's (namespace, name).
+    fn key(&self) -> ObjKey {
+        match (&self.object, &self.previous) {
+            (Version::Decoded(o), _) | (_, Some(Version::Decoded(o))) => key_of(o),
+            _ => key_of(&self.object()),
+        }
+    }
+}
+
+/// An object version's JSON.
+fn encode(object: &Value) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(object).unwrap_or_default())
+}
+
+/// The resourceVersion an object version was written at.
+fn written_at(object: &Value) -> Option<u64> {
+    meta_str(object, "resourceVersion").parse().ok()
+}
+
+/// How long a change keeps its objects decoded before [`Store::freeze_history`] keeps only
+/// their JSON (unless the object is still the current one).
+pub const FREEZE_AFTER: Duration = Duration::from_secs(2);
 
 /// How much change history watches can resume from. Mirrors the API server's watch cache, which
 /// keeps every event of the last `eventFreshDuration` (75 s) and otherwise a capacity between a
@@ -127,6 +199,10 @@ pub struct Inner {
     /// [`Inner::compact`] moves it (etcd compaction), not trimming the watch history.
     continue_floor: u64,
     limits: HistoryLimits,
+    /// Per (storage, key), the JSON of the newest version [`Store::freeze_history`] encoded and
+    /// its resourceVersion: the next change of that object carries the same version as its
+    /// `previous`, which then shares these bytes instead of encoding them again.
+    frozen_last: HashMap<(String, ObjKey), (u64, bytes::Bytes)>,
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -217,8 +293,8 @@ impl Inner {
             rv,
             storage: storage.to_string(),
             kind,
-            object: obj.clone(),
-            previous,
+            object: Version::Decoded(obj.clone()),
+            previous: previous.map(Version::Decoded),
             encoded: Default::default(),
             at: Instant::now(),
         });
@@ -243,8 +319,8 @@ impl Inner {
             rv,
             storage: storage.to_string(),
             kind: ChangeKind::Deleted,
-            object: gone.clone(),
-            previous: Some(previous),
+            object: Version::Decoded(gone.clone()),
+            previous: Some(Version::Decoded(previous)),
             encoded: Default::default(),
             at: Instant::now(),
         });
@@ -299,6 +375,7 @@ impl Inner {
     /// watches and for list continue tokens alike.
     pub fn compact(&mut self) {
         self.history.clear();
+        self.frozen_last.clear();
         self.compacted = self.rv;
         self.continue_floor = self.rv;
     }
@@ -331,6 +408,7 @@ impl Store {
                 compacted: 0,
                 continue_floor: 0,
                 limits,
+                frozen_last: HashMap::new(),
             }),
             changed,
         }
@@ -368,6 +446,105 @@ impl Store {
     pub fn registry(&self) -> Registry {
         self.inner.lock().registry.clone()
     }
+
+    /// Keeps only the JSON of the object versions that changes older than [`FREEZE_AFTER`]
+    /// carry, except an object's current version (the store holds it anyway). The next change
+    /// of an object shares the bytes of the version before it. Encoding happens outside the
+    /// lock; returns how many changes it froze.
+    pub fn freeze_history(&self, now: Instant) -> usize {
+        type Key = (String, ObjKey);
+        // The changes to freeze, whether each one's object is current, and the JSON already
+        // kept of their objects' last frozen versions.
+        let (candidates, mut last) = {
+            let inner = self.inner.lock();
+            let mut candidates = vec![];
+            let mut last: HashMap<Key, (u64, bytes::Bytes)> = HashMap::new();
+            for c in &inner.history {
+                if now.saturating_duration_since(c.at) < FREEZE_AFTER {
+                    break;
+                }
+                if c.frozen() {
+                    continue;
+                }
+                let key = (c.storage.clone(), c.key());
+                let current = match &c.object {
+                    Version::Decoded(o) => inner
+                        .objects
+                        .get(&c.storage)
+                        .and_then(|m| m.get(&key.1))
+                        .is_some_and(|live| Arc::ptr_eq(live, o)),
+                    Version::Json(_) => false,
+                };
+                if current && c.previous.as_ref().is_none_or(Version::is_json) {
+                    // Nothing to freeze until a newer version replaces this one.
+                    continue;
+                }
+                if let Some(kept) = inner.frozen_last.get(&key) {
+                    last.entry(key.clone()).or_insert_with(|| kept.clone());
+                }
+                candidates.push((c.clone(), key, current));
+            }
+            (candidates, last)
+        };
+        if candidates.is_empty() {
+            return 0;
+        }
+        let mut frozen = Vec::with_capacity(candidates.len());
+        for (old, key, current) in candidates {
+            let previous = old.previous.as_ref().map(|p| match p {
+                Version::Json(b) => Version::Json(b.clone()),
+                Version::Decoded(o) => match last.get(&key) {
+                    Some((rv, b)) if Some(*rv) == written_at(o) => Version::Json(b.clone()),
+                    _ => Version::Json(encode(o)),
+                },
+            });
+            let object = match &old.object {
+                Version::Decoded(_) if current => old.object.clone(),
+                Version::Decoded(o) => {
+                    let b = encode(o);
+                    last.insert(key, (old.rv, b.clone()));
+                    Version::Json(b)
+                }
+                Version::Json(b) => Version::Json(b.clone()),
+            };
+            let new = Arc::new(Change {
+                rv: old.rv,
+                storage: old.storage.clone(),
+                kind: old.kind,
+                object,
+                previous,
+                // Rebuilt from the JSON when a watcher replays this change.
+                encoded: Default::default(),
+                at: old.at,
+            });
+            frozen.push((old, new));
+        }
+        let mut replaced = Vec::with_capacity(frozen.len());
+        {
+            let mut inner = self.inner.lock();
+            for (old, new) in frozen {
+                let i = inner.history.partition_point(|c| c.rv < old.rv);
+                if let Some(slot) = inner.history.get_mut(i)
+                    && Arc::ptr_eq(slot, &old)
+                {
+                    replaced.push(std::mem::replace(slot, new));
+                }
+            }
+            for (key, (rv, b)) in last {
+                let newer = inner
+                    .frozen_last
+                    .get(&key)
+                    .is_none_or(|(kept, _)| *kept < rv);
+                if newer {
+                    inner.frozen_last.insert(key, (rv, b));
+                }
+            }
+            let compacted = inner.compacted;
+            inner.frozen_last.retain(|_, (rv, _)| *rv > compacted);
+        }
+        // The decoded versions are freed here, outside the lock.
+        replaced.len()
+    }
 }
 
 /// Trims the store's history every `period` ([`TRIM_EVERY`] in a cluster) until `shutdown`:
@@ -382,6 +559,13 @@ pub async fn run_trimmer(store: Arc<Store>, period: Duration, shutdown: Cancella
                 let dropped = store.trim_history(Instant::now());
                 if dropped > 0 {
                     tracing::debug!(dropped, "store: trimmed change history");
+                }
+                let freezing = store.clone();
+                let frozen = tokio::task::spawn_blocking(move || freezing.freeze_history(Instant::now()))
+                    .await
+                    .unwrap_or(0);
+                if frozen > 0 {
+                    tracing::debug!(frozen, "store: kept only the JSON of older versions");
                 }
             }
         }
@@ -422,6 +606,82 @@ mod tests {
 
     fn pod(name: &str, generation: u64) -> Value {
         json!({"metadata": {"name": name, "namespace": "x"}, "spec": {"n": generation}})
+    }
+
+    fn json_of(v: Option<&Version>) -> Option<bytes::Bytes> {
+        match v {
+            Some(Version::Json(b)) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    /// Older versions keep only their JSON, read back as they were; the current version stays
+    /// decoded; a change's previous version shares the bytes of the change that wrote it.
+    #[test]
+    fn older_versions_keep_only_their_json_and_read_back_the_same() {
+        let store = Store::new(Registry::with_builtins());
+        for i in 0..3 {
+            store.write(|s| s.put("/pods", pod("a", i)));
+        }
+        store.write(|s| s.put("/pods", pod("b", 0)));
+        let versions = |store: &Store| -> Vec<(Value, Option<Value>)> {
+            store.read(|s| {
+                s.changes_since(0, 100)
+                    .unwrap()
+                    .iter()
+                    .map(|c| ((*c.object()).clone(), c.previous().map(|p| (*p).clone())))
+                    .collect()
+            })
+        };
+        let before = versions(&store);
+        assert_eq!(store.freeze_history(Instant::now()), 0, "too recent");
+        let later = Instant::now() + FREEZE_AFTER;
+        // a0 and a1 whole, a2's previous; b0 is current with nothing before it.
+        assert_eq!(store.freeze_history(later), 3);
+        assert_eq!(versions(&store), before);
+        assert_eq!(store.freeze_history(later), 0, "nothing left to freeze");
+        let changes = store.read(|s| s.changes_since(0, 100).unwrap());
+        let (a0, a1, a2, b0) = (&changes[0], &changes[1], &changes[2], &changes[3]);
+        assert!(a0.frozen() && a1.frozen());
+        let shared = |of: &Change, previous_of: &Change| {
+            let (x, y) = (
+                json_of(Some(&of.object)).unwrap(),
+                json_of(previous_of.previous.as_ref()).unwrap(),
+            );
+            x.as_ptr() == y.as_ptr()
+        };
+        assert!(
+            shared(a0, a1) && shared(a1, a2),
+            "previous versions share their bytes"
+        );
+        assert!(
+            matches!(a2.object, Version::Decoded(_)),
+            "a's current version"
+        );
+        assert!(
+            matches!(b0.object, Version::Decoded(_)),
+            "b's current version"
+        );
+        assert_eq!(
+            a0.object_json()
+                .map(|j| serde_json::from_slice::<Value>(j).unwrap()),
+            Some(before[0].0.clone())
+        );
+
+        // A newer version of a: a2 freezes, and a3's previous shares its bytes.
+        store.write(|s| s.put("/pods", pod("a", 3)));
+        let before = versions(&store);
+        assert_eq!(store.freeze_history(Instant::now() + FREEZE_AFTER), 2);
+        assert_eq!(versions(&store), before);
+        let changes = store.read(|s| s.changes_since(0, 100).unwrap());
+        assert!(shared(&changes[2], &changes[4]));
+        // A deletion freezes too, its previous shared with the version it removed.
+        store.write(|s| s.remove("/pods", "x", "a"));
+        let before = versions(&store);
+        assert_eq!(store.freeze_history(Instant::now() + FREEZE_AFTER), 2);
+        assert_eq!(versions(&store), before);
+        let changes = store.read(|s| s.changes_since(0, 100).unwrap());
+        assert!(changes[5].frozen() && shared(&changes[4], &changes[5]));
     }
 
     #[test]

@@ -97,8 +97,7 @@ impl WatchRequest {
             .to_string(),
             None => obj.to_string(),
         };
-        // Written by hand so the object is serialised once, not cloned into a wrapper first.
-        Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{object}}}\n"))
+        event_line(kind, object.as_bytes())
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
@@ -165,18 +164,19 @@ pub async fn run(cluster: Arc<Cluster>, w: WatchRequest, tx: mpsc::Sender<Bytes>
             if change.storage != w.rt.storage {
                 continue;
             }
-            let Some((kind, obj)) =
-                translate(&w, change.kind, &change.object, change.previous.as_ref())
+            let previous = change.previous();
+            let Some((kind, obj)) = translate(&w, change.kind, &change.object(), previous.as_ref())
             else {
                 continue;
             };
             let shareable = w.table.is_none()
                 && kind == change.kind.as_str()
                 && w.rt.conversion == Conversion::None;
-            let line = if shareable {
-                change.encoded.get_or_init(|| w.event(kind, &obj)).clone()
-            } else {
-                w.event(kind, &obj)
+            let line = match change.object_json() {
+                // A replay of an older change: its JSON is all it keeps.
+                Some(json) if shareable => event_line(kind, json),
+                _ if shareable => change.encoded.get_or_init(|| w.event(kind, &obj)).clone(),
+                _ => w.event(kind, &obj),
             };
             if tx.send(line).await.is_err() {
                 return;
@@ -214,6 +214,17 @@ pub async fn run(cluster: Arc<Cluster>, w: WatchRequest, tx: mpsc::Sender<Bytes>
             _ = tx.closed() => return,
         }
     }
+}
+
+/// A watch event line around an object's JSON. Written by hand so the object is serialised
+/// once, not cloned into a wrapper first.
+fn event_line(kind: &str, object: &[u8]) -> Bytes {
+    let head = format!("{{\"type\":\"{kind}\",\"object\":");
+    let mut line = Vec::with_capacity(head.len() + object.len() + 2);
+    line.extend_from_slice(head.as_bytes());
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }
 
 /// A store change as this watch sees it: objects moving in or out of the selection become

@@ -262,6 +262,7 @@ fn create_with(
     }
     let stored = inner.put(&rt.storage, stored);
     kinds::after_write(inner, rt, &stored)?;
+    crate::delete::collect_if_orphaned(inner, rt, &stored);
     Ok(served(rt, stored))
 }
 

@@ -22,6 +22,19 @@ fn api_err(e: kube::Error) -> Status {
     }
 }
 
+/// The resourceVersion a list of `api` is served at now.
+async fn list_revision<K>(api: &Api<K>) -> String
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+}
+
 fn cm(name: &str) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}})).unwrap()
 }
@@ -130,13 +143,7 @@ async fn watch_from_zero_starts_with_synthetic_added_and_bookmarks_carry_kind() 
         other => panic!("expected ADDED, got {other:?}"),
     }
     // Bookmarks: a typed Api parses them only if kind/apiVersion are present.
-    let rv = cms
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let rv = list_revision(&cms).await;
     let mut bm = cms
         .watch(&WatchParams::default().timeout(8), &rv)
         .await
@@ -157,13 +164,7 @@ async fn watch_honours_timeout_seconds() {
     let sim = start().await;
     let c = client(&sim, "dca").await;
     let cms: Api<ConfigMap> = Api::default_namespaced(c);
-    let rv = cms
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let rv = list_revision(&cms).await;
     let started = std::time::Instant::now();
     let stream = cms
         .watch(&WatchParams::default().timeout(1), &rv)
@@ -174,6 +175,83 @@ async fn watch_honours_timeout_seconds() {
         .expect("the stream ends by itself");
     assert!(events.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+/// A watch resumed from an older revision, after the store kept only the JSON of those
+/// versions, gets the same events as one that saw them live: a selector sees objects enter
+/// (ADDED) and leave (DELETED) it, and each event carries the version of its change.
+#[tokio::test]
+async fn a_watch_resumed_over_versions_kept_as_json_gets_the_same_events() {
+    let sim = start().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client(&sim, "dca").await);
+    let from = list_revision(&cms).await;
+    let labelled = |name: &str, color: &str, n: i32| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"color": color}},
+            "data": {"n": n.to_string()},
+        }))
+        .unwrap()
+    };
+    cms.create(&PostParams::default(), &labelled("a", "red", 0))
+        .await
+        .unwrap();
+    for (color, n) in [("red", 1), ("red", 2), ("blue", 3), ("red", 4)] {
+        cms.replace("a", &PostParams::default(), &labelled("a", color, n))
+            .await
+            .unwrap();
+    }
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+
+    let events = |frozen: bool| {
+        let cms = cms.clone();
+        let from = from.clone();
+        let store = sim.cluster("dca").unwrap().store.clone();
+        async move {
+            if frozen {
+                let later = std::time::Instant::now() + cafe_sim::store::FREEZE_AFTER;
+                assert!(
+                    store.freeze_history(later) > 0,
+                    "older versions kept as JSON"
+                );
+            }
+            let params = WatchParams::default().labels("color=red").timeout(1);
+            let stream = cms.watch(&params, &from).await.unwrap().boxed();
+            let seen: Vec<(String, String)> = stream
+                .try_filter_map(|e| async move {
+                    Ok(match e {
+                        WatchEvent::Added(c) => {
+                            Some(("ADDED".to_string(), c.data.unwrap()["n"].clone()))
+                        }
+                        WatchEvent::Modified(c) => {
+                            Some(("MODIFIED".to_string(), c.data.unwrap()["n"].clone()))
+                        }
+                        WatchEvent::Deleted(c) => {
+                            Some(("DELETED".to_string(), c.data.unwrap()["n"].clone()))
+                        }
+                        _ => None,
+                    })
+                })
+                .try_collect()
+                .await
+                .unwrap();
+            seen
+        }
+    };
+    let live = events(false).await;
+    let replayed = events(true).await;
+    let expected: Vec<(String, String)> = [
+        ("ADDED", "0"),
+        ("MODIFIED", "1"),
+        ("MODIFIED", "2"),
+        ("DELETED", "3"),
+        ("ADDED", "4"),
+        ("DELETED", "4"),
+    ]
+    .iter()
+    .map(|(k, n)| (k.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(live, expected);
+    assert_eq!(replayed, expected);
 }
 
 #[tokio::test]
@@ -596,8 +674,24 @@ async fn pagination_and_selectors() {
     assert_eq!(one.items.len(), 1);
 }
 
-#[tokio::test]
-async fn owner_references_are_garbage_collected() {
+/// ConfigMap `name`, owned by ConfigMap `owner` with `uid`.
+fn owned_by(name: &str, uid: &str) -> ConfigMap {
+    let mut dep = cm(name);
+    dep.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: uid.into(),
+            ..Default::default()
+        },
+    ]);
+    dep
+}
+
+/// A simulator, the ConfigMaps of `dca`'s default namespace, and the uid of ConfigMap `owner`
+/// created there.
+async fn with_owner() -> (cafe_sim::sim::Sim, Api<ConfigMap>, String) {
     let sim = start().await;
     let c = client(&sim, "dca").await;
     let cms: Api<ConfigMap> = Api::default_namespaced(c);
@@ -605,16 +699,14 @@ async fn owner_references_are_garbage_collected() {
         .create(&PostParams::default(), &cm("owner"))
         .await
         .unwrap();
-    let mut dep = cm("dependent");
-    dep.metadata.owner_references = Some(vec![
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            name: "owner".into(),
-            uid: owner.metadata.uid.clone().unwrap(),
-            ..Default::default()
-        },
-    ]);
+    let uid = owner.metadata.uid.clone().unwrap();
+    (sim, cms, uid)
+}
+
+#[tokio::test]
+async fn owner_references_are_garbage_collected() {
+    let (_sim, cms, owner_uid) = with_owner().await;
+    let dep = owned_by("dependent", &owner_uid);
     cms.create(&PostParams::default(), &dep).await.unwrap();
     cms.delete("owner", &DeleteParams::default()).await.unwrap();
     wait_for("dependent collected", Duration::from_secs(5), || {
@@ -628,6 +720,25 @@ async fn owner_references_are_garbage_collected() {
         }
     })
     .await;
+}
+
+/// A dependent created after its owner is gone (its creator acted on a stale cache) is collected
+/// too, as Kubernetes' garbage collector does; one whose owner exists stays.
+#[tokio::test]
+async fn a_dependent_created_for_a_missing_owner_is_collected() {
+    let (_sim, cms, live) = with_owner().await;
+    cms.create(&PostParams::default(), &owned_by("kept", &live))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &owned_by("orphan", "gone-uid"))
+        .await
+        .unwrap();
+    wait_for("the orphan collected", Duration::from_secs(5), || {
+        let cms = cms.clone();
+        async move { cms.get_opt("orphan").await.unwrap().is_none().then_some(()) }
+    })
+    .await;
+    assert!(cms.get_opt("kept").await.unwrap().is_some());
 }
 
 #[tokio::test]

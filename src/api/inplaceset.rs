@@ -221,11 +221,6 @@ pub struct InPlaceSetStatus {
     /// Pods bound to a node (not being deleted).
     #[serde(default)]
     pub scheduled_replicas: i32,
-    /// How many more pods of the template the member's nodes can take, judged node by node as
-    /// the scheduler would (requests, nodeSelector, required node affinity, taints and
-    /// tolerations); what the hub moves replicas by. Absent until the agent has measured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room: Option<i32>,
     /// The revision all pods ran when the last update completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<String>,

@@ -1,5 +1,7 @@
 //! MemberCluster: a registered member cluster (hub, cluster-scoped).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -95,6 +97,13 @@ pub struct Capacity {
     /// by it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub free: Vec<FreeNodes>,
+    /// How many more pods of each template the member's InPlaceSets run fit, node by node as
+    /// the scheduler would judge (requests, nodeSelector, required node affinity, taints and
+    /// tolerations), by the template's demand key (a hash of what it asks of a node: many
+    /// InPlaceSets share one). At most 256 keys, the first in key order; the hub falls back on
+    /// `free` for a template not listed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, i32>,
 }
 
 /// Nodes that have the same resources free.

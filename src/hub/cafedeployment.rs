@@ -157,9 +157,10 @@ pub async fn run(
     let readiness = context.options.telemetry.readiness.clone();
     let stream = watcher(api, watcher::Config::default())
         .backoff(crate::runtime::backoff::watch_backoff())
+        .modify(crate::runtime::strip_bookkeeping)
         .reflect(writer)
-        .inspect_ok(move |event| readiness.observe(CAFEDEPLOYMENTS_WATCH, event))
-        .applied_objects();
+        .inspect_ok(move |event| readiness.observe(CAFEDEPLOYMENTS_WATCH, event));
+    let stream = crate::runtime::reconcile_triggers(stream, store.clone());
     Controller::for_stream(stream, store)
         .with_config(controller_config())
         .reconcile_on(triggers.one)
@@ -180,10 +181,14 @@ async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, CafeDeploymentError> {
     let metrics = ctx.options.telemetry.metrics.clone();
+    let object = kube::runtime::reflector::ObjectRef::from_obj(&*cd).to_string();
     metrics
-        .measure(controllers::CAFEDEPLOYMENT, reconcile_one(cd, ctx), |e| {
-            e.category()
-        })
+        .measure(
+            controllers::CAFEDEPLOYMENT,
+            object,
+            reconcile_one(cd, ctx),
+            |e| e.category(),
+        )
         .await
 }
 
@@ -463,18 +468,35 @@ fn held_by_others(
     let me = ledger_key(cd);
     let mut held: BTreeMap<String, projection::Held> = BTreeMap::new();
     let mut placed = lock(&ctx.placed);
-    for other in ctx.deployments.state() {
-        let key = ledger_key(&other);
-        if key == me {
+    // Only CafeDeployments with loans hold room: those decided here, and those whose status
+    // records loans and that this hub has not decided yet (after a restart). Found without
+    // building a key for each of the fleet's CafeDeployments.
+    let mut lending: Vec<(DeploymentKey, Arc<CafeDeployment>, Vec<Loan>)> = vec![];
+    for (key, loans) in ledger.iter() {
+        if loans.is_empty() || *key == me {
             continue;
         }
-        let loans = match ledger.get(&key) {
-            Some(loans) => loans.as_slice(),
-            None => other.status.as_ref().map_or(&[][..], |s| &s.loans),
+        let at = ObjectRef::new(&key.1).within(&key.0);
+        if let Some(other) = ctx.deployments.get(&at) {
+            lending.push((key.clone(), other, loans.clone()));
+        }
+    }
+    for other in ctx.deployments.state() {
+        let Some(loans) = other.status.as_ref().map(|s| &s.loans) else {
+            continue;
         };
         if loans.is_empty() {
             continue;
         }
+        let key = ledger_key(&other);
+        if key == me || ledger.contains_key(&key) {
+            continue;
+        }
+        let loans = loans.clone();
+        lending.push((key, other, loans));
+    }
+    for (key, other, loans) in lending {
+        let loans = loans.as_slice();
         let (_, sets) = observe(&other, ctx);
         for (member, pods) in projection::loan_pods(&other, loans, &sets) {
             let entry = placed
@@ -506,22 +528,23 @@ fn observe(cd: &CafeDeployment, ctx: &Context) -> (Vec<MemberView>, Vec<Observed
         let Some(member) = mc.metadata.name.clone() else {
             continue;
         };
-        if let Some(handle) = ctx.membership.handle(&member) {
-            sets.extend(
-                handle
-                    .sets
-                    .state()
-                    .into_iter()
-                    .filter(|s| {
-                        let labels = s.labels();
-                        labels.get(CAFEDEPLOYMENT) == Some(&name)
-                            && labels.get(CAFEDEPLOYMENT_NAMESPACE) == Some(&namespace)
-                    })
-                    .map(|set| ObservedSet {
-                        member: member.clone(),
-                        set,
-                    }),
-            );
+        // The hub names a CafeDeployment's InPlaceSet after it, in its namespace, in every
+        // member: one lookup, not a pass over every InPlaceSet of the member (which, at 10,000
+        // CafeDeployments, made each reconcile's cost grow with the fleet).
+        if let Some(handle) = ctx.membership.handle(&member)
+            && let Some(set) = handle
+                .sets
+                .get(&ObjectRef::new(&name).within(&namespace))
+                .filter(|s| {
+                    let labels = s.labels();
+                    labels.get(CAFEDEPLOYMENT) == Some(&name)
+                        && labels.get(CAFEDEPLOYMENT_NAMESPACE) == Some(&namespace)
+                })
+        {
+            sets.push(ObservedSet {
+                member: member.clone(),
+                set,
+            });
         }
         let status = mc.status.as_ref();
         members.push(MemberView {

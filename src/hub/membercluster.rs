@@ -110,8 +110,9 @@ pub async fn run(
 ) {
     let api: Api<MemberCluster> = Api::all(client.clone());
     let registry = membership.clone();
-    let stream = watcher(api, watcher::Config::default())
+    let events = watcher(api, watcher::Config::default())
         .backoff(crate::runtime::backoff::watch_backoff())
+        .modify(crate::runtime::strip_bookkeeping)
         .reflect(writer)
         .inspect_ok(move |event| {
             registry
@@ -119,8 +120,8 @@ pub async fn run(
                 .readiness
                 .observe(super::MEMBERCLUSTERS_WATCH, event);
             registry.observe(event);
-        })
-        .applied_objects()
+        });
+    let stream = crate::runtime::reconcile_triggers(events, members.clone())
         // Our own status writes must not trigger an extra probe: only spec and label changes do
         // (the probe interval drives the rest).
         .predicate_filter(
@@ -172,10 +173,14 @@ async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, MemberClusterError> {
     let metrics = ctx.membership.telemetry().metrics.clone();
+    let object = kube::runtime::reflector::ObjectRef::from_obj(&*mc).to_string();
     metrics
-        .measure(controllers::MEMBERCLUSTER, reconcile_one(mc, ctx), |e| {
-            e.category()
-        })
+        .measure(
+            controllers::MEMBERCLUSTER,
+            object,
+            reconcile_one(mc, ctx),
+            |e| e.category(),
+        )
         .await
 }
 
@@ -223,9 +228,13 @@ async fn reconcile_one(
         None => Ok(report),
     });
     if !ctx.options.leadership.is_leader() {
-        // A follower keeps the registry warm; the leader writes what it found.
+        // A follower keeps the registry warm; the leader writes what it found. A member it
+        // probes fine stays unusable here until the status says Ready: on becoming leader this
+        // hub must not write to a member the status still reports lost (its CafeDeployments
+        // may reconcile before the MemberCluster's Ready is written).
         if recovered {
-            ctx.membership.set_health(&name, None);
+            ctx.membership
+                .set_health(&name, reported_problem(mc.status.as_ref()));
         }
         return Ok(Action::requeue(ctx.options.probe_interval));
     }
@@ -503,6 +512,23 @@ async fn write_status(
     Ok(())
 }
 
+/// Why the MemberCluster's status says the member is not Ready (None when it says Ready): what
+/// a follower holds against a member its own probe finds healthy.
+fn reported_problem(status: Option<&MemberClusterStatus>) -> Option<Problem> {
+    let ready = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+    match ready {
+        Some(c) if c.status == "True" => None,
+        Some(c) => Some(Problem::new(
+            ProblemReason::from_reason(&c.reason).unwrap_or(ProblemReason::ProbeFailed),
+            format!("reported not Ready: {}", c.message),
+        )),
+        None => Some(Problem::new(
+            ProblemReason::Connecting,
+            "not reported Ready yet",
+        )),
+    }
+}
+
 /// The Ready=False reason and message when `new` newly says the member is not Ready (it was
 /// Ready, or not Ready for another reason, or had no condition).
 fn lost(old: Option<&MemberClusterStatus>, new: &MemberClusterStatus) -> Option<(String, String)> {
@@ -616,6 +642,7 @@ mod tests {
                 },
                 requested: Resources::default(),
                 free: vec![],
+                templates: Default::default(),
             }),
         })
     }
@@ -628,6 +655,38 @@ mod tests {
             ),
             ("team".to_string(), "pay".to_string()),
         ])
+    }
+
+    /// A follower counts a member usable only once the status says Ready: a member the last
+    /// leader reported lost stays unusable (with that reason) until Ready is written again.
+    #[test]
+    fn a_member_is_usable_to_a_follower_only_when_its_status_says_ready() {
+        let probed = |previous: Option<&MemberClusterStatus>, outcome, secs| {
+            desired_status(
+                previous,
+                Some(1),
+                Some(&labels()),
+                &outcome,
+                &at(secs),
+                Duration::from_secs(30),
+            )
+            .unwrap()
+        };
+        let unreachable = Problem::new(ProblemReason::Unreachable, "no answer within 2s");
+        let lost = probed(None, Err(unreachable), 100);
+        let held = reported_problem(Some(&lost)).expect("reported lost");
+        assert_eq!(held.reason, ProblemReason::Unreachable);
+        assert!(held.message.contains("no answer within 2s"), "{held:?}");
+        let ready = probed(Some(&lost), report(), 200);
+        assert_eq!(reported_problem(Some(&ready)), None);
+        let never = reported_problem(None).expect("not reported yet");
+        assert_eq!(never.reason, ProblemReason::Connecting);
+        for reason in [
+            ProblemReason::CrdNotInstalled,
+            ProblemReason::AgentNotRunning,
+        ] {
+            assert_eq!(ProblemReason::from_reason(reason.as_str()), Some(reason));
+        }
     }
 
     #[test]

@@ -629,6 +629,7 @@ async fn reflect_member(
     let config = watcher::Config::default().labels(CAFEDEPLOYMENT);
     let stream = watcher(api, config)
         .backoff(crate::runtime::backoff::watch_backoff())
+        .modify(crate::runtime::strip_bookkeeping)
         .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     loop {

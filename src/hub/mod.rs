@@ -246,7 +246,12 @@ async fn run_controllers(
         )
         .await;
     };
-    tokio::join!(member_controller, deployment_controller);
+    crate::runtime::shutdown::naming_stragglers(
+        async { tokio::join!(member_controller, deployment_controller) },
+        &options.telemetry.metrics,
+        &shutdown,
+    )
+    .await;
     membership.stop_all();
     tracing::info!("hub stopped");
     Ok(())

@@ -45,6 +45,22 @@ impl ProblemReason {
             ProblemReason::AgentNotRunning => "AgentNotRunning",
         }
     }
+
+    /// The reason a MemberCluster's Ready condition names (one of [`ProblemReason::as_str`]).
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        [
+            ProblemReason::SecretNotFound,
+            ProblemReason::KubeconfigInvalid,
+            ProblemReason::Unauthorized,
+            ProblemReason::Unreachable,
+            ProblemReason::ProbeFailed,
+            ProblemReason::Connecting,
+            ProblemReason::CrdNotInstalled,
+            ProblemReason::AgentNotRunning,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == reason)
+    }
 }
 
 /// A reason and a message for people (never a credential).

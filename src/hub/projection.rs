@@ -526,27 +526,28 @@ fn loan_facts(
     units: &[UnitObserved],
     asked_now: &BTreeMap<String, UnitTarget>,
 ) -> Vec<UnitFacts> {
-    let requests = o
-        .deployment
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .map_or((0, 0), crate::plan::room::spec_requests);
+    let spec = o.deployment.spec.template.spec.as_ref();
+    let requests = spec.map_or((0, 0), crate::plan::room::spec_requests);
+    let demand_key = spec
+        .map(crate::plan::room::Demand::of)
+        .unwrap_or_default()
+        .key();
     units
         .iter()
         .map(|u| {
             let view = o.members.iter().find(|m| m.name == u.cluster);
             let set = find_set(o.sets, &u.cluster, &u.unit).filter(|c| !c.deleting());
             let status = set.and_then(|c| c.set.status.clone()).unwrap_or_default();
-            // Room as the member agent measured it, node by node: for this template's own
-            // InPlaceSet when there is one, else from the cluster summary; less this
-            // template's pods still waiting for a node there, and the room other loans hold.
-            let measured = match (status.room, view.and_then(|v| v.capacity.as_ref())) {
-                (Some(room), _) if set.is_some() => i64::from(room),
-                (_, Some(capacity)) => i64::from(crate::plan::room::room_in(capacity, requests)),
-                _ => 0,
-            };
+            // Room as the member agent measured it, node by node: for this template when an
+            // InPlaceSet there runs one that asks the same of a node, else from the cluster
+            // summary; less this template's pods still waiting for a node there, and the room
+            // other loans hold.
+            let measured = view
+                .and_then(|v| v.capacity.as_ref())
+                .map_or(0, |capacity| match capacity.templates.get(&demand_key) {
+                    Some(room) => i64::from(*room),
+                    None => i64::from(crate::plan::room::room_in(capacity, requests)),
+                });
             let waiting = set.map_or(0, |c| {
                 i64::from(
                     c.set
@@ -1082,6 +1083,49 @@ mod tests {
 
     fn condition<'a>(s: &'a CafeDeploymentStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn a_templates_room_comes_from_its_demand_key_before_the_cluster_summary() {
+        let cd = deployment(4, &["DCA", "DCB"], json!({}));
+        let key = crate::plan::room::Demand::of(cd.spec.template.spec.as_ref().unwrap()).key();
+        // Neither summary has a free untainted node; DCB's agent measured this template (it
+        // tolerates DCB's taints, say) at 3, DCA's only another template.
+        let nothing_free = crate::api::Capacity {
+            nodes: 1,
+            ..Default::default()
+        };
+        let mut members = vec![member("dca", "DCA"), member("dcb", "DCB")];
+        members[0].capacity = Some(crate::api::Capacity {
+            templates: BTreeMap::from([("0123456789abcdef".to_string(), 5)]),
+            ..nothing_free.clone()
+        });
+        members[1].capacity = Some(crate::api::Capacity {
+            templates: BTreeMap::from([(key, 3)]),
+            ..nothing_free
+        });
+        let unit = |unit: &str, cluster: &str| UnitObserved {
+            unit: unit.into(),
+            cluster: cluster.into(),
+            target: 2,
+            unreachable: None,
+            set: None,
+            loan: 0,
+        };
+        let o = Observed {
+            deployment: &cd,
+            members: &members,
+            sets: &[],
+            held: &BTreeMap::new(),
+            now: now(),
+        };
+        let facts = loan_facts(
+            &o,
+            &[unit("DCA", "dca"), unit("DCB", "dcb")],
+            &BTreeMap::new(),
+        );
+        let room: Vec<(&str, i32)> = facts.iter().map(|f| (f.unit.as_str(), f.room)).collect();
+        assert_eq!(room, [("DCA", 0), ("DCB", 3)]);
     }
 
     #[test]

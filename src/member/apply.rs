@@ -14,6 +14,7 @@ use serde_json::json;
 
 use serde_json::Value;
 
+use super::cached::CachedPod;
 use super::expectations::{Expectations, Seen};
 use super::inplace::{self, InPlaceChange};
 use super::lifecycle::label_of;
@@ -89,7 +90,7 @@ pub struct Target<'a> {
     /// Pods API in the InPlaceSet's namespace.
     pub api: Api<Pod>,
     pub namespace: String,
-    pub cache: &'a Store<Pod>,
+    pub cache: &'a Store<CachedPod>,
     pub expectations: &'a Expectations,
 }
 
@@ -185,7 +186,7 @@ async fn delete(t: &Target<'_>, pod: &PodId) -> Result<(), ApplyError> {
 /// (resourceVersion precondition); going back in service or marking progress is decided on what
 /// the kubelet already reported, and has no precondition the kubelet's next status write could
 /// break.
-fn mark_patch(pod: &Pod, stage: Stage, gate: Option<bool>) -> Value {
+fn mark_patch(pod: &CachedPod, stage: Stage, gate: Option<bool>) -> Value {
     let now = Timestamp::now();
     let mut patch = json!({"metadata": {
         "labels": {LIFECYCLE_STATE: label_of(stage)},
@@ -279,9 +280,10 @@ fn update_error(pod: &str, write: &PodWrite, source: kube::Error) -> ApplyError 
 }
 
 /// Performs `write` on `pod` (as the cache showed it) and records the version it produced, so
-/// the next reconcile waits until the cache shows it. A pod that changed meanwhile (409) or is
-/// gone (404) is left to the next reconcile, which reads it afresh.
-pub async fn perform(t: &Target<'_>, pod: &Pod, write: &PodWrite) -> Result<(), ApplyError> {
+/// the next reconcile waits until the cache shows it. A pod that changed meanwhile (409, or a
+/// failed JSON patch test) or is gone (404) is left to the next reconcile, which reads it
+/// afresh.
+pub async fn perform(t: &Target<'_>, pod: &CachedPod, write: &PodWrite) -> Result<(), ApplyError> {
     let name = pod.name_any();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let written = match write {
@@ -307,7 +309,7 @@ pub async fn perform(t: &Target<'_>, pod: &Pod, write: &PodWrite) -> Result<(), 
             .map_err(|source| update_error(&name, write, source)),
         PodWrite::InPlace { change, from, to } => {
             let record = inplace::record(pod, change, from, to, Timestamp::now());
-            let patch = Patch::Strategic(inplace::in_place_patch(pod, change, &record));
+            let patch: Patch<()> = Patch::Json(inplace::in_place_patch(pod, change, &record));
             t.api.patch(&name, &patch_params(), &patch).await
         }
         .map_err(|source| update_error(&name, write, source)),
@@ -320,7 +322,9 @@ pub async fn perform(t: &Target<'_>, pod: &Pod, write: &PodWrite) -> Result<(), 
     let written = match written {
         Ok(p) => p,
         Err(ApplyError::Update { source, .. } | ApplyError::Gate { source, .. })
-            if is_status(&source, 404) || is_status(&source, 409) =>
+            if is_status(&source, 404)
+                || is_status(&source, 409)
+                || inplace::is_failed_test(&source) =>
         {
             tracing::debug!(pod = %name, action = write.action(), "pod changed meanwhile; next reconcile reads it again");
             return Ok(());

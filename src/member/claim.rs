@@ -19,6 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use serde_json::json;
 
+use super::cached::CachedPod;
 use super::pod;
 use crate::api::labels::MEMBER_MANAGER;
 use crate::runtime::api_cause;
@@ -46,15 +47,15 @@ impl ClaimError {
 #[derive(Debug, Default)]
 pub struct Claimed {
     /// Controlled and selected: the pods it counts and manages.
-    pub owned: Vec<Arc<Pod>>,
+    pub owned: Vec<Arc<CachedPod>>,
     /// Controlled but no longer selected, and not being deleted: to release.
-    pub release: Vec<Arc<Pod>>,
+    pub release: Vec<Arc<CachedPod>>,
 }
 
 /// Splits the cached `pods` controlled by the InPlaceSet with uid `owner_uid` by `selector`.
 /// Pods controlled by anything else, and orphans, are left out. A selector that does not parse
 /// (the API refuses those) releases nothing: every controlled pod stays owned.
-pub fn claim(pods: Vec<Arc<Pod>>, owner_uid: &str, selector: &LabelSelector) -> Claimed {
+pub fn claim(pods: Vec<Arc<CachedPod>>, owner_uid: &str, selector: &LabelSelector) -> Claimed {
     let selector = Selector::try_from(selector.clone()).ok();
     let mut claimed = Claimed::default();
     for p in pods
@@ -78,7 +79,7 @@ pub fn claim(pods: Vec<Arc<Pod>>, owner_uid: &str, selector: &LabelSelector) -> 
 /// name, changed since the cache saw it, or already released is never touched. Gone (404), or a
 /// failed test (422: released, replaced; upstream `ReleasePod` ignores Invalid for the same
 /// reason) count as done; a conflict is retried by the next reconcile.
-pub async fn release(api: &Api<Pod>, pod: &Pod, owner_uid: &str) -> Result<(), ClaimError> {
+pub async fn release(api: &Api<Pod>, pod: &CachedPod, owner_uid: &str) -> Result<(), ClaimError> {
     let name = pod.name_any();
     let Some(index) = pod
         .owner_references()
@@ -112,7 +113,12 @@ pub async fn release(api: &Api<Pod>, pod: &Pod, owner_uid: &str) -> Result<(), C
 mod tests {
     use super::*;
 
-    fn pod(name: &str, labels: serde_json::Value, owner: Option<&str>, deleting: bool) -> Arc<Pod> {
+    fn pod(
+        name: &str,
+        labels: serde_json::Value,
+        owner: Option<&str>,
+        deleting: bool,
+    ) -> Arc<CachedPod> {
         let owners = owner.map_or(json!([]), |uid| {
             json!([{"apiVersion": "apps.cafe.io/v1alpha1", "kind": "InPlaceSet", "name": "demo",
                     "uid": uid, "controller": true}])
@@ -125,7 +131,7 @@ mod tests {
         Arc::new(serde_json::from_value(json!({"metadata": meta})).unwrap())
     }
 
-    fn names(pods: &[Arc<Pod>]) -> Vec<String> {
+    fn names(pods: &[Arc<CachedPod>]) -> Vec<String> {
         pods.iter().map(|p| p.name_any()).collect()
     }
 

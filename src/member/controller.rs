@@ -19,6 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, ApplyError, PodWrite, Target};
+use super::cached::CachedPod;
 use super::claim::{self, ClaimError};
 use super::expectations::{self, Expectations, Seen};
 use super::inplace::{self, UpdatePath};
@@ -128,7 +129,7 @@ impl WatchFailure {
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     revisions: Store<ControllerRevision>,
     expectations: Arc<Expectations>,
     events: EventWriter,
@@ -142,8 +143,6 @@ pub struct Context {
     metrics: Arc<crate::runtime::metrics::Metrics>,
     leadership: Leadership,
     term: TermGuard,
-    /// The room of the member's nodes, for each InPlaceSet's `status.room`.
-    room: super::room::Room,
     /// The cached pods by controller uid.
     owners: super::owners::OwnerIndex,
     /// The rollout step last announced per InPlaceSet uid.
@@ -157,7 +156,7 @@ pub async fn run(
     options: super::MemberOptions,
     shutdown: CancellationToken,
 ) {
-    let (pods, writer) = reflector::store();
+    let (pods, writer) = reflector::store::<CachedPod>();
     let revision_watch_failure = WatchFailure::default();
     let (revisions, revision_watch) = revisions::watch(
         &client,
@@ -199,7 +198,6 @@ pub async fn run(
         metrics: options.telemetry.metrics.clone(),
         leadership: options.leadership.clone(),
         term: TermGuard::default(),
-        room: room.clone(),
         owners,
         announced: std::sync::Mutex::default(),
     });
@@ -213,21 +211,22 @@ pub async fn run(
         failures,
         options.telemetry.readiness.clone(),
     );
-    let room_changed = super::room::publish(
+    let publish_task = tokio::spawn(super::room::publish(
         client.clone(),
         room,
         sets.clone(),
         options.leadership.clone(),
         shutdown.clone(),
-    );
-    Controller::for_stream(set_events, sets)
+    ));
+    let metrics = options.telemetry.metrics.clone();
+    let stopping = shutdown.clone();
+    let controller = Controller::for_stream(set_events, sets)
         .with_config(
             kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
         )
         .trigger_backoff(crate::runtime::backoff::watch_backoff())
         .owns_stream(pod_events)
         .reconcile_all_on(gained)
-        .reconcile_on(room_changed)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -240,10 +239,11 @@ pub async fn run(
                 }
                 Err(err) => tracing::warn!(error = %err, "InPlaceSet controller"),
             }
-        })
-        .await;
+        });
+    crate::runtime::shutdown::naming_stragglers(controller, &metrics, &stopping).await;
     revision_task.abort();
     room_task.abort();
+    publish_task.abort();
 }
 
 /// The InPlaceSets, cached in `writer` for the controller; an InPlaceSet deleted (seen as an
@@ -257,11 +257,13 @@ fn inplaceset_watch(
     failures: Arc<std::sync::Mutex<HashMap<String, u32>>>,
     readiness: Readiness,
 ) -> impl Stream<Item = Result<InPlaceSet, watcher::Error>> + Send + 'static {
-    watcher(
+    let cache_for_triggers = cache.clone();
+    let events = watcher(
         Api::<InPlaceSet>::all(client.clone()),
         watcher::Config::default(),
     )
     .backoff(crate::runtime::backoff::watch_backoff())
+    .modify(crate::runtime::strip_bookkeeping)
     .reflect(writer)
     .inspect_ok(move |event| {
         readiness.observe(super::INPLACESETS_WATCH, event);
@@ -281,26 +283,26 @@ fn inplaceset_watch(
             watcher::Event::InitDone => failures.retain(|uid, _| listed.contains(uid)),
             _ => {}
         }
-    })
-    .applied_objects()
+    });
+    crate::runtime::reconcile_triggers(events, cache_for_triggers)
 }
 
 /// Pods carrying the revision label (those the controller creates), cached in `writer`; each
 /// event marks expectations observed once the cache holds it.
 fn pod_watch(
     client: &Client,
-    writer: reflector::store::Writer<Pod>,
+    writer: reflector::store::Writer<CachedPod>,
     owners: super::owners::OwnerIndex,
-    cache: Store<Pod>,
+    cache: Store<CachedPod>,
     expectations: Arc<Expectations>,
     failure: WatchFailure,
     readiness: Readiness,
-) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+) -> impl Stream<Item = Result<CachedPod, watcher::Error>> + Send + 'static {
     let config = watcher::Config::default().labels(REVISION);
     let pod_failure = failure.clone();
-    watcher(Api::<Pod>::all(client.clone()), config)
+    watcher(Api::<CachedPod>::all(client.clone()), config)
         .backoff(crate::runtime::backoff::watch_backoff())
-        .modify(super::owners::strip)
+        .modify(crate::runtime::strip_bookkeeping)
         .reflect(writer)
         .inspect_ok(move |event| {
             owners.observe(event);
@@ -331,10 +333,14 @@ fn pod_watch(
 
 async fn reconcile(ips: Arc<InPlaceSet>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let metrics = ctx.metrics.clone();
+    let object = kube::runtime::reflector::ObjectRef::from_obj(&*ips).to_string();
     metrics
-        .measure(controllers::INPLACESET, reconcile_one(ips, ctx), |e| {
-            e.category()
-        })
+        .measure(
+            controllers::INPLACESET,
+            object,
+            reconcile_one(ips, ctx),
+            |e| e.category(),
+        )
         .await
 }
 
@@ -544,7 +550,7 @@ fn cache_not_synced_status(ips: &InPlaceSet, message: &str, now: Timestamp) -> I
 }
 
 /// Each pod with its view.
-fn views_of(pods: Vec<Arc<Pod>>) -> Vec<(Arc<Pod>, PodView)> {
+fn views_of(pods: Vec<Arc<CachedPod>>) -> Vec<(Arc<CachedPod>, PodView)> {
     pods.into_iter()
         .map(|p| {
             let view = PodView::of(&p);
@@ -560,7 +566,7 @@ async fn release_pods(
     ips: &InPlaceSet,
     namespace: &str,
     owner_uid: &str,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
 ) -> Result<(), ClaimError> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut first = None;
@@ -592,7 +598,7 @@ fn decide(
     ctx: &Context,
     ips: &InPlaceSet,
     revision: &str,
-    pods: &[(Arc<Pod>, PodView)],
+    pods: &[(Arc<CachedPod>, PodView)],
     views: &[PodView],
 ) -> Work {
     let paths = update_paths(ctx, ips, revision, views);
@@ -695,7 +701,7 @@ async fn perform_writes(
     ctx: &Context,
     ips: &InPlaceSet,
     target: &Target<'_>,
-    writes: &[(Arc<Pod>, PodWrite)],
+    writes: &[(Arc<CachedPod>, PodWrite)],
 ) -> Result<(), ApplyError> {
     let results: Vec<Result<(), ApplyError>> = stream::iter(writes.to_vec())
         .map(|(pod, write)| async move {
@@ -719,7 +725,7 @@ async fn perform_writes(
 /// The Event for a pod write: only a deletion, one per pod as the ReplicaSet controller does.
 /// The lifecycle steps of an update are announced once per rollout step (see [`announce`]);
 /// each pod's own progress is on its lifecycle label and in the InPlaceSet's status.
-fn pod_event(pod: &Pod, write: &PodWrite) -> Option<(&'static str, String)> {
+fn pod_event(pod: &CachedPod, write: &PodWrite) -> Option<(&'static str, String)> {
     matches!(write, PodWrite::Delete).then(|| {
         (
             "SuccessfulDelete",
@@ -800,7 +806,6 @@ async fn write_status(
         pods,
         failure,
         blocked,
-        room: ctx.room.for_template(ips.spec.template.spec.as_ref()),
         now: Timestamp::now(),
     });
     let api: Api<InPlaceSet> = Api::namespaced(ctx.client.clone(), namespace);
@@ -835,7 +840,7 @@ async fn publish(
     type_: EventType,
     reason: &str,
     note: String,
-    pod: Option<&Pod>,
+    pod: Option<&CachedPod>,
 ) {
     let fact = Fact {
         type_,
@@ -899,7 +904,7 @@ mod tests {
     /// error naming the resource and the cause, not wait for ever.
     #[tokio::test]
     async fn a_cache_that_never_lists_fails_the_reconcile_instead_of_hanging() {
-        let (pods, _writer) = reflector::store::<Pod>();
+        let (pods, _writer) = reflector::store::<CachedPod>();
         let failure = WatchFailure::default();
         *failure.lock() = Some("pods is forbidden: cannot list resource \"pods\"".into());
         let waited = tokio::time::timeout(
@@ -922,7 +927,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_listed_cache_is_not_waited_on() {
-        let (pods, mut writer) = reflector::store::<Pod>();
+        let (pods, mut writer) = reflector::store::<CachedPod>();
         writer.apply_watcher_event(&watcher::Event::Init);
         writer.apply_watcher_event(&watcher::Event::InitDone);
         wait_synced(&pods, "pods", &WatchFailure::default(), Duration::ZERO)

@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use kube::runtime::watcher;
 
+use super::cached::CachedPod;
 use crate::api::InPlaceSet;
 
 /// Kubernetes waits 5 minutes (`ExpectationsTimeout`); a relist marks what a lost event hid well
@@ -203,7 +203,7 @@ impl Expectations {
     }
 
     /// Feeds one pod watch event (after the cache applied it).
-    pub fn observe_event(&self, event: &watcher::Event<Pod>) {
+    pub fn observe_event(&self, event: &watcher::Event<CachedPod>) {
         match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
                 if let Some((owner, uid)) = owner_and_uid(pod) {
@@ -317,7 +317,7 @@ fn sweep(map: &mut HashMap<String, Pending>, timeout: Duration, now: Instant) {
 }
 
 /// The uid of the InPlaceSet controlling `pod`, and the pod's uid.
-pub fn owner_and_uid(pod: &Pod) -> Option<(&str, &str)> {
+pub fn owner_and_uid(pod: &CachedPod) -> Option<(&str, &str)> {
     let owner = pod
         .metadata
         .owner_references
@@ -506,7 +506,7 @@ mod tests {
     #[test]
     fn watch_events_mark_observations() {
         let e = Expectations::new(DEFAULT_TIMEOUT);
-        let pod: Pod = serde_json::from_value(serde_json::json!({
+        let pod: CachedPod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "x-abcde", "uid": "p1", "ownerReferences": [
                 {"apiVersion": "apps.cafe.io/v1alpha1", "kind": "InPlaceSet", "name": "x",
                  "uid": OWNER, "controller": true}

@@ -12,13 +12,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{
-    Container, ContainerStatus, Pod, PodTemplateSpec, ResourceRequirements,
-};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::cached::{CachedContainer, CachedContainerStatus, CachedPod};
 use super::resize::{explicit, qos_class, resize_allowed, same_resources};
 use crate::api::PodUpdatePolicy;
 use crate::api::labels::{
@@ -315,7 +314,7 @@ pub struct ContainerRecord {
     pub previous_restart_count: i32,
 }
 
-fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
+fn container_status<'a>(pod: &'a CachedPod, name: &str) -> Option<&'a CachedContainerStatus> {
     pod.status
         .as_ref()?
         .container_statuses
@@ -324,7 +323,7 @@ fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus>
         .find(|s| s.name == name)
 }
 
-fn spec_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+fn spec_container<'a>(pod: &'a CachedPod, name: &str) -> Option<&'a CachedContainer> {
     pod.spec
         .as_ref()?
         .containers
@@ -335,7 +334,7 @@ fn spec_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
 /// The record of `change` about to be made to `pod`, taken from the pod's current container
 /// statuses.
 pub fn record(
-    pod: &Pod,
+    pod: &CachedPod,
     change: &InPlaceChange,
     from_revision: &str,
     to_revision: &str,
@@ -367,7 +366,7 @@ pub fn record(
 }
 
 /// The record of the pod's in-place update; `None` when absent or unreadable.
-pub fn read_record(pod: &Pod) -> Option<InPlaceRecord> {
+pub fn read_record(pod: &CachedPod) -> Option<InPlaceRecord> {
     let text = pod
         .metadata
         .annotations
@@ -376,50 +375,101 @@ pub fn read_record(pod: &Pod) -> Option<InPlaceRecord> {
     serde_json::from_str(text).ok()
 }
 
-/// The strategic merge patch that starts the in-place update of `pod`: the new images
-/// (containers merge by name), the label and annotation changes (null removes), the revision
-/// label, the `Updating` lifecycle state and its start time, and the record. It carries the
-/// pod's `resourceVersion`, so the API server refuses it (409) if the pod changed since it was
-/// read. Resources are not in it: the pod endpoint forbids changing them (see
+/// The JSON patch that starts the in-place update of `pod`: the new images, the label and
+/// annotation changes, the revision label, the `Updating` lifecycle state and its start time,
+/// and the record. Resources are not in it: the pod endpoint forbids changing them (see
 /// [`resize_patch`]).
-pub fn in_place_patch(pod: &Pod, change: &InPlaceChange, record: &InPlaceRecord) -> Value {
-    let entries = |changes: &BTreeMap<String, Option<String>>| -> Map<String, Value> {
-        changes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().map_or(Value::Null, Value::String)))
-            .collect()
-    };
-    let mut labels = entries(&change.labels);
-    labels.insert(REVISION.to_string(), record.revision.clone().into());
-    labels.insert(LIFECYCLE_STATE.to_string(), STATE_UPDATING.into());
-    let mut annotations = entries(&change.annotations);
-    annotations.insert(LIFECYCLE_SINCE.to_string(), record.started.clone().into());
+///
+/// Its preconditions are `test` operations on what the decision read, not the pod's
+/// `resourceVersion`: the same pod (uid), not being deleted, its labels (lifecycle state,
+/// revision, hook labels) and finalizers (hook finalizers) as the cache showed them, each
+/// container still where it was. The API server applies them with the patch, atomically, and
+/// refuses the whole patch (422, "testing value ... failed") if one fails. A resourceVersion
+/// would also be broken by the kubelet's status write for the gate the step before turned
+/// False, which changes nothing this decision depends on (409s on every other pod).
+pub fn in_place_patch(
+    pod: &CachedPod,
+    change: &InPlaceChange,
+    record: &InPlaceRecord,
+) -> json_patch::Patch {
+    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    let meta = &pod.metadata;
+    let mut ops = vec![
+        json!({"op": "test", "path": "/metadata/uid", "value": meta.uid}),
+        json!({"op": "test", "path": "/metadata/deletionTimestamp", "value": null}),
+        json!({"op": "test", "path": "/metadata/labels", "value": meta.labels}),
+        json!({"op": "test", "path": "/metadata/finalizers", "value": meta.finalizers}),
+    ];
+
+    let mut labels = meta.labels.clone().unwrap_or_default();
+    for (key, value) in &change.labels {
+        match value {
+            Some(v) => labels.insert(key.clone(), v.clone()),
+            None => labels.remove(key),
+        };
+    }
+    labels.insert(REVISION.to_string(), record.revision.clone());
+    labels.insert(LIFECYCLE_STATE.to_string(), STATE_UPDATING.to_string());
+    ops.push(json!({"op": "add", "path": "/metadata/labels", "value": labels}));
+
+    let mut annotations: BTreeMap<String, Option<String>> = change.annotations.clone();
+    annotations.insert(LIFECYCLE_SINCE.to_string(), Some(record.started.clone()));
     // A struct of strings and string-keyed maps always serialises.
     let state = serde_json::to_string(record).unwrap_or_default();
-    annotations.insert(INPLACE_UPDATE_STATE.to_string(), state.into());
+    annotations.insert(INPLACE_UPDATE_STATE.to_string(), Some(state));
+    match &meta.annotations {
+        // Key by key, so annotations the cache does not keep (kubectl's last-applied) stay.
+        Some(current) => {
+            for (key, value) in annotations {
+                let path = format!("/metadata/annotations/{}", escape(&key));
+                match value {
+                    Some(v) => ops.push(json!({"op": "add", "path": path, "value": v})),
+                    None if current.contains_key(&key) => {
+                        ops.push(json!({"op": "remove", "path": path}));
+                    }
+                    None => {}
+                }
+            }
+        }
+        None => {
+            let all: BTreeMap<String, String> = annotations
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+            ops.push(json!({"op": "test", "path": "/metadata/annotations", "value": null}));
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": all}));
+        }
+    }
 
-    let mut metadata = Map::new();
-    metadata.insert("labels".into(), labels.into());
-    metadata.insert("annotations".into(), annotations.into());
-    if let Some(version) = &pod.metadata.resource_version {
-        metadata.insert("resourceVersion".into(), version.clone().into());
-    }
-    let mut patch = Map::new();
-    patch.insert("metadata".into(), metadata.into());
-    if !change.images.is_empty() {
-        let containers: Vec<Value> = change
-            .images
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    for (name, image) in &change.images {
+        // A container the pod lacks cannot take an image; the patch then fails its test.
+        let index = containers
             .iter()
-            .map(|(name, image)| json!({"name": name, "image": image}))
-            .collect();
-        patch.insert("spec".into(), json!({"containers": containers}));
+            .position(|c| &c.name == name)
+            .unwrap_or(containers.len());
+        ops.push(
+            json!({"op": "test", "path": format!("/spec/containers/{index}/name"), "value": name}),
+        );
+        ops.push(json!({"op": "replace", "path": format!("/spec/containers/{index}/image"), "value": image}));
     }
-    Value::Object(patch)
+    // Every operation above has an op, a path and (where its op needs one) a value.
+    serde_json::from_value(Value::Array(ops)).unwrap_or_else(|_| json_patch::Patch(vec![]))
+}
+
+/// Whether `err` is the API server refusing a JSON patch because one of its `test` operations
+/// failed: the object changed since it was read, as a 409 says of a resourceVersion.
+pub fn is_failed_test(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 422 && s.message.contains("testing value"))
 }
 
 /// The strategic merge patch for the `pods/resize` subresource that gives the recorded
 /// containers their recorded resources; `None` when the pod spec has them all already.
-pub fn resize_patch(pod: &Pod, record: &InPlaceRecord) -> Option<Value> {
+pub fn resize_patch(pod: &CachedPod, record: &InPlaceRecord) -> Option<Value> {
     let containers: Vec<Value> = record
         .resized
         .iter()
@@ -448,7 +498,7 @@ pub enum Verification {
 ///
 /// The image matches when the names are equal once normalised as the container runtime does
 /// (`nginx:1` is `docker.io/library/nginx:1`), or when the image ID changed.
-pub fn verify(pod: &Pod, record: &InPlaceRecord) -> Verification {
+pub fn verify(pod: &CachedPod, record: &InPlaceRecord) -> Verification {
     let waiting = |why: String| Verification::Waiting(why);
     for (name, want) in &record.containers {
         let Some(status) = container_status(pod, name) else {
@@ -511,7 +561,7 @@ pub fn verify(pod: &Pod, record: &InPlaceRecord) -> Verification {
 /// it in the PodResizePending / PodResizeInProgress conditions; earlier versions in
 /// `status.resize`, any value of which means not done (KEP-1287: unknown values count as
 /// Deferred). Until the kubelet has observed the pod's latest generation, neither is current.
-fn resize_pending(pod: &Pod) -> Option<String> {
+fn resize_pending(pod: &CachedPod) -> Option<String> {
     let status = pod.status.as_ref()?;
     if let Some(state) = status.resize.as_deref().filter(|s| !s.is_empty()) {
         return Some(format!("status.resize is {state}"));
@@ -793,7 +843,7 @@ mod tests {
         );
     }
 
-    fn pod(extra_meta: Value, status: Value) -> Pod {
+    fn pod(extra_meta: Value, status: Value) -> CachedPod {
         let mut metadata = json!({"name": "demo-x", "namespace": "prod", "resourceVersion": "42",
                                   "labels": {REVISION: "r1"}});
         for (k, v) in extra_meta.as_object().unwrap() {
@@ -856,25 +906,60 @@ mod tests {
     }
 
     #[test]
-    fn the_patch_sets_images_labels_state_record_and_precondition() {
-        let p = pod(json!({}), running("demo:1", "sha-1", "c-1", true));
-        let r = record(&p, &change(), "r1", "r2", now());
-        let patch = in_place_patch(&p, &change(), &r);
-        assert_eq!(patch["metadata"]["resourceVersion"], "42");
-        assert_eq!(
-            patch["spec"],
-            json!({"containers": [{"name": "app", "image": "demo:2"}]})
-        );
-        let labels = &patch["metadata"]["labels"];
+    fn the_patch_sets_images_labels_state_record_and_tests_what_the_decision_read() {
+        // The pod as the API server holds it: what the cache showed, plus an annotation the
+        // cache drops and the kubelet's status written since.
+        let meta = json!({"uid": "u-1", "finalizers": ["example.com/drain"],
+                          "labels": {"gone": "x", "keep": "y"},
+                          "annotations": {"note": "n", "kubectl.kubernetes.io/last-applied-configuration": "{}"}});
+        let p = pod(meta.clone(), running("demo:1", "sha-1", "c-1", true));
+        let mut cached = p.clone();
+        crate::runtime::strip_bookkeeping(&mut cached);
+        let r = record(&cached, &change(), "r1", "r2", now());
+        let patch = serde_json::to_value(in_place_patch(&cached, &change(), &r)).unwrap();
+        assert!(!patch.to_string().contains("resources"), "{patch}");
+        let mut stored = serde_json::to_value(&p).unwrap();
+        stored["metadata"]["resourceVersion"] = json!("43");
+        stored["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+        let applied = cafe_sim::patch::json_patch(&stored, &patch).unwrap();
+
+        assert_eq!(applied["spec"]["containers"][0]["image"], "demo:2");
+        assert_eq!(applied["spec"]["containers"][1]["image"], "s:1");
+        let labels = &applied["metadata"]["labels"];
         assert_eq!(labels[REVISION], "r2");
         assert_eq!(labels[LIFECYCLE_STATE], STATE_UPDATING);
         assert_eq!(labels["tier"], "web");
-        assert!(labels.as_object().unwrap()["gone"].is_null());
-        let annotations = &patch["metadata"]["annotations"];
+        assert_eq!(labels["keep"], "y");
+        assert!(labels.get("gone").is_none(), "{labels}");
+        let annotations = &applied["metadata"]["annotations"];
         assert_eq!(annotations[LIFECYCLE_SINCE], "2025-01-01T00:00:00Z");
-        assert!(annotations.as_object().unwrap()["note"].is_null());
-        assert!(!patch.to_string().contains("resources"), "{patch}");
+        assert!(annotations.get("note").is_none(), "{annotations}");
+        assert_eq!(
+            annotations["kubectl.kubernetes.io/last-applied-configuration"], "{}",
+            "what the cache does not keep stays"
+        );
 
+        // What the decision read changed meanwhile: the patch fails as a whole.
+        let changed = |f: &dyn Fn(&mut Value)| {
+            let mut other = stored.clone();
+            f(&mut other);
+            cafe_sim::patch::json_patch(&other, &patch).is_err()
+        };
+        assert!(changed(
+            &|p| p["metadata"]["labels"]["traffic"] = json!("on")
+        ));
+        assert!(changed(
+            &|p| p["metadata"]["finalizers"] = json!(["example.com/drain", "lb"])
+        ));
+        assert!(changed(
+            &|p| p["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:01Z")
+        ));
+        assert!(changed(&|p| p["metadata"]["uid"] = json!("u-2")));
+        assert!(changed(
+            &|p| p["spec"]["containers"] = json!([{"name": "side", "image": "s:1"}])
+        ));
+
+        // The record reads back from the annotation the patch wrote.
         let mut annotated = p.clone();
         annotated.metadata.annotations = Some(BTreeMap::from([(
             INPLACE_UPDATE_STATE.to_string(),
@@ -893,6 +978,23 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_without_annotations_gets_them_whole() {
+        let p = pod(
+            json!({"uid": "u-1"}),
+            running("demo:1", "sha-1", "c-1", true),
+        );
+        let r = record(&p, &change(), "r1", "r2", now());
+        let patch = serde_json::to_value(in_place_patch(&p, &change(), &r)).unwrap();
+        let applied =
+            cafe_sim::patch::json_patch(&serde_json::to_value(&p).unwrap(), &patch).unwrap();
+        assert_eq!(
+            applied["metadata"]["annotations"][LIFECYCLE_SINCE],
+            "2025-01-01T00:00:00Z"
+        );
+        assert!(applied["metadata"]["annotations"].get("note").is_none());
+    }
+
+    #[test]
     fn a_labels_only_patch_has_no_spec() {
         let p = pod(json!({}), json!({}));
         let labels_only = InPlaceChange {
@@ -901,7 +1003,14 @@ mod tests {
         };
         let r = record(&p, &labels_only, "r1", "r2", now());
         assert!(r.containers.is_empty() && r.resized.is_empty());
-        assert!(in_place_patch(&p, &labels_only, &r).get("spec").is_none());
+        let patch = serde_json::to_value(in_place_patch(&p, &labels_only, &r)).unwrap();
+        let paths: Vec<&str> = patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|op| op["path"].as_str())
+            .collect();
+        assert!(paths.iter().all(|p| !p.starts_with("/spec")), "{paths:?}");
     }
 
     #[test]

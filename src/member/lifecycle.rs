@@ -22,10 +22,10 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use super::cached::CachedPod;
 use super::inplace::{self, InPlaceChange, UpdatePath, Verification};
 use super::pod::PodView;
 use crate::api::LifecycleHook;
@@ -113,7 +113,7 @@ pub fn label_of(stage: Stage) -> &'static str {
 }
 
 /// The finalizers and labels of `hook` still on `pod` (as `finalizer x` / `label k=v`).
-pub fn holders(pod: &Pod, hook: Option<&LifecycleHook>) -> Vec<String> {
+pub fn holders(pod: &CachedPod, hook: Option<&LifecycleHook>) -> Vec<String> {
     let Some(hook) = hook else {
         return vec![];
     };
@@ -152,7 +152,7 @@ fn end_of_second(t: Timestamp) -> Timestamp {
 }
 
 /// The next step for `pod` (seen as `view`).
-pub fn step(pod: &Pod, view: &PodView, input: &StepInputs<'_>) -> Step {
+pub fn step(pod: &CachedPod, view: &PodView, input: &StepInputs<'_>) -> Step {
     if view.facts.deleting {
         return Step::Idle;
     }
@@ -196,7 +196,7 @@ fn normal(view: &PodView) -> Step {
     }
 }
 
-fn preparing(pod: &Pod, view: &PodView, stage: Stage, input: &StepInputs<'_>) -> Step {
+fn preparing(pod: &CachedPod, view: &PodView, stage: Stage, input: &StepInputs<'_>) -> Step {
     if stage == Stage::PreparingUpdate {
         match input.path {
             // The template went back to this pod's revision (an undo): nothing to do after all.
@@ -236,12 +236,10 @@ fn preparing(pod: &Pod, view: &PodView, stage: Stage, input: &StepInputs<'_>) ->
             why: format!("{} hook: {}", kind.field(), held.join(", ")),
         };
     }
-    if view.facts.ready {
-        return Step::Wait {
-            after: POLL,
-            why: "the kubelet has not turned Ready False yet".into(),
-        };
-    }
+    // The kubelet's Ready False is not waited for: it only marks the start of endpoint removal,
+    // which a restart (like a deletion) starts anyway, SIGTERM and Ready False together. The time
+    // traffic needs to leave is `gracePeriodSeconds`, counted from the gate turning False, as
+    // OpenKruise counts its grace period (none by default).
     let drained_for = elapsed(input.now, view.gate_since.map(end_of_second));
     if drained_for < input.grace {
         return Step::Wait {
@@ -257,7 +255,7 @@ fn preparing(pod: &Pod, view: &PodView, stage: Stage, input: &StepInputs<'_>) ->
     }
 }
 
-fn updating(pod: &Pod, view: &PodView, input: &StepInputs<'_>) -> Step {
+fn updating(pod: &CachedPod, view: &PodView, input: &StepInputs<'_>) -> Step {
     if view.gate == Some(true) {
         return Step::Gate(false);
     }
@@ -330,7 +328,7 @@ mod tests {
         Timestamp::from_second(s).unwrap()
     }
 
-    fn pod(state: &str, conditions: Value, extra_meta: Value) -> Pod {
+    fn pod(state: &str, conditions: Value, extra_meta: Value) -> CachedPod {
         let mut meta = json!({
             "name": "demo-x", "uid": "p", "resourceVersion": "7",
             "creationTimestamp": "1970-01-01T00:00:00Z",
@@ -375,7 +373,7 @@ mod tests {
         }
     }
 
-    fn run(p: &Pod, input: &StepInputs<'_>) -> Step {
+    fn run(p: &CachedPod, input: &StepInputs<'_>) -> Step {
         step(p, &PodView::of(p), input)
     }
 
@@ -407,23 +405,12 @@ mod tests {
     }
 
     #[test]
-    fn preparing_update_waits_for_ready_false_and_the_grace_period() {
+    fn preparing_update_waits_the_grace_period_from_the_gate_turning_false() {
         let path = in_place();
-        let still_ready = pod(
-            STATE_PREPARING_UPDATE,
-            json!([cond("Ready", "True", 0), cond(READINESS_GATE, "False", 108)]),
-            json!({}),
-        );
-        assert!(matches!(
-            run(&still_ready, &inputs(Some(&path))),
-            Step::Wait { .. }
-        ));
+        // Ready still True (the kubelet has not caught up): the grace period alone decides.
         let in_grace = pod(
             STATE_PREPARING_UPDATE,
-            json!([
-                cond("Ready", "False", 108),
-                cond(READINESS_GATE, "False", 108)
-            ]),
+            json!([cond("Ready", "True", 0), cond(READINESS_GATE, "False", 108)]),
             json!({}),
         );
         assert_eq!(
@@ -443,6 +430,18 @@ mod tests {
         );
         assert!(matches!(
             run(&drained, &inputs(Some(&path))),
+            Step::StartInPlace(c) if c.images["app"] == "demo:2"
+        ));
+        // Without a grace period the patch follows the gate at once, Ready or not.
+        let mut no_grace = inputs(Some(&path));
+        no_grace.grace = Duration::ZERO;
+        let just_gated = pod(
+            STATE_PREPARING_UPDATE,
+            json!([cond("Ready", "True", 0), cond(READINESS_GATE, "False", 110)]),
+            json!({}),
+        );
+        assert!(matches!(
+            run(&just_gated, &no_grace),
             Step::StartInPlace(c) if c.images["app"] == "demo:2"
         ));
     }

@@ -10,6 +10,7 @@
 //! leader writes; followers keep their caches warm.
 
 mod apply;
+mod cached;
 mod claim;
 mod controller;
 mod crd;

@@ -5,23 +5,24 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+
+use super::cached::CachedPod;
 
 #[derive(Clone, Default)]
 pub struct OwnerIndex(Arc<RwLock<Index>>);
 
 #[derive(Default)]
 struct Index {
-    by_owner: HashMap<String, HashSet<ObjectRef<Pod>>>,
-    owner_of: HashMap<ObjectRef<Pod>, String>,
+    by_owner: HashMap<String, HashSet<ObjectRef<CachedPod>>>,
+    owner_of: HashMap<ObjectRef<CachedPod>, String>,
     /// Built during a relist, swapped in at its end.
     next: Option<Box<Index>>,
 }
 
 impl Index {
-    fn put(&mut self, pod: &Pod) {
+    fn put(&mut self, pod: &CachedPod) {
         let key = ObjectRef::from_obj(pod);
         self.remove(&key);
         if let Some(owner) = controller_uid(pod) {
@@ -33,7 +34,7 @@ impl Index {
         }
     }
 
-    fn remove(&mut self, key: &ObjectRef<Pod>) {
+    fn remove(&mut self, key: &ObjectRef<CachedPod>) {
         if let Some(owner) = self.owner_of.remove(key)
             && let Some(set) = self.by_owner.get_mut(&owner)
         {
@@ -45,7 +46,7 @@ impl Index {
     }
 }
 
-fn controller_uid(pod: &Pod) -> Option<String> {
+fn controller_uid(pod: &CachedPod) -> Option<String> {
     pod.metadata
         .owner_references
         .as_ref()?
@@ -60,7 +61,7 @@ impl OwnerIndex {
     }
 
     /// Applies one pod watch event.
-    pub fn observe(&self, event: &watcher::Event<Pod>) {
+    pub fn observe(&self, event: &watcher::Event<CachedPod>) {
         let mut index = self.write();
         match event {
             watcher::Event::Init => index.next = Some(Box::default()),
@@ -75,7 +76,7 @@ impl OwnerIndex {
     }
 
     /// The cached pods whose controller has uid `owner`.
-    pub fn pods_of(&self, owner: &str, cache: &Store<Pod>) -> Vec<Arc<Pod>> {
+    pub fn pods_of(&self, owner: &str, cache: &Store<CachedPod>) -> Vec<Arc<CachedPod>> {
         let index = self.0.read().unwrap_or_else(|e| e.into_inner());
         index
             .by_owner
@@ -87,22 +88,12 @@ impl OwnerIndex {
     }
 }
 
-/// What the agent's pod cache keeps of a pod: everything but the field managers' bookkeeping
-/// (often a third of the object) and the last-applied annotation kubectl leaves, neither of
-/// which any decision reads.
-pub fn strip(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(name: &str, owner: Option<&str>) -> Pod {
+    fn pod(name: &str, owner: Option<&str>) -> CachedPod {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "default", "uid": name,
                 "ownerReferences": owner.map(|o| vec![json!({"apiVersion": "apps.cafe.io/v1alpha1",

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodReadinessGate, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodReadinessGate, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
+use super::cached::{CachedCondition, CachedPod};
 use crate::api::InPlaceSet;
 use crate::api::labels::{
     LIFECYCLE_SINCE, LIFECYCLE_STATE, READINESS_GATE, REVISION, STATE_NORMAL,
@@ -86,7 +87,7 @@ pub struct PodView {
     pub restarts: i32,
 }
 
-fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
+fn condition<'a>(pod: &'a CachedPod, type_: &str) -> Option<&'a CachedCondition> {
     pod.status
         .as_ref()?
         .conditions
@@ -95,12 +96,12 @@ fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
         .find(|c| c.type_ == type_)
 }
 
-fn is_true(pod: &Pod, type_: &str) -> bool {
+fn is_true(pod: &CachedPod, type_: &str) -> bool {
     condition(pod, type_).is_some_and(|c| c.status == "True")
 }
 
 impl PodView {
-    pub fn of(pod: &Pod) -> Self {
+    pub fn of(pod: &CachedPod) -> Self {
         let created = pod
             .metadata
             .creation_timestamp
@@ -110,7 +111,7 @@ impl PodView {
         let unschedulable = condition(pod, "PodScheduled")
             .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
         let labels = pod.labels();
-        let since = |c: &PodCondition| c.last_transition_time.as_ref().map_or(created, |t| t.0);
+        let since = |c: &CachedCondition| c.last_transition_time.as_ref().map_or(created, |t| t.0);
         let gate = condition(pod, READINESS_GATE);
         Self {
             facts: PodFacts {
@@ -152,7 +153,7 @@ impl PodView {
 /// Why a pod that is not ready is not, most specific first: the scheduler cannot place it, a
 /// container waits (crash loop, image pull), a container is not ready, or the readiness gate is
 /// False (the controller holds it out of service). The Ready condition's own reason otherwise.
-pub fn not_ready_reason(pod: &Pod) -> (String, String) {
+pub fn not_ready_reason(pod: &CachedPod) -> (String, String) {
     let text = |s: Option<&String>| s.cloned().unwrap_or_default();
     if let Some(c) = condition(pod, "PodScheduled").filter(|c| c.status == "False") {
         return (
@@ -206,7 +207,7 @@ pub fn not_ready_reason(pod: &Pod) -> (String, String) {
 }
 
 /// Whether `pod` is controlled by the InPlaceSet with uid `owner_uid`.
-pub fn is_controlled_by(pod: &Pod, owner_uid: &str) -> bool {
+pub fn is_controlled_by(pod: &CachedPod, owner_uid: &str) -> bool {
     pod.owner_references()
         .iter()
         .any(|o| o.controller == Some(true) && o.uid == owner_uid)
@@ -236,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_not_ready_pod_says_why() {
-        let pod = |status: serde_json::Value| -> Pod {
+        let pod = |status: serde_json::Value| -> CachedPod {
             serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
         };
         let unschedulable = pod(json!({"conditions": [
@@ -302,7 +303,7 @@ mod tests {
         assert!(new_pod(&set, "abc").is_none());
     }
 
-    fn pod(status: serde_json::Value, labels: serde_json::Value) -> Pod {
+    fn pod(status: serde_json::Value, labels: serde_json::Value) -> CachedPod {
         serde_json::from_value(json!({
             "metadata": {"name": "demo-x", "uid": "p", "labels": labels,
                          "creationTimestamp": "2025-01-01T00:00:00Z"},

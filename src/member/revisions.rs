@@ -100,6 +100,7 @@ pub fn watch(
     let config = watcher::Config::default().labels(INPLACESET);
     let events = watcher(Api::<ControllerRevision>::all(client.clone()), config)
         .backoff(crate::runtime::backoff::watch_backoff())
+        .modify(crate::runtime::strip_bookkeeping)
         .reflect(writer);
     let run = events.for_each(move |event| {
         match &event {

@@ -2,23 +2,29 @@
 //! every pod bound to one (name, labels, taints, allocatable; node and requests: nothing else
 //! is kept, so memory follows the pod count at ~150 bytes a pod), and from it publishes
 //!
-//! - for each InPlaceSet, `status.room`: how many more pods of its template fit, node by node
-//!   (the InPlaceSet reconcile writes it with the rest of the status; this task asks for a
-//!   reconcile of the sets whose room changed, at most every [`REFRESH`]);
-//! - for the cluster, ConfigMap `cafe-system/cafe-member-room` (key `capacity`): usable nodes,
-//!   allocatable and requested resources, and the free shapes of the untainted nodes, for the
-//!   hub to place a template that has no InPlaceSet here yet.
+//! in ConfigMap `cafe-system/cafe-member-room` (key `capacity`), at most every [`REFRESH`] and
+//! only when it changed:
 //!
-//! The hub reads both and never lists or watches a member's pods or nodes.
+//! - for each template the InPlaceSets run, by its demand key, how many more pods of it fit,
+//!   node by node (`templates`);
+//! - for the cluster: usable nodes, allocatable and requested resources, and the free shapes of
+//!   the untainted nodes, for the hub to place a template that has no InPlaceSet here yet.
+//!
+//! One object, whatever the number of InPlaceSets: thousands of sets share a handful of
+//! templates' demands, and a pod landing changes the room of every one of them. (Room kept in
+//! each InPlaceSet's status had the agent rewrite every status every 2 s while pods landed, and
+//! the hub reconcile every CafeDeployment for it: with 10,000 sets, nothing else got done.)
+//!
+//! The hub reads it at each probe and never lists or watches a member's pods or nodes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, PodSpec};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -70,20 +76,12 @@ impl Room {
         self.0.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How many more pods of `spec` fit; `None` until both watches have listed.
-    pub fn for_template(&self, spec: Option<&PodSpec>) -> Option<i32> {
+    /// The cluster summary with the room of each of `demands`; `None` until both watches have
+    /// listed.
+    fn measure(&self, demands: &BTreeMap<String, Demand>) -> Option<Capacity> {
         let m = self.read();
-        if !m.listed() {
-            return None;
-        }
-        let demand = spec.map(Demand::of).unwrap_or_default();
-        Some(room::room(&m.free(), &demand))
-    }
-
-    /// The cluster summary; `None` until both watches have listed.
-    pub fn summary(&self) -> Option<Capacity> {
-        let m = self.read();
-        m.listed().then(|| room::summary(&m.free()))
+        m.listed()
+            .then(|| room::summary_with_templates(&m.free(), demands))
     }
 
     fn version(&self) -> u64 {
@@ -197,63 +195,108 @@ pub async fn watch(client: Client, room: Room, readiness: Readiness) {
     futures::join!(nodes, pods);
 }
 
-/// Every [`REFRESH`], when anything changed: the InPlaceSets whose `status.room` is no longer
-/// true (for their reconcile to write it), and, on the leader, the cluster summary.
-pub fn publish(
+/// The distinct demands of the InPlaceSets' templates, by key. Each set's key is kept per
+/// generation, so a look costs one map lookup per set, not a hash of its template.
+#[derive(Default)]
+struct Templates {
+    /// uid -> (generation, key).
+    keys: HashMap<String, (Option<i64>, String)>,
+    demands: BTreeMap<String, Demand>,
+}
+
+impl Templates {
+    /// Brings the demands up to `sets`; whether their keys changed.
+    fn update(&mut self, sets: &[Arc<InPlaceSet>]) -> bool {
+        let mut keys = HashMap::with_capacity(sets.len());
+        let mut demands = BTreeMap::new();
+        for ips in sets {
+            let uid = ips.uid().unwrap_or_default();
+            let generation = ips.metadata.generation;
+            let known = self
+                .keys
+                .get(&uid)
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, k)| k.clone());
+            let (key, fresh) = match known {
+                Some(key) => (key, None),
+                None => {
+                    let demand = template_demand(ips);
+                    (demand.key(), Some(demand))
+                }
+            };
+            if !demands.contains_key(&key) {
+                let demand = fresh
+                    .or_else(|| self.demands.get(&key).cloned())
+                    .unwrap_or_else(|| template_demand(ips));
+                demands.insert(key.clone(), demand);
+            }
+            keys.insert(uid, (generation, key));
+        }
+        let changed = !demands.keys().eq(self.demands.keys());
+        self.keys = keys;
+        self.demands = demands;
+        changed
+    }
+}
+
+fn template_demand(ips: &InPlaceSet) -> Demand {
+    ips.spec
+        .template
+        .spec
+        .as_ref()
+        .map(Demand::of)
+        .unwrap_or_default()
+}
+
+/// Every [`REFRESH`], while leader, when the room or the set of templates changed: writes the
+/// ConfigMap the hub reads. Runs until `shutdown`.
+pub async fn publish(
     client: Client,
     room: Room,
     sets: Store<InPlaceSet>,
     leadership: Leadership,
     shutdown: CancellationToken,
-) -> impl Stream<Item = ObjectRef<InPlaceSet>> + Send + 'static {
-    let state = (
-        client,
-        room,
-        sets,
-        leadership,
-        shutdown,
-        None::<u64>,
-        None::<Capacity>,
-    );
-    futures::stream::unfold(state, |mut s| async move {
-        let (client, room, sets, leadership, shutdown, seen, written) = &mut s;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(REFRESH) => {}
-            }
-            let version = room.version();
-            if *seen == Some(version) || room.summary().is_none() {
-                continue;
-            }
-            *seen = Some(version);
-            if leadership.is_leader()
-                && let Some(summary) = room.summary()
-                && written.as_ref() != Some(&summary)
-            {
-                match write_summary(client, &summary).await {
-                    Ok(()) => *written = Some(summary),
-                    Err(e) => tracing::warn!(
-                        error = %crate::runtime::api_cause(&e),
-                        "writing ConfigMap {SYSTEM_NAMESPACE}/{ROOM_CONFIGMAP}; retried in {REFRESH:?}"
-                    ),
-                }
-            }
-            let stale: Vec<ObjectRef<InPlaceSet>> = sets
-                .state()
-                .iter()
-                .filter(|ips| {
-                    let now = room.for_template(ips.spec.template.spec.as_ref());
-                    ips.status.as_ref().and_then(|st| st.room) != now
-                })
-                .map(|ips| ObjectRef::from_obj(ips.as_ref()))
-                .collect();
-            if !stale.is_empty() {
-                return Some((futures::stream::iter(stale), s));
+) {
+    let mut templates = Templates::default();
+    let mut templates_version = 0u64;
+    let mut seen: Option<(u64, u64)> = None;
+    let mut written: Option<Capacity> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REFRESH) => {}
+        }
+        if !leadership.is_leader() {
+            // The leader publishes; a new one starts afresh.
+            seen = None;
+            written = None;
+            continue;
+        }
+        if templates.update(&sets.state()) {
+            templates_version += 1;
+        }
+        let now = (room.version(), templates_version);
+        if seen == Some(now) {
+            continue;
+        }
+        let Some(measured) = room.measure(&templates.demands) else {
+            continue;
+        };
+        seen = Some(now);
+        if written.as_ref() == Some(&measured) {
+            continue;
+        }
+        match write_summary(&client, &measured).await {
+            Ok(()) => written = Some(measured),
+            Err(e) => {
+                seen = None;
+                tracing::warn!(
+                    error = %crate::runtime::api_cause(&e),
+                    "writing ConfigMap {SYSTEM_NAMESPACE}/{ROOM_CONFIGMAP}; retried in {REFRESH:?}"
+                );
             }
         }
-    })
-    .flatten()
+    }
 }
 
 /// Creates or replaces the summary ConfigMap.
@@ -265,6 +308,8 @@ async fn write_summary(client: &Client, summary: &Capacity) -> Result<(), kube::
         ..PostParams::default()
     };
     match api.get_opt(ROOM_CONFIGMAP).await? {
+        // Another leader may have written the same already.
+        Some(cm) if cm.data.as_ref().and_then(|d| d.get(ROOM_KEY)) == Some(&data) => {}
         Some(mut cm) => {
             cm.data = Some([(ROOM_KEY.to_string(), data)].into());
             cm.metadata.managed_fields = None;
@@ -284,4 +329,47 @@ async fn write_summary(client: &Client, summary: &Capacity) -> Result<(), kube::
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(uid: &str, generation: i64, cpu: &str) -> Arc<InPlaceSet> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "apps.cafe.io/v1alpha1",
+                "kind": "InPlaceSet",
+                "metadata": {"name": uid, "namespace": "default", "uid": uid, "generation": generation},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": uid}},
+                    "template": {
+                        "metadata": {"labels": {"app": uid}},
+                        "spec": {"containers": [{"name": "app", "image": format!("{uid}:1"), "resources": {"requests": {"cpu": cpu}}}]},
+                    },
+                },
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn thousands_of_sets_with_one_template_are_one_entry() {
+        let mut t = Templates::default();
+        let sets: Vec<Arc<InPlaceSet>> = (0..2_000)
+            .map(|i| set(&format!("s{i}"), 1, "100m"))
+            .collect();
+        assert!(t.update(&sets), "the first look finds a template");
+        assert_eq!(t.demands.len(), 1);
+        assert!(!t.update(&sets), "nothing changed");
+        // A set moved to another request: a second entry; gone again: back to one.
+        let mut changed = sets.clone();
+        changed[7] = set("s7", 2, "2");
+        assert!(t.update(&changed));
+        assert_eq!(t.demands.len(), 2);
+        assert!(t.update(&sets[1..]));
+        assert_eq!(t.demands.len(), 1);
+    }
 }

@@ -75,9 +75,6 @@ pub struct Inputs<'a> {
     pub failure: ReplicaFailure,
     /// Pods held by a hook past the timeout, sorted by pod name.
     pub blocked: &'a [BlockedPod],
-    /// More pods of the template the nodes can take (`None` until measured: the last value
-    /// stays).
-    pub room: Option<i32>,
     pub now: Timestamp,
 }
 
@@ -143,7 +140,6 @@ pub fn compute(input: &Inputs<'_>) -> (InPlaceSetStatus, Option<Duration>) {
         unschedulable_replicas: count(unschedulable.len()),
         unschedulable_since: unschedulable.into_iter().min().map(Time),
         scheduled_replicas: count(active.iter().filter(|p| p.facts.scheduled).count()),
-        room: input.room.or(input.previous.and_then(|s| s.room)),
         current_revision: Some(current),
         not_ready_pods: not_ready_pods(&active),
         update_revision: Some(input.update_revision.to_string()),
@@ -395,7 +391,6 @@ mod tests {
             pods,
             failure: ReplicaFailure::None,
             blocked: &[],
-            room: None,
             now: ts(100),
         }
     }

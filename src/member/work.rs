@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 use super::apply::PodWrite;
+use super::cached::CachedPod;
 use super::inplace::{self, UpdatePath};
 use super::lifecycle::{self, Step, StepInputs, holders, stage_of};
 use super::pod::PodView;
@@ -26,7 +26,7 @@ const BLOCKED_RECHECK: Duration = Duration::from_secs(30);
 pub struct Observed<'a> {
     pub ips: &'a InPlaceSet,
     pub update_revision: &'a str,
-    pub pods: &'a [(Arc<Pod>, PodView)],
+    pub pods: &'a [(Arc<CachedPod>, PodView)],
     /// For every revision a pod runs other than the update revision: how it gets there.
     pub paths: &'a BTreeMap<String, UpdatePath>,
     pub now: Timestamp,
@@ -39,7 +39,7 @@ pub struct Work {
     pub create: usize,
     /// New pods to create at the old revision (the partition keeps more old pods than run).
     pub create_old: usize,
-    pub writes: Vec<(Arc<Pod>, PodWrite)>,
+    pub writes: Vec<(Arc<CachedPod>, PodWrite)>,
     /// Pods a hook has held past its timeout.
     pub blocked: Vec<BlockedPod>,
     /// When to look again if no event comes first.
@@ -255,8 +255,8 @@ mod tests {
         .unwrap()
     }
 
-    fn ready_pod(name: &str, revision: &str, state: &str) -> (Arc<Pod>, PodView) {
-        let pod: Pod = serde_json::from_value(json!({
+    fn ready_pod(name: &str, revision: &str, state: &str) -> (Arc<CachedPod>, PodView) {
+        let pod: CachedPod = serde_json::from_value(json!({
             "metadata": {"name": name, "uid": name, "creationTimestamp": "1970-01-01T00:00:00Z",
                          "labels": {REVISION: revision, LIFECYCLE_STATE: state}},
             "spec": {"nodeName": "n", "containers": [{"name": "app", "image": "demo:1"}]},
@@ -272,7 +272,7 @@ mod tests {
 
     fn observe<'a>(
         set: &'a InPlaceSet,
-        pods: &'a [(Arc<Pod>, PodView)],
+        pods: &'a [(Arc<CachedPod>, PodView)],
         paths: &'a BTreeMap<String, UpdatePath>,
     ) -> Observed<'a> {
         Observed {

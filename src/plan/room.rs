@@ -14,6 +14,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use sha2::{Digest, Sha256};
+
 use crate::api::{Capacity, FreeNodes, Resources};
 
 /// At most this many distinct free shapes in a cluster summary: the largest are kept, so the
@@ -98,8 +100,11 @@ impl PodFacts {
     }
 }
 
+/// At most this many templates' room in a cluster summary ([`Capacity::templates`]).
+pub const SUMMARY_TEMPLATES: usize = 256;
+
 /// What one more pod of a template asks of a node.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Demand {
     pub cpu_millis: i64,
     pub memory_bytes: i64,
@@ -125,6 +130,18 @@ impl Demand {
                 }),
             tolerations: spec.tolerations.clone().unwrap_or_default(),
         }
+    }
+
+    /// A short name for what the demand asks, the same wherever it is computed (the hub from a
+    /// CafeDeployment's template, an agent from an InPlaceSet's): templates that ask the same of
+    /// a node share it. The first 8 bytes of the SHA-256 of its JSON, in hex.
+    pub fn key(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        Sha256::digest(json.as_bytes())
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Whether the scheduler's filters other than resources let the pod onto `node`.
@@ -229,7 +246,22 @@ pub fn summary(free: &[(&NodeFacts, Resources)]) -> Capacity {
         allocatable,
         requested,
         free: free_nodes,
+        templates: BTreeMap::new(),
     }
+}
+
+/// The summary with the room of each of `demands` (by key; the first [`SUMMARY_TEMPLATES`]).
+pub fn summary_with_templates(
+    free: &[(&NodeFacts, Resources)],
+    demands: &BTreeMap<String, Demand>,
+) -> Capacity {
+    let mut capacity = summary(free);
+    capacity.templates = demands
+        .iter()
+        .take(SUMMARY_TEMPLATES)
+        .map(|(key, demand)| (key.clone(), room(free, demand)))
+        .collect();
+    capacity
 }
 
 /// How many more pods requesting `(cpu_millis, memory_bytes)` fit on the untainted nodes of a
@@ -450,24 +482,32 @@ mod tests {
         assert_eq!(room_in(&c, (2_000, 1 << 30)), 3 + 1);
     }
 
-    #[test]
-    fn two_nodes_with_one_free_cpu_each_take_no_two_cpu_pod() {
-        let nodes: Vec<NodeFacts> = [
+    fn two_nodes_of_two_cpus() -> Vec<NodeFacts> {
+        [
             node("n1", true, false, "2", "8Gi"),
             node("n2", true, false, "2", "8Gi"),
         ]
         .iter()
         .map(NodeFacts::of)
-        .collect();
-        let one_cpu =
-            json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]});
-        let used: Vec<PodFacts> = ["n1", "n2"]
+        .collect()
+    }
+
+    fn one_cpu_used_on_each() -> Vec<PodFacts> {
+        ["n1", "n2"]
             .map(|n| PodFacts {
                 node: n.into(),
                 cpu_millis: 1000,
                 memory_bytes: 0,
             })
-            .into();
+            .into()
+    }
+
+    #[test]
+    fn two_nodes_with_one_free_cpu_each_take_no_two_cpu_pod() {
+        let nodes = two_nodes_of_two_cpus();
+        let one_cpu =
+            json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]});
+        let used = one_cpu_used_on_each();
         let free = free_by_node(&nodes, &used);
         let c = summary(&free);
         // Two CPUs free in the cluster, one on each node.
@@ -475,6 +515,37 @@ mod tests {
         assert_eq!(room(&free, &demand(two_cpu())), 0);
         assert_eq!(room_in(&c, (2_000, 1 << 30)), 0);
         assert_eq!(room(&free, &demand(one_cpu)), 2);
+    }
+
+    #[test]
+    fn templates_that_ask_the_same_share_a_key_and_each_gets_its_room() {
+        let nodes = two_nodes_of_two_cpus();
+        let used = one_cpu_used_on_each();
+        let free = free_by_node(&nodes, &used);
+        // Same requests under another image and name: what a node is asked is the same.
+        let same = json!({"containers": [{"name": "b", "image": "x:2", "resources": {"requests": {"cpu": "2", "memory": "1Gi"}}}]});
+        assert_eq!(demand(two_cpu()).key(), demand(same).key());
+        let one_cpu =
+            demand(json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]}));
+        let on_ssd = demand(json!({
+            "nodeSelector": {"disk": "hdd"},
+            "containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}],
+        }));
+        assert_ne!(one_cpu.key(), demand(two_cpu()).key());
+        assert_ne!(one_cpu.key(), on_ssd.key());
+        let demands = BTreeMap::from([
+            (demand(two_cpu()).key(), demand(two_cpu())),
+            (one_cpu.key(), one_cpu.clone()),
+            (on_ssd.key(), on_ssd.clone()),
+        ]);
+        let c = summary_with_templates(&free, &demands);
+        assert_eq!(
+            c.templates[&demand(two_cpu()).key()],
+            0,
+            "1 CPU free on each node"
+        );
+        assert_eq!(c.templates[&one_cpu.key()], 2);
+        assert_eq!(c.templates[&on_ssd.key()], 0, "no node has disk=hdd");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! Writes are counted by a tower layer on the kube client ([`Metrics::client`]): every request
 //! that is not a read counts once, by member and verb, whether the server accepts it or not.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -84,6 +86,30 @@ pub struct Metrics {
     rollout_phase: Family<PhaseLabels, Gauge>,
     api_writes: Family<WriteLabels, Counter>,
     leader: Family<LeaseLabels, Gauge>,
+    /// The reconciles running now, by a sequence number: what a graceful shutdown waits for,
+    /// named in its log when it waits long.
+    in_flight: Mutex<BTreeMap<u64, Running>>,
+    next_reconcile: AtomicU64,
+}
+
+/// One reconcile in flight.
+struct Running {
+    controller: &'static str,
+    object: String,
+    since: Instant,
+}
+
+/// Removes its reconcile from the in-flight set however the reconcile ends (done, or dropped by
+/// a forced stop).
+struct InFlightGuard<'a> {
+    metrics: &'a Metrics,
+    id: u64,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics.running().remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -152,6 +178,8 @@ impl Default for Metrics {
             rollout_phase,
             api_writes,
             leader,
+            in_flight: Mutex::default(),
+            next_reconcile: AtomicU64::new(0),
         }
     }
 }
@@ -179,14 +207,26 @@ impl Metrics {
         }
     }
 
-    /// Runs one reconcile of `controller` and records it (and its error's category).
+    /// Runs one reconcile of `controller` for `object` (`namespace/name`), records it (and its
+    /// error's category) and keeps it in the in-flight set while it runs.
     pub async fn measure<T, E>(
         &self,
         controller: &'static str,
+        object: String,
         reconcile: impl std::future::Future<Output = Result<T, E>>,
         category: impl Fn(&E) -> &'static str,
     ) -> Result<T, E> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        let id = self.next_reconcile.fetch_add(1, Ordering::Relaxed);
+        self.running().insert(
+            id,
+            Running {
+                controller,
+                object,
+                since: started,
+            },
+        );
+        let _guard = InFlightGuard { metrics: self, id };
         let result = reconcile.await;
         self.reconciled(
             controller,
@@ -194,6 +234,31 @@ impl Metrics {
             result.as_ref().err().map(category),
         );
         result
+    }
+
+    /// The reconciles running now, longest first: `controller object (for 1.2s)`.
+    pub fn in_flight(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut running: Vec<(Duration, String)> = self
+            .running()
+            .values()
+            .map(|r| {
+                let took = now.duration_since(r.since);
+                (
+                    took,
+                    format!("{} {} (for {took:.1?})", r.controller, r.object),
+                )
+            })
+            .collect();
+        running.sort_by_key(|r| std::cmp::Reverse(r.0));
+        running.into_iter().map(|(_, line)| line).collect()
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Running>> {
+        // A panic elsewhere while holding it leaves the set as it was: still the best account.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn set_member_reachable(&self, member: &str, reachable: bool) {
@@ -345,6 +410,46 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reconcile is named in the in-flight set while it runs, and leaves it when it ends or
+    /// is dropped (a forced stop).
+    #[tokio::test]
+    async fn a_running_reconcile_is_in_flight_until_it_ends_or_is_dropped() {
+        let metrics = Metrics::default();
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let running = metrics.measure(
+            controllers::CAFEDEPLOYMENT,
+            "demo/web".to_string(),
+            async move { finished.await.map_err(|_| "dropped") },
+            |e: &&str| e,
+        );
+        let mut running = Box::pin(running);
+        assert!(futures::poll!(running.as_mut()).is_pending());
+        let named = metrics.in_flight();
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert!(
+            named[0].starts_with("cafedeployment demo/web (for "),
+            "{named:?}"
+        );
+        finish.send(()).unwrap();
+        running.await.unwrap();
+        assert!(metrics.in_flight().is_empty());
+
+        let stuck = metrics.measure(
+            controllers::INPLACESET,
+            "dca/web".to_string(),
+            std::future::pending::<Result<(), &str>>(),
+            |e: &&str| e,
+        );
+        let mut stuck = Box::pin(stuck);
+        assert!(futures::poll!(stuck.as_mut()).is_pending());
+        assert_eq!(metrics.in_flight().len(), 1);
+        drop(stuck);
+        assert!(
+            metrics.in_flight().is_empty(),
+            "a dropped reconcile is no longer in flight"
+        );
+    }
 
     #[test]
     fn writes_are_named_like_the_api_servers_verbs_and_reads_are_not_counted() {

@@ -29,3 +29,38 @@ fn signal_token(log: bool) -> std::io::Result<CancellationToken> {
     });
     Ok(token)
 }
+
+/// How often a graceful shutdown that still waits says for what.
+pub const STRAGGLER_REPORT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `controllers` to their end; once `shutdown` is cancelled, logs every
+/// [`STRAGGLER_REPORT`] which reconciles the graceful shutdown still waits for, so a stop that
+/// takes long names what holds it (an API call without an answer, say) instead of going quiet.
+pub async fn naming_stragglers<T>(
+    controllers: impl std::future::Future<Output = T>,
+    metrics: &crate::runtime::metrics::Metrics,
+    shutdown: &CancellationToken,
+) -> T {
+    let report = async {
+        shutdown.cancelled().await;
+        let stopping = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(STRAGGLER_REPORT).await;
+            let running = metrics.in_flight();
+            if !running.is_empty() {
+                tracing::warn!(
+                    waited = ?stopping.elapsed(),
+                    reconciles = ?running,
+                    "shutting down: still waiting for reconciles in flight"
+                );
+            }
+        }
+    };
+    tokio::pin!(controllers);
+    tokio::select! {
+        biased;
+        done = &mut controllers => return done,
+        () = report => {}
+    }
+    controllers.await
+}

@@ -44,7 +44,31 @@ clusters:
 
 /// Starts the clusters of `config`, each with namespace `cafe-system` (where the hub and the
 /// member agents keep their leader election Leases), as an installation would have it.
+/// The controllers' logs (cafe's own, `info` and up, or `CAFE_TEST_LOG`) go to the test's
+/// captured output, so a failing test shows what the hub and agents were doing. A binary that
+/// installed its own subscriber keeps it.
+pub fn log_to_test_output() {
+    let filter = std::env::var("CAFE_TEST_LOG")
+        .unwrap_or_else(|_| "cafe=info,cafe_sim=warn,cafe_base=warn".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
+}
+
+/// For benchmarks: only warnings (or `CAFE_TEST_LOG`), since writing a line per pod write to the
+/// terminal costs as much time as some of what is measured.
+pub fn quiet_logs() {
+    let filter = std::env::var("CAFE_TEST_LOG").unwrap_or_else(|_| "warn".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .try_init();
+}
+
 pub async fn start_sim(config: &str) -> Sim {
+    log_to_test_output();
     let sim = start_bare_sim(config).await;
     let names: Vec<String> = SimConfig::parse(config, "test")
         .expect("test config")
