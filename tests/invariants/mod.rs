@@ -278,6 +278,13 @@ struct Track {
     /// The resourceVersion of `cd`: a fresh read may be ahead of the watch, whose older events
     /// must not step the view back.
     version: u64,
+    /// The resourceVersion the group rules last ran on. They run on the watch's events only: a
+    /// fresh read ahead of the watch would skip the WaitingForConfirm between two groups that
+    /// the watch delivers afterwards.
+    group_version: u64,
+    /// The watch relisted since the group rules last ran (its history was compacted): states
+    /// in between are lost, so a confirmation is judged on the annotation alone.
+    gap: bool,
 }
 
 /// The checker's whole view, and the rules.
@@ -470,14 +477,21 @@ impl State {
 
     /// A CafeDeployment's new state, as its watch delivers it (`None`: deleted).
     pub fn deployment(&mut self, namespace: &str, name: &str, cd: Option<CafeDeployment>) {
-        self.take_deployment(namespace, name, cd);
+        self.take_deployment(namespace, name, cd, View::Watched);
         self.evaluate();
+    }
+
+    /// The CafeDeployment watch lists again: what changed meanwhile comes as one state.
+    pub fn deployments_relisted(&mut self) {
+        for track in self.tracks.values_mut() {
+            track.gap = true;
+        }
     }
 
     /// A CafeDeployment as read afresh from the hub (`None`: not found): the suspected breaches
     /// of its pods are judged on this view, and flagged if they hold.
     pub fn refreshed(&mut self, namespace: &str, name: &str, cd: Option<CafeDeployment>) {
-        self.take_deployment(namespace, name, cd);
+        self.take_deployment(namespace, name, cd, View::Fresh);
         self.fresh = Some((namespace.to_string(), name.to_string()));
         self.evaluate();
         self.fresh = None;
@@ -499,7 +513,13 @@ impl State {
         }
     }
 
-    fn take_deployment(&mut self, namespace: &str, name: &str, cd: Option<CafeDeployment>) {
+    fn take_deployment(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        cd: Option<CafeDeployment>,
+        view: View,
+    ) {
         let key = (namespace.to_string(), name.to_string());
         let Some(cd) = cd else {
             self.tracks.remove(&key);
@@ -509,66 +529,20 @@ impl State {
             .resource_version()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        if self
-            .tracks
-            .get(&key)
-            .is_some_and(|t| t.cd.is_some() && version <= t.version)
-        {
-            return;
-        }
         let now = Instant::now();
-        let mut flags = vec![];
-        {
-            let track = self.tracks.entry(key.clone()).or_default();
+        let track = self.tracks.entry(key).or_default();
+        let flags = if view == View::Watched && version > track.group_version {
+            track.group_version = version;
+            groups(track, &cd, now)
+        } else {
+            vec![]
+        };
+        if track.cd.is_none() || version > track.version {
             if let Some(a) = cd.status.as_ref().and_then(allowance) {
                 track.allowances.push_back((now, a));
             }
             track.targets.push_back((now, targets(&cd)));
-            // Groups: a start needs the previous group done and, when asked, confirmed.
-            let rollout = cd.status.as_ref().and_then(|s| s.rollout.clone());
-            if let Some(r) = rollout
-                && let Some(revision) = r.revision.clone()
-            {
-                let confirmed =
-                    cd.annotations().get(UPGRADE_CONFIRMED).map(String::as_str) == Some("true");
-                match track.group.clone() {
-                    Some((rev, k)) if rev == revision && r.current_batch > k => {
-                        for g in k + 1..=r.current_batch {
-                            if g > 1
-                                && cd.spec.strategy.need_waiting_for_confirm
-                                && !(track.waited && (track.confirmed || confirmed))
-                            {
-                                flags.push((
-                                    Kind::GroupUnconfirmed,
-                                    format!(
-                                        "group {g} of {revision} started without a confirmation after group {}",
-                                        g - 1
-                                    ),
-                                ));
-                            }
-                            if g > 1 {
-                                track.pending.push((now + GRACE, revision.clone(), g - 1));
-                            }
-                            track.waited = false;
-                            track.confirmed = false;
-                        }
-                    }
-                    Some((rev, _)) if rev == revision => {}
-                    _ => {
-                        track.waited = false;
-                        track.confirmed = false;
-                        track.pending.clear();
-                    }
-                }
-                if r.phase.as_deref() == Some("WaitingForConfirm") {
-                    track.waited = true;
-                }
-                if track.waited && confirmed {
-                    track.confirmed = true;
-                }
-                track.group = Some((revision, r.current_batch));
-            }
-            track.cd = Some(cd.clone());
+            track.cd = Some(cd);
             track.version = version;
         }
         for (kind, detail) in flags {
@@ -942,6 +916,9 @@ impl Checker {
                 };
                 match seen {
                     None => break,
+                    Some(Seen::Deployment(e)) if matches!(*e, watcher::Event::Init) => {
+                        state.deployments_relisted()
+                    }
                     Some(Seen::Deployment(e)) => on_event(*e, |cd, gone| {
                         let (ns, name) = (cd.namespace().unwrap_or_default(), cd.name_any());
                         state.deployment(&ns, &name, (!gone).then_some(cd));
@@ -1038,6 +1015,68 @@ async fn confirm(hub: &kube::Client, state: &mut State) {
             }
         }
     }
+}
+
+/// How the checker came to see a CafeDeployment state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// Delivered by the watch, in order.
+    Watched,
+    /// Read afresh, possibly ahead of the watch.
+    Fresh,
+}
+
+/// The group rules over the next watched state of a CafeDeployment: a start needs the previous
+/// group done and, when asked, confirmed. Returns what is broken.
+fn groups(track: &mut Track, cd: &CafeDeployment, now: Instant) -> Vec<(Kind, String)> {
+    let mut flags = vec![];
+    let gap = std::mem::take(&mut track.gap);
+    let Some(r) = cd.status.as_ref().and_then(|s| s.rollout.clone()) else {
+        return flags;
+    };
+    let Some(revision) = r.revision.clone() else {
+        return flags;
+    };
+    let confirmed = cd.annotations().get(UPGRADE_CONFIRMED).map(String::as_str) == Some("true");
+    match track.group.clone() {
+        Some((rev, k)) if rev == revision && r.current_batch > k => {
+            for g in k + 1..=r.current_batch {
+                // Across a relist the WaitingForConfirm may not have been seen; the hub sets the
+                // annotation to "false" as it starts waiting, so a "true" next to the new group
+                // is a confirmation given since.
+                let vouched =
+                    (track.waited && (track.confirmed || confirmed)) || (gap && confirmed);
+                if g > 1 && cd.spec.strategy.need_waiting_for_confirm && !vouched {
+                    flags.push((
+                        Kind::GroupUnconfirmed,
+                        format!(
+                            "group {g} of {revision} started without a confirmation after group {}",
+                            g - 1
+                        ),
+                    ));
+                }
+                if g > 1 {
+                    track.pending.push((now + GRACE, revision.clone(), g - 1));
+                }
+                track.waited = false;
+                track.confirmed = false;
+            }
+        }
+        Some((rev, _)) if rev == revision => {}
+        _ => {
+            track.waited = false;
+            track.confirmed = false;
+            track.pending.clear();
+        }
+    }
+    if r.phase.as_deref() == Some("WaitingForConfirm") {
+        track.waited = true;
+    }
+    if track.waited && confirmed {
+        track.confirmed = true;
+    }
+    track.group = Some((revision, r.current_batch));
+    flags
 }
 
 /// Applies one watch event: `f(object, deleted)`.

@@ -346,46 +346,10 @@ async fn a_hub_write_to_a_member_it_reports_lost_is_flagged() {
 /// a fresh status that does not release it is a violation.
 #[test]
 fn a_pod_seen_before_the_status_that_released_it_is_confirmed_by_a_fresh_read() {
-    use cafe::api::{BatchStatus, CafeDeploymentStatus, RolloutStatus, RolloutUnit, UpgradeType};
     use invariants::{PodView, State};
 
     let revision = revision_of("demo:2");
-    let at_group = |k: i32, version: &str| {
-        let mut cd = demo(false);
-        cd.metadata.namespace = Some("default".into());
-        cd.metadata.resource_version = Some(version.into());
-        cd.status = Some(CafeDeploymentStatus {
-            rollout: Some(RolloutStatus {
-                phase: Some("Progressing".into()),
-                revision: Some(revision.clone()),
-                current_batch: k,
-                total_batches: 3,
-                // Beta (1 + 1), then 1 + 1 twice; the status keeps the groups around k.
-                upgrade_type: Some(UpgradeType::Beta),
-                batch_size: Some(2),
-                batches: (k.max(1)..=(k + 1).min(3))
-                    .map(|i| BatchStatus {
-                        index: i,
-                        beta: i == 1,
-                        units: [("DCA".to_string(), 1), ("DCB".to_string(), 1)].into(),
-                        state: None,
-                    })
-                    .collect(),
-                units: ["DCA", "DCB"]
-                    .map(|u| RolloutUnit {
-                        name: u.into(),
-                        replicas: 3,
-                        create: 0,
-                        update: 3,
-                        done: 0,
-                    })
-                    .into(),
-                ..RolloutStatus::default()
-            }),
-            ..CafeDeploymentStatus::default()
-        });
-        cd
-    };
+    let at_group = |k: i32, version: &str| at_group(false, k, "Progressing", version);
     let pod = |i: usize, revision: &str| PodView {
         namespace: "default".into(),
         name: format!("demo-{i}"),
@@ -433,4 +397,115 @@ fn a_pod_seen_before_the_status_that_released_it_is_confirmed_by_a_fresh_read() 
         "{:?}",
         state.violations
     );
+}
+
+/// demo:2 rolling out at group `k` in `phase` (Beta 1 + 1, then 1 + 1 twice), at
+/// resourceVersion `version`.
+fn at_group(confirm: bool, k: i32, phase: &str, version: &str) -> CafeDeployment {
+    use cafe::api::{BatchStatus, CafeDeploymentStatus, RolloutStatus, RolloutUnit, UpgradeType};
+
+    let mut cd = demo(confirm);
+    cd.metadata.namespace = Some("default".into());
+    cd.metadata.resource_version = Some(version.into());
+    cd.status = Some(CafeDeploymentStatus {
+        rollout: Some(RolloutStatus {
+            phase: Some(phase.into()),
+            revision: Some(revision_of("demo:2")),
+            current_batch: k,
+            total_batches: 3,
+            // The status keeps the groups around k.
+            upgrade_type: Some(UpgradeType::Beta),
+            batch_size: Some(2),
+            batches: (k.max(1)..=(k + 1).min(3))
+                .map(|i| BatchStatus {
+                    index: i,
+                    beta: i == 1,
+                    units: [("DCA".to_string(), 1), ("DCB".to_string(), 1)].into(),
+                    state: None,
+                })
+                .collect(),
+            units: ["DCA", "DCB"]
+                .map(|u| RolloutUnit {
+                    name: u.into(),
+                    replicas: 3,
+                    create: 0,
+                    update: 3,
+                    done: 0,
+                })
+                .into(),
+            ..RolloutStatus::default()
+        }),
+        ..CafeDeploymentStatus::default()
+    });
+    cd
+}
+
+/// `cd` with `apps.cafe.io/upgrade-confirmed` set to `value`.
+fn confirmed(mut cd: CafeDeployment, value: &str) -> CafeDeployment {
+    cd.annotations_mut()
+        .insert(cafe::api::labels::UPGRADE_CONFIRMED.into(), value.into());
+    cd
+}
+
+/// A fresh read (for a pod seen ahead of the hub's watch) may show a group whose
+/// WaitingForConfirm the watch has not delivered yet: the group rules wait for the watch. A
+/// relist (history compacted) loses the states in between for good: the annotation next to
+/// the new group is then what proves the confirmation.
+#[test]
+fn a_confirmation_is_judged_on_the_watch_and_across_a_relist_on_the_annotation() {
+    use invariants::State;
+
+    let kinds = |state: &State| state.violations.iter().map(|v| v.kind).collect::<Vec<_>>();
+    let mut state = State::new(&UNITS);
+    state.deployment(
+        "default",
+        "demo",
+        Some(at_group(true, 1, "Progressing", "10")),
+    );
+    // Read afresh ahead of the watch: group 2 already started.
+    state.refreshed(
+        "default",
+        "demo",
+        Some(confirmed(at_group(true, 2, "Progressing", "13"), "true")),
+    );
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+    // The watch catches up: the wait, the confirmation, the start.
+    state.deployment(
+        "default",
+        "demo",
+        Some(at_group(true, 1, "WaitingForConfirm", "11")),
+    );
+    let waiting = confirmed(at_group(true, 1, "WaitingForConfirm", "12"), "true");
+    state.deployment("default", "demo", Some(waiting));
+    let started = confirmed(at_group(true, 2, "Progressing", "13"), "true");
+    state.deployment("default", "demo", Some(started));
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+
+    // A relist shows group 3 started, the confirmation given after group 2's wait: clean.
+    state.deployments_relisted();
+    let started = confirmed(at_group(true, 3, "Progressing", "20"), "true");
+    state.deployment("default", "demo", Some(started));
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+
+    // Without a relist, the same jump past an unseen wait is a violation...
+    let mut state = State::new(&UNITS);
+    state.deployment(
+        "default",
+        "demo",
+        Some(at_group(true, 1, "Progressing", "10")),
+    );
+    let started = confirmed(at_group(true, 2, "Progressing", "13"), "true");
+    state.deployment("default", "demo", Some(started));
+    assert_eq!(kinds(&state), [Kind::GroupUnconfirmed]);
+    // ...and across a relist a group started with the annotation still "false" is one too.
+    let mut state = State::new(&UNITS);
+    state.deployment(
+        "default",
+        "demo",
+        Some(at_group(true, 1, "Progressing", "10")),
+    );
+    state.deployments_relisted();
+    let started = confirmed(at_group(true, 2, "Progressing", "13"), "false");
+    state.deployment("default", "demo", Some(started));
+    assert_eq!(kinds(&state), [Kind::GroupUnconfirmed]);
 }
